@@ -1,0 +1,238 @@
+"""What a task can run, by name, and how its arguments are checked before it is queued.
+
+A target is a smolagents ``Tool`` (including ``@tool`` functions), a managed agent (an agent
+instance, copied per run, or a factory that builds one), or a plain callable. Each is described
+by smolagents-style ``inputs`` (``{"arg": {"type": "string", "description": ..., "nullable": bool}}``)
+so that one validator serves all three and its errors read the same to the LLM.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._agent_runtime import copy_agent
+from .tasks import TaskKind
+
+__all__ = ["Target", "TaskValidationError", "tool_target", "agent_target", "function_target"]
+
+
+class TaskValidationError(ValueError):
+    """A submit was refused before queueing: unknown name or bad arguments. The message says how to fix it."""
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list, tuple),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+_PY_TO_JSON: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    tuple: "array",
+    dict: "object",
+}
+
+
+@dataclass
+class Target:
+    kind: TaskKind
+    name: str
+    description: str
+    inputs: dict[str, dict[str, Any]]
+    call: Callable[[dict[str, Any]], Any]
+    accepts_extra: bool = False
+    obj: Any = field(default=None, repr=False)
+
+    def signature_hint(self) -> str:
+        """``{"dataset": <string>, "depth": <integer, optional>}``: how to call this target."""
+        parts = []
+        for arg, spec in self.inputs.items():
+            kind = spec.get("type", "any")
+            kind = "|".join(kind) if isinstance(kind, list) else kind
+            optional = ", optional" if spec.get("nullable") else ""
+            parts.append(f'"{arg}": <{kind}{optional}>')
+        return "{" + ", ".join(parts) + "}"
+
+    def validate(self, arguments: Any) -> dict[str, Any]:
+        """Return the arguments as a dict, or raise ``TaskValidationError`` naming what is wrong."""
+        hint = f"Call it as submit_task({self.kind.value!r}, {self.name!r}, {self.signature_hint()})."
+        if arguments is None:
+            arguments = {}
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise TaskValidationError(
+                    f"Arguments for {self.kind.value} {self.name!r} must be a dict, got a string that is not JSON. {hint}"
+                ) from None
+        if not isinstance(arguments, dict):
+            raise TaskValidationError(
+                f"Arguments for {self.kind.value} {self.name!r} must be a dict, got {type(arguments).__name__}. {hint}"
+            )
+        problems = []
+        unknown = [key for key in arguments if key not in self.inputs]
+        if unknown and not self.accepts_extra:
+            problems.append(f"unknown argument(s) {', '.join(map(repr, unknown))}")
+        missing = [
+            key for key, spec in self.inputs.items() if not spec.get("nullable") and key not in arguments
+        ]
+        if missing:
+            problems.append(f"missing required argument(s) {', '.join(map(repr, missing))}")
+        for key, value in arguments.items():
+            spec = self.inputs.get(key)
+            if spec is None:
+                continue
+            expected = spec.get("type", "any")
+            if value is None and spec.get("nullable"):
+                continue
+            if not _matches(value, expected):
+                problems.append(f"argument {key!r} must be {_describe(expected)}, got {type(value).__name__} {value!r:.60}")
+        if problems:
+            raise TaskValidationError(f"Invalid arguments for {self.kind.value} {self.name!r}: {'; '.join(problems)}. {hint}")
+        return dict(arguments)
+
+
+def _matches(value: Any, expected: str | list[str]) -> bool:
+    options = expected if isinstance(expected, list) else [expected]
+    for option in options:
+        if option not in _JSON_TYPES:  # "any", "image", "audio" and unknown types are not checked
+            return True
+        if option in ("integer", "number") and isinstance(value, bool):
+            continue
+        if isinstance(value, _JSON_TYPES[option]):
+            return True
+    return False
+
+
+def _describe(expected: str | list[str]) -> str:
+    options = expected if isinstance(expected, list) else [expected]
+    return " or ".join(f"a {o}" if o[0] not in "aeiou" else f"an {o}" for o in options)
+
+
+def tool_target(tool: Any, name: str | None = None) -> Target:
+    """A smolagents ``Tool`` (or ``@tool`` function) as a target; its ``inputs`` are the contract."""
+    tool_name = name or tool.name
+    return Target(
+        kind=TaskKind.TOOL,
+        name=tool_name,
+        description=getattr(tool, "description", "") or "",
+        inputs=dict(getattr(tool, "inputs", {}) or {}),
+        call=lambda arguments: tool(**arguments),
+        obj=tool,
+    )
+
+
+AGENT_INPUTS = {
+    "task": {"type": "string", "description": "What the agent should do, with all the context it needs."},
+    "additional_args": {
+        "type": "object",
+        "description": "Optional variables handed to the agent (names become variables in its code).",
+        "nullable": True,
+    },
+}
+
+
+def agent_target(agent_or_factory: Any, name: str | None = None, description: str | None = None) -> Target:
+    """A managed agent as a target. Each run gets its own instance: a copy, or a new one from the factory."""
+    is_agent = hasattr(agent_or_factory, "run") and hasattr(agent_or_factory, "memory")
+    if is_agent:
+        template = agent_or_factory
+        agent_name = name or getattr(template, "name", None)
+
+        def build() -> Any:
+            return copy_agent(template)
+    elif callable(agent_or_factory):
+        template = None
+        agent_name = name
+        build = agent_or_factory
+    else:
+        raise TypeError("register_agent expects a smolagents agent or a zero-argument factory that returns one")
+    if not agent_name:
+        raise ValueError("A managed agent needs a name: give the agent a `name=` or pass name= when registering it.")
+    agent_description = description or getattr(template, "description", None) or ""
+
+    def run(arguments: dict[str, Any]) -> Any:
+        from smolagents.agents import populate_template
+
+        agent = build()
+        task = arguments["task"]
+        templates = getattr(agent, "prompt_templates", None) or {}
+        managed_template = (templates.get("managed_agent") or {}).get("task")
+        if managed_template:
+            task = populate_template(managed_template, variables={"name": agent_name, "task": task})
+        return agent.run(task, additional_args=arguments.get("additional_args") or None)
+
+    return Target(
+        kind=TaskKind.AGENT,
+        name=agent_name,
+        description=agent_description,
+        inputs=dict(AGENT_INPUTS),
+        call=run,
+        obj=agent_or_factory,
+    )
+
+
+def function_target(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> Target:
+    """A plain callable as a target; its signature (and simple annotations) give the contract."""
+    fn_name = name or getattr(fn, "__name__", None)
+    if not fn_name or fn_name == "<lambda>":
+        raise ValueError("A function target needs a name: pass name= when registering a lambda or partial.")
+    inputs: dict[str, dict[str, Any]] = {}
+    accepts_extra = False
+    try:
+        signature = inspect.signature(fn)
+        hints = typing.get_type_hints(fn)
+    except (TypeError, ValueError, NameError):
+        signature, hints = None, {}
+    if signature is not None:
+        for param in signature.parameters.values():
+            if param.kind is param.VAR_KEYWORD:
+                accepts_extra = True
+                continue
+            if param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY):
+                continue
+            spec: dict[str, Any] = {"type": _json_type(hints.get(param.name)), "description": ""}
+            if param.default is not param.empty:
+                spec["nullable"] = True
+            inputs[param.name] = spec
+    doc = inspect.getdoc(fn) or ""
+    return Target(
+        kind=TaskKind.FUNCTION,
+        name=fn_name,
+        description=description or doc.split("\n\n")[0],
+        inputs=inputs,
+        call=lambda arguments: fn(**arguments),
+        accepts_extra=accepts_extra,
+        obj=fn,
+    )
+
+
+def _json_type(annotation: Any) -> str | list[str]:
+    if annotation is None or annotation is inspect.Parameter.empty:
+        return "any"
+    if annotation in _PY_TO_JSON:
+        return _PY_TO_JSON[annotation]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [_json_type(arg) for arg in typing.get_args(annotation) if arg is not type(None)]
+        flat = [o for o in options if isinstance(o, str)]
+        if "any" in flat or len(flat) != len(options):
+            return "any"
+        return flat[0] if len(flat) == 1 else flat
+    if origin in _PY_TO_JSON:
+        return _PY_TO_JSON[origin]
+    return "any"
