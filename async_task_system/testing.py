@@ -113,10 +113,7 @@ class ScriptedModel(Model):
                 )
         if callable(response) and not isinstance(response, ChatMessage):
             response = response(messages)
-        if isinstance(response, ChatMessage):
-            text = message_text(response)
-        else:
-            text = str(response)
+        text = message_text(response) if isinstance(response, ChatMessage) else str(response)
         for stop in stop_sequences or ():
             if stop and stop in text:
                 text = text.split(stop, 1)[0]
