@@ -1,0 +1,5 @@
+"""``python -m async_task_system demo`` is ``async-agent demo``."""
+
+from .cli import main
+
+raise SystemExit(main())
