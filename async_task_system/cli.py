@@ -17,7 +17,10 @@ __all__ = ["main", "build_parser"]
 # subcommand -> (module that implements it, one-line help). Modules define
 # ``configure_parser(parser)`` and ``run(args) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("async_task_system.demo", "Run seed 004's scenario: 5 datasets analysed in parallel by a CodeAgent."),
+    "demo": (
+        "async_task_system.demo",
+        "Run seed 004's scenario: 5 datasets analysed in parallel by a CodeAgent.",
+    ),
     "run": ("async_task_system.demo", "Run any task on the LLM configured in .env."),
 }
 
