@@ -19,9 +19,10 @@ class LLMSettings:
 def llm_settings_from_env(dotenv_path: str | None = None, load_dotenv_file: bool = True) -> LLMSettings | None:
     """Read API_KEY, BASE_URL and MODEL_ID (after loading ``.env`` if present); None unless MODEL_ID and API_KEY are set."""
     if load_dotenv_file:
-        from dotenv import load_dotenv
+        from dotenv import find_dotenv, load_dotenv
 
-        load_dotenv(dotenv_path=dotenv_path, override=False)
+        # The .env of the directory the user works in (not of wherever this package is installed).
+        load_dotenv(dotenv_path=dotenv_path or find_dotenv(usecwd=True), override=False)
     model_id = os.getenv("MODEL_ID", "").strip()
     api_key = os.getenv("API_KEY", "").strip()
     base_url = os.getenv("BASE_URL", "").strip() or None
