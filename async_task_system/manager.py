@@ -165,6 +165,8 @@ class TaskManager:
         self._ids = itertools.count(1)
         self._timers = TimerQueue()
         self._listeners: list[Callable[[TaskInfo], None]] = []
+        self._event_queue: deque[TaskInfo] = deque()
+        self._delivering = False
         self._all_done = threading.Condition(self._lock)
         self._closed = False
         for item in tools or ():
@@ -336,10 +338,12 @@ class TaskManager:
 
     def _invoke(self, task: _Task, attempt: int) -> Any:
         _current.set((self, task.info.id))
-        with tracing.task_span(task.info, attempt):
+        with tracing.task_span(task.info, attempt) as span:
             if task.target is None:
                 raise RuntimeError(f"task {task.info.id} has nothing to run")
-            return task.target.call(task.info.arguments)
+            result = task.target.call(task.info.arguments)
+            span.set_result(result)
+            return result
 
     def _attempt_succeeded(self, task: _Task, attempt: int, result: Any) -> None:
         with self._lock:
@@ -470,7 +474,8 @@ class TaskManager:
     def add_listener(self, callback: Callable[[TaskInfo], None]) -> Callable[[], None]:
         """Call ``callback(snapshot)`` after every status change; returns a function that removes it.
 
-        Callbacks run in the thread that made the change, outside the manager's lock; keep them short.
+        Callbacks run outside the manager's lock, one at a time and in the order the changes
+        happened, in whichever thread made a change; keep them short.
         """
         with self._lock:
             self._listeners.append(callback)
@@ -483,19 +488,38 @@ class TaskManager:
         return remove
 
     def _snapshot(self, task: _Task) -> list[TaskInfo]:
+        """Queue a copy of the task's record for the listeners (lock held).
+
+        Snapshots are queued under the lock and delivered by ``_notify`` outside it, one thread
+        at a time, so every listener sees each task's changes in the order they happened.
+        """
         if not self._listeners:
             return []
-        return [replace(task.info, arguments=dict(task.info.arguments))]
+        info = replace(task.info, arguments=dict(task.info.arguments))
+        self._event_queue.append(info)
+        return [info]
 
     def _notify(self, events: list[TaskInfo]) -> None:
         if not events:
             return
-        for callback in list(self._listeners):
-            for info in events:
-                try:
-                    callback(info)
-                except Exception:
-                    logger.exception("task listener failed")
+        with self._lock:
+            if self._delivering:
+                return  # the thread delivering now will take these too
+            self._delivering = True
+        while True:
+            with self._lock:
+                if not self._event_queue:
+                    self._delivering = False
+                    return
+                batch = list(self._event_queue)
+                self._event_queue.clear()
+                callbacks = list(self._listeners)
+            for info in batch:
+                for callback in callbacks:
+                    try:
+                        callback(info)
+                    except Exception:
+                        logger.exception("task listener failed")
 
     # ------------------------------------------------------------------ waiting and reading
 
