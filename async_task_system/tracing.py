@@ -279,7 +279,9 @@ def attached_context(carrier: Mapping[str, Any] | None) -> Iterator[Any]:
         otel_context.detach(token)
 
 
-def run_with_context(carrier: Mapping[str, Any] | None, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+def run_with_context(
+    carrier: Mapping[str, Any] | None, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+) -> T:
     """Call ``fn(*args, **kwargs)`` under the context extracted from ``carrier``.
 
     Spans ``fn`` starts become children of the remote span that wrote the carrier. For a
