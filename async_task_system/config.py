@@ -16,7 +16,9 @@ class LLMSettings:
     base_url: str | None
 
 
-def llm_settings_from_env(dotenv_path: str | None = None, load_dotenv_file: bool = True) -> LLMSettings | None:
+def llm_settings_from_env(
+    dotenv_path: str | None = None, load_dotenv_file: bool = True
+) -> LLMSettings | None:
     """Read API_KEY, BASE_URL and MODEL_ID (after loading ``.env`` if present); None unless MODEL_ID and API_KEY are set."""
     if load_dotenv_file:
         from dotenv import find_dotenv, load_dotenv
@@ -36,6 +38,8 @@ def model_from_env(dotenv_path: str | None = None, **model_kwargs: Any) -> Any |
     settings = llm_settings_from_env(dotenv_path)
     if settings is None:
         return None
+    # litellm otherwise fetches its model price list from the internet at import time.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from smolagents import LiteLLMModel
 
     return LiteLLMModel(

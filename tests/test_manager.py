@@ -219,7 +219,9 @@ def test_wait_wakes_when_last_task_finishes():
         release = blocker_function(manager)
         ids = [manager.submit("function", "block", {}) for _ in range(3)]
         woke_at: list[float] = []
-        waiter = threading.Thread(target=lambda: (manager.wait(ids, timeout=10), woke_at.append(time.monotonic())))
+        waiter = threading.Thread(
+            target=lambda: (manager.wait(ids, timeout=10), woke_at.append(time.monotonic()))
+        )
         waiter.start()
         time.sleep(0.1)
         assert woke_at == []

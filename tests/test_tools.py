@@ -62,7 +62,9 @@ def test_unknown_name_lists_the_names_that_exist(manager):
 
 
 def test_name_of_another_kind_says_which_kind_to_use(manager):
-    with pytest.raises(TaskValidationError, match=r"'plain' is a function, not a tool: call submit_task\('function'"):
+    with pytest.raises(
+        TaskValidationError, match=r"'plain' is a function, not a tool: call submit_task\('function'"
+    ):
         manager.submit("tool", "plain", {"city": "Paris"})
 
 
