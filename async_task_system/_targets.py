@@ -69,9 +69,9 @@ class Target:
 
     def validate(self, arguments: Any) -> dict[str, Any]:
         """Return the arguments as a dict, or raise ``TaskValidationError`` naming what is wrong."""
-        hint = f"Call it as submit_task({self.kind.value!r}, {self.name!r}, {self.signature_hint()})."
         if arguments is None:
             arguments = {}
+        hint = _LazyHint(self)
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments) if arguments.strip() else {}
@@ -100,10 +100,27 @@ class Target:
             if value is None and spec.get("nullable"):
                 continue
             if not _matches(value, expected):
-                problems.append(f"argument {key!r} must be {_describe(expected)}, got {type(value).__name__} {value!r:.60}")
+                problems.append(
+                    f"argument {key!r} must be {_describe(expected)}, got {type(value).__name__} {value!r:.60}"
+                )
         if problems:
-            raise TaskValidationError(f"Invalid arguments for {self.kind.value} {self.name!r}: {'; '.join(problems)}. {hint}")
+            raise TaskValidationError(
+                f"Invalid arguments for {self.kind.value} {self.name!r}: {'; '.join(problems)}. {hint}"
+            )
         return dict(arguments)
+
+
+class _LazyHint:
+    """Formats the how-to-call hint only when an error message is actually built."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def __str__(self) -> str:
+        t = self.target
+        return f"Call it as submit_task({t.kind.value!r}, {t.name!r}, {t.signature_hint()})."
+
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
 
 
 def _matches(value: Any, expected: str | list[str]) -> bool:
@@ -160,9 +177,13 @@ def agent_target(agent_or_factory: Any, name: str | None = None, description: st
         agent_name = name
         build = agent_or_factory
     else:
-        raise TypeError("register_agent expects a smolagents agent or a zero-argument factory that returns one")
+        raise TypeError(
+            "register_agent expects a smolagents agent or a zero-argument factory that returns one"
+        )
     if not agent_name:
-        raise ValueError("A managed agent needs a name: give the agent a `name=` or pass name= when registering it.")
+        raise ValueError(
+            "A managed agent needs a name: give the agent a `name=` or pass name= when registering it."
+        )
     agent_description = description or getattr(template, "description", None) or ""
 
     def run(arguments: dict[str, Any]) -> Any:
@@ -186,7 +207,9 @@ def agent_target(agent_or_factory: Any, name: str | None = None, description: st
     )
 
 
-def function_target(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> Target:
+def function_target(
+    fn: Callable[..., Any], name: str | None = None, description: str | None = None
+) -> Target:
     """A plain callable as a target; its signature (and simple annotations) give the contract."""
     fn_name = name or getattr(fn, "__name__", None)
     if not fn_name or fn_name == "<lambda>":

@@ -101,7 +101,7 @@ class _Waiter:
 class _Task:
     """A task's live record: the public ``TaskInfo`` plus what the manager needs to run it."""
 
-    __slots__ = ("info", "target", "context", "waiters", "timer", "cancel_event", "holds_slot", "read")
+    __slots__ = ("info", "target", "context", "waiters", "timer", "cancel_requested", "holds_slot", "read")
 
     def __init__(self, info: TaskInfo, target: Target | None, context: contextvars.Context) -> None:
         self.info = info
@@ -109,7 +109,7 @@ class _Task:
         self.context = context
         self.waiters: list[_Waiter] = []
         self.timer: TimerHandle | None = None
-        self.cancel_event = threading.Event()
+        self.cancel_requested = False  # per attempt; read by cancellation_requested()
         self.holds_slot = False
         self.read = False
 
@@ -319,7 +319,7 @@ class TaskManager:
                 self._set_status(task, TaskStatus.RUNNING)
                 info.attempts += 1
                 info.started_at = time.time()
-                task.cancel_event = threading.Event()
+                task.cancel_requested = False
                 attempt = info.attempts
                 if info.timeout is not None:
                     task.timer = self._timers.call_later(info.timeout, lambda: self._on_timeout(task, attempt))
@@ -330,7 +330,8 @@ class TaskManager:
             return
         self._notify(events)
         try:
-            result = task.context.copy().run(self._invoke, task, attempt)
+            context = task.context if attempt == 1 else task.context.copy()
+            result = context.run(self._invoke, task, attempt)
         except BaseException as exc:
             self._attempt_failed(task, attempt, exc)
         else:
@@ -398,7 +399,7 @@ class TaskManager:
         with self._lock:
             if not self._is_live_attempt(task, attempt):
                 return
-            task.cancel_event.set()
+            task.cancel_requested = True
             error = TaskError("timeout", f"task exceeded its timeout of {task.info.timeout:g} s")
             if attempt <= task.info.retries and not self._closed:
                 ready, events = self._schedule_retry(task, attempt, error)
@@ -439,7 +440,7 @@ class TaskManager:
         info.finished_at = time.time()
         self._cancel_timer(task)
         if status is not TaskStatus.COMPLETED:
-            task.cancel_event.set()
+            task.cancel_requested = True
         for waiter in task.waiters:
             waiter.remaining -= 1
             if waiter.remaining <= 0:
@@ -642,7 +643,7 @@ class TaskManager:
     def is_cancel_requested(self, task_id: str) -> bool:
         with self._lock:
             task = self._tasks.get(task_id)
-            return task is not None and task.cancel_event.is_set()
+            return task is not None and task.cancel_requested
 
     # ------------------------------------------------------------------ lifecycle
 

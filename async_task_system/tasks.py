@@ -37,6 +37,9 @@ class TaskKind(str, Enum):
         """Accept the kind names an LLM is likely to write ("managed_agent", "callable", ...)."""
         if isinstance(value, TaskKind):
             return value
+        exact = _KIND_BY_VALUE.get(value)
+        if exact is not None:
+            return exact
         normalized = str(value).strip().lower().replace("-", "_")
         aliases = {
             "tool": cls.TOOL,
@@ -54,6 +57,9 @@ class TaskKind(str, Enum):
         except KeyError:
             kinds = ", ".join(repr(k.value) for k in cls)
             raise ValueError(f"Unknown task type {value!r}: use one of {kinds}.") from None
+
+
+_KIND_BY_VALUE: dict[str, TaskKind] = {kind.value: kind for kind in TaskKind}
 
 
 class TaskStatus(str, Enum):

@@ -1,0 +1,137 @@
+"""Core performance figures, each against a baseline measured in the same run.
+
+    .venv/bin/python benchmarks/bench_core.py
+
+(a) submit -> result overhead for 10,000 no-op tasks vs raw ThreadPoolExecutor (target <= 2x)
+(b) how long wait() takes to return after the last task finishes, p50/p99 (target p99 <= 1 ms)
+(c) 32 tasks x 100 ms sleep with max_workers=32, wall time (target <= 115 ms)
+(d) seed 004's demo: AsyncAgent vs a plain CodeAgent calling the same tools one by one (target >= 3.5x)
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+
+from async_task_system import ScriptedModel, TaskManager, create_async_agent
+
+
+def noop() -> None:
+    return None
+
+
+def bench_overhead(n: int = 10_000, workers: int = 4, rounds: int = 3) -> None:
+    raw_times, ours_times = [], []
+    for _ in range(rounds):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            started = time.perf_counter()
+            futures = [pool.submit(noop) for _ in range(n)]
+            wait(futures)
+            _ = [f.result() for f in futures]
+            raw_times.append(time.perf_counter() - started)
+        with TaskManager(max_workers=workers, functions=[noop], retention=n) as manager:
+            started = time.perf_counter()
+            ids = [manager.submit("function", "noop") for _ in range(n)]
+            manager.wait(ids)
+            manager.results(ids)
+            ours_times.append(time.perf_counter() - started)
+    raw, ours = min(raw_times), min(ours_times)
+    print(f"(a) {n:,} no-op tasks, max_workers={workers}, best of {rounds}")
+    print(f"    raw ThreadPoolExecutor: {raw * 1e3:8.1f} ms  ({raw / n * 1e6:5.1f} us/task)")
+    print(f"    TaskManager           : {ours * 1e3:8.1f} ms  ({ours / n * 1e6:5.1f} us/task)")
+    print(f"    ratio                 : {ours / raw:.2f}x   (target <= 2x)")
+
+
+def bench_wait_latency(samples: int = 500) -> None:
+    finished_at: list[float] = []
+
+    def short() -> None:
+        time.sleep(0.001)
+        finished_at.append(time.perf_counter())
+
+    latencies = []
+    with TaskManager(max_workers=2, functions=[short]) as manager:
+        for _ in range(samples):
+            task_id = manager.submit("function", "short")
+            manager.wait([task_id])
+            latencies.append(time.perf_counter() - finished_at[-1])
+    baseline = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(samples):
+            future = pool.submit(short)
+            wait([future])
+            baseline.append(time.perf_counter() - finished_at[-1])
+    q = statistics.quantiles(latencies, n=100)
+    qb = statistics.quantiles(baseline, n=100)
+    print(f"(b) wait() return after the task's last line, {samples} samples")
+    print(
+        f"    TaskManager.wait      : p50 {q[49] * 1e6:7.1f} us   p99 {q[98] * 1e6:7.1f} us   (target p99 <= 1000 us)"
+    )
+    print(f"    futures.wait baseline : p50 {qb[49] * 1e6:7.1f} us   p99 {qb[98] * 1e6:7.1f} us")
+
+
+def bench_sleepers(n: int = 32, seconds: float = 0.1, rounds: int = 5) -> None:
+    def nap() -> None:
+        time.sleep(seconds)
+
+    walls, raw_walls = [], []
+    for _ in range(rounds):
+        with TaskManager(max_workers=n, functions=[nap]) as manager:
+            started = time.perf_counter()
+            ids = [manager.submit("function", "nap") for _ in range(n)]
+            manager.wait(ids)
+            walls.append(time.perf_counter() - started)
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            started = time.perf_counter()
+            wait([pool.submit(nap) for _ in range(n)])
+            raw_walls.append(time.perf_counter() - started)
+    print(f"(c) {n} tasks x {seconds * 1e3:.0f} ms sleep, max_workers={n}, {rounds} rounds (fresh pool each)")
+    print(
+        f"    TaskManager wall      : median {statistics.median(walls) * 1e3:6.1f} ms  worst {max(walls) * 1e3:6.1f} ms"
+        "   (target <= 115 ms)"
+    )
+    print(
+        f"    ThreadPoolExecutor    : median {statistics.median(raw_walls) * 1e3:6.1f} ms  worst {max(raw_walls) * 1e3:6.1f} ms"
+    )
+
+
+def bench_demo() -> None:
+    from smolagents import CodeAgent
+
+    from async_task_system.demo import DATASETS, analyze_dataset, demo_script
+
+    model = ScriptedModel(demo_script())
+    with create_async_agent(tools=[analyze_dataset], model=model, max_workers=5, verbosity_level=0) as agent:
+        started = time.perf_counter()
+        agent.run("Analyse the five datasets.")
+        parallel = time.perf_counter() - started
+
+    sequential_code = (
+        "<code>\n"
+        f"results = [analyze_dataset(dataset=name) for name in {list(DATASETS)!r}]\n"
+        "final_answer(results)\n"
+        "</code>"
+    )
+    plain = CodeAgent(
+        tools=[analyze_dataset],
+        model=ScriptedModel([sequential_code]),
+        verbosity_level=0,
+        executor_kwargs={"timeout_seconds": 60},
+    )
+    started = time.perf_counter()
+    plain.run("Analyse the five datasets.")
+    sequential = time.perf_counter() - started
+    print("(d) seed 004 demo: 5 datasets, 1.0-2.0 s each (7.5 s of work)")
+    print(f"    plain CodeAgent, one by one : {sequential:6.2f} s")
+    print(f"    AsyncAgent, in parallel     : {parallel:6.2f} s")
+    print(f"    speedup                     : {sequential / parallel:.2f}x   (target >= 3.5x)")
+
+
+if __name__ == "__main__":
+    print(f"Python {sys.version.split()[0]}")
+    bench_overhead()
+    bench_wait_latency()
+    bench_sleepers()
+    bench_demo()
