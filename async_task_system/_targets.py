@@ -120,8 +120,6 @@ class _LazyHint:
         t = self.target
         return f"Call it as submit_task({t.kind.value!r}, {t.name!r}, {t.signature_hint()})."
 
-    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
-
 
 def _matches(value: Any, expected: str | list[str]) -> bool:
     options = expected if isinstance(expected, list) else [expected]
