@@ -1,0 +1,598 @@
+"""The asyncio TCP server speaking seed 003's JSON-lines protocol.
+
+One connection carries many requests; each runs in a worker thread on a fresh agent from the
+factory, and its response line is written as soon as it is ready (any order, tagged with its
+``request_id``). The event loop only reads lines, validates them and writes responses, so a
+slow agent never blocks another request or connection.
+
+Rules a client can rely on (see ``docs/protocol.md``):
+
+* every request gets exactly one final response line; nothing else is sent unless the client
+  asked for it (approval questions with ``ask_before_tool_execution``, incremental chunks with
+  ``config.incremental_stream``), so clients that read one line per request keep working;
+* a malformed line gets a ``parse_error`` response and the connection stays usable;
+* a line over ``max_line_bytes`` gets a ``connection_error`` response and the connection closes;
+* a request over its time limit gets ``timeout_error`` and its work is cancelled;
+* a client that goes away (EOF or reset) cancels all its unfinished requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import hmac
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .agents import (
+    AgentFactory,
+    AgentHandle,
+    Exchange,
+    RequestCancelled,
+    RequestHooks,
+    approval_decision,
+    execute_request,
+    is_approval,
+)
+from .protocol import (
+    ErrorCode,
+    RemoteRequest,
+    RemoteResponse,
+    RequestError,
+    ResponseContent,
+    ToolCallContent,
+    encode_response,
+    error_response,
+    parse_request,
+)
+
+__all__ = ["AgentServer", "RequestRecord", "ServerThread", "parse_address", "serve"]
+
+logger = logging.getLogger("async_task_system.server")
+
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """How one request ended; passed to the server's listeners (for logs, metrics and tests)."""
+
+    connection_id: int
+    request_id: str
+    status: str
+    """``completed``, ``failed`` (an error response), ``timeout``, or ``cancelled`` (client gone / shutdown)."""
+    error: str | None
+    duration: float
+    """Seconds from the request line being read to the end of its work."""
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (or ``"[::1]:PORT"``, or ``":PORT"`` for 127.0.0.1) -> (host, port)."""
+    text = address.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8080, got {address!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    return host, port
+
+
+class _Request:
+    """State of one in-flight request on a connection."""
+
+    def __init__(self, request: RemoteRequest, started: float) -> None:
+        self.request = request
+        self.started = started
+        self.hooks = RequestHooks()
+        self.task: asyncio.Task[None] | None = None
+        self.handle: AgentHandle | None = None
+        self.approvals: collections.deque[asyncio.Future[tuple[bool, str]]] = collections.deque()
+        self.cancel_reason: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Stop the work: flag checked at every model call and tool gate, agent interrupted."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self.hooks.cancel_event.set()
+        if self.handle is not None:
+            self.handle.interrupt()
+        while self.approvals:
+            future = self.approvals.popleft()
+            if not future.done():
+                future.cancel()
+
+
+class _Connection:
+    def __init__(
+        self, server: AgentServer, connection_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.id = connection_id
+        self.reader = reader
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        self.requests: dict[str, _Request] = {}
+        self.history: collections.deque[Exchange] = collections.deque(maxlen=max(server.max_history, 0))
+        self.authenticated = server.token is None
+        self.closed = False
+        self._write_lock = asyncio.Lock()
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+
+    # ------------------------------------------------------------------------------------ writing
+
+    def write_nowait(self, data: bytes) -> None:
+        if not self.closed and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def send(self, response: RemoteResponse) -> None:
+        if self.closed or self.writer.is_closing():
+            return
+        data = encode_response(response)
+        async with self._write_lock:
+            try:
+                self.writer.write(data)
+                await self.writer.drain()
+            except (ConnectionError, RuntimeError) as exc:
+                logger.debug("connection %s: write failed: %s", self.id, exc)
+                self.abort("write failed")
+
+    def abort(self, reason: str) -> None:
+        """The client is gone: cancel everything it asked for."""
+        if self.closed:
+            return
+        self.closed = True
+        for request in list(self.requests.values()):
+            request.cancel(reason)
+            if request.task is not None:
+                request.task.cancel()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    # ------------------------------------------------------------------------------------ reading
+
+    async def run(self) -> None:
+        logger.info("connection %s from %s", self.id, self.peer)
+        try:
+            while not self.closed:
+                try:
+                    line = await self.reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await self.send(
+                        error_response(
+                            "",
+                            ErrorCode.CONNECTION_ERROR,
+                            f"Line longer than the limit of {self.server.max_line_bytes} bytes; the connection "
+                            "is closed. Send smaller inputs (the server's --max-line-bytes sets the limit).",
+                        )
+                    )
+                    await self._close_after_flush()
+                    return
+                except (ConnectionError, OSError):
+                    break
+                if not line:
+                    break  # EOF: the client is gone (or stopped sending): cancel its work
+                if line.strip():
+                    await self._handle_line(line)
+        finally:
+            self.abort("client disconnected")
+            logger.info("connection %s closed", self.id)
+
+    async def _close_after_flush(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.writer.drain()
+        self.abort("connection closed by the server")
+
+    async def _refuse(self, request_id: str, message: str) -> None:
+        await self.send(error_response(request_id, ErrorCode.CONNECTION_ERROR, message))
+        await self._close_after_flush()
+
+    async def _handle_line(self, line: bytes) -> None:
+        started = time.monotonic()
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            await self.send(error_response("", ErrorCode.PARSE_ERROR, f"Failed to parse request: {exc}"))
+            return
+        raw_id = obj.get("request_id") if isinstance(obj, dict) else None
+        request_id = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else ""
+        is_auth_line = isinstance(obj, dict) and "token" in obj and "input" not in obj
+        if not self.authenticated:
+            presented = obj.get("token") if isinstance(obj, dict) else None
+            if not isinstance(presented, str):
+                await self._refuse(
+                    request_id,
+                    'This server requires a token: add "token": "<token>" to your first request, or send '
+                    '{"token": "<token>"} as the first line. The connection is closed.',
+                )
+                return
+            if not hmac.compare_digest(presented.encode(), (self.server.token or "").encode()):
+                await self._refuse(request_id, "Invalid token; the connection is closed.")
+                return
+            self.authenticated = True
+        if is_auth_line:
+            await self.send(RemoteResponse(request_id=request_id, response=ResponseContent(Text="authenticated")))
+            return
+        try:
+            request = parse_request(obj)
+        except RequestError as exc:
+            await self.send(error_response(exc.request_id, exc.code, exc.message))
+            return
+        existing = self.requests.get(request.request_id)
+        if existing is not None:
+            if is_approval(request) and existing.approvals:
+                future = existing.approvals.popleft()
+                if not future.done():
+                    future.set_result(approval_decision(request))
+                return
+            await self.send(
+                error_response(
+                    request.request_id,
+                    ErrorCode.PROCESSING_ERROR,
+                    f"request_id {request.request_id!r} is already in flight on this connection; "
+                    "give every request a unique request_id",
+                )
+            )
+            return
+        if len(self.requests) >= self.server.max_requests_per_connection:
+            await self.send(
+                error_response(
+                    request.request_id,
+                    ErrorCode.PROCESSING_ERROR,
+                    f"Too many requests in flight on this connection (limit "
+                    f"{self.server.max_requests_per_connection}); wait for some answers first",
+                )
+            )
+            return
+        state = _Request(request, started)
+        self.requests[request.request_id] = state
+        state.task = asyncio.create_task(self._run_request(state))
+
+    # ------------------------------------------------------------------------------------ requests
+
+    def _hooks_for(self, state: _Request) -> RequestHooks:
+        hooks = state.hooks
+        request = state.request
+        config = request.effective_config()
+
+        def on_handle(handle: AgentHandle) -> None:
+            state.handle = handle
+            if hooks.cancel_event.is_set():
+                handle.interrupt()
+
+        hooks.on_handle = on_handle
+        if config.ask_before_tool_execution:
+
+            def ask_approval(name: str, arguments: Any) -> tuple[bool, str]:
+                future = asyncio.run_coroutine_threadsafe(self._ask_approval(state, name, arguments), self.loop)
+                try:
+                    return future.result()
+                except (concurrent.futures.CancelledError, asyncio.CancelledError):
+                    raise RequestCancelled("request cancelled while waiting for tool approval") from None
+
+            hooks.ask_approval = ask_approval
+        if request.stream and config.incremental_stream:
+            request_id = request.request_id
+
+            def send_partial(chunk: str) -> None:
+                data = encode_response(
+                    RemoteResponse(request_id=request_id, response=ResponseContent(Stream=[chunk]), partial=True)
+                )
+                self.loop.call_soon_threadsafe(self.write_nowait, data)
+
+            hooks.send_partial = send_partial
+        return hooks
+
+    async def _ask_approval(self, state: _Request, name: str, arguments: Any) -> tuple[bool, str]:
+        if state.hooks.cancel_event.is_set():
+            raise asyncio.CancelledError
+        future: asyncio.Future[tuple[bool, str]] = self.loop.create_future()
+        state.approvals.append(future)
+        await self.send(
+            RemoteResponse(
+                request_id=state.request.request_id,
+                response=ResponseContent(ToolCall=ToolCallContent(name=name, arguments=arguments)),
+            )
+        )
+        return await future
+
+    async def _run_request(self, state: _Request) -> None:
+        server = self.server
+        request = state.request
+        request_id = request.request_id
+        config = request.effective_config()
+        timeout = server.request_timeout
+        if config.timeout is not None:
+            timeout = min(timeout, config.timeout) if timeout else config.timeout
+        hooks = self._hooks_for(state)
+        history = list(self.history)
+        if config.max_context_num is None:
+            config_context = server.default_context_num
+            request = request.model_copy(
+                update={"config": config.model_copy(update={"max_context_num": config_context})}
+            )
+        work = self.loop.run_in_executor(
+            server._pool,
+            lambda: execute_request(
+                server.agent_factory, request, history, hooks, model=server.model, temp_root=server.temp_dir
+            ),
+        )
+        # After a timeout the thread may still finish later: consume its outcome so nothing is logged.
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())
+        status, response, error = "failed", None, None
+        try:
+            try:
+                result = await asyncio.wait_for(asyncio.shield(work), timeout)
+            except asyncio.TimeoutError:
+                state.cancel("timeout")
+                status = "timeout"
+                response = error_response(
+                    request_id,
+                    ErrorCode.TIMEOUT_ERROR,
+                    f"The request ran longer than its time limit of {timeout:g} s and was cancelled; simplify "
+                    "the request or raise config.timeout (the server caps it with --request-timeout).",
+                )
+            except RequestCancelled:
+                status = "cancelled"
+            except RequestError as exc:
+                response = error_response(request_id, exc.code, exc.message)
+            except Exception as exc:  # a bug or an unexpected failure: still one clear answer
+                logger.exception("request %r failed", request_id)
+                response = error_response(
+                    request_id, ErrorCode.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"
+                )
+            else:
+                status = "completed"
+                response = RemoteResponse(request_id=request_id, response=result.content, token_usage=result.token_usage)
+                if result.exchange is not None:
+                    self.history.append(result.exchange)
+        except asyncio.CancelledError:
+            # The connection is gone, or the server is closing: stop the work, answer if we still can.
+            state.cancel(state.cancel_reason or "cancelled")
+            status = "cancelled"
+            if server._closing and not self.closed:
+                with contextlib.suppress(Exception):
+                    await self.send(
+                        error_response(request_id, ErrorCode.CONNECTION_ERROR, "The server is shutting down")
+                    )
+        finally:
+            if self.requests.get(request_id) is state:
+                del self.requests[request_id]
+            if response is not None:
+                error = response.error
+                await self.send(response)
+            server._notify(
+                RequestRecord(self.id, request_id, status, error or state.cancel_reason, time.monotonic() - state.started)
+            )
+
+
+class AgentServer:
+    """Serve an agent factory over seed 003's JSON-lines protocol.
+
+    Args:
+        agent_factory: a callable returning a *fresh* agent per request: an ``AsyncAgent``
+            (``create_async_agent``) or any smolagents agent such as ``CodeAgent``.
+        host, port: where to listen; 127.0.0.1 by default, port 0 picks a free port (see :attr:`port`).
+        token: when set, a connection must present it (``"token"`` on its first line) before anything runs.
+        model: the model for ``use_tools=false`` answers; by default the agent's own model.
+        request_timeout: seconds one request may take (its ``config.timeout`` may only shorten it).
+        max_line_bytes: longest accepted line; a longer one closes the connection.
+        max_concurrent_requests: worker threads, i.e. requests running at once over all connections.
+        max_requests_per_connection: requests in flight on one connection before new ones are refused.
+        default_context_num: earlier exchanges shown to a request that sets no ``max_context_num``.
+        max_history: exchanges remembered per connection (the cap of ``max_context_num``).
+        temp_dir: where per-request file folders are created (system temp dir by default).
+
+    Use it from asyncio (``await server.start()``, ``await server.serve_forever()``,
+    ``await server.close()``), from blocking code with :func:`serve`, or in a background thread
+    with :meth:`start_in_thread`.
+    """
+
+    def __init__(
+        self,
+        agent_factory: AgentFactory,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        model: Any | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_concurrent_requests: int = 64,
+        max_requests_per_connection: int = 256,
+        default_context_num: int = 5,
+        max_history: int = 50,
+        temp_dir: str | None = None,
+    ) -> None:
+        if not callable(agent_factory):
+            raise TypeError("agent_factory must be a callable returning a fresh agent for each request")
+        if request_timeout is not None and request_timeout <= 0:
+            raise ValueError("request_timeout must be a positive number of seconds")
+        self.agent_factory = agent_factory
+        self.host = host
+        self.requested_port = port
+        self.token = token or None
+        self.model = model
+        self.request_timeout = float(request_timeout)
+        self.max_line_bytes = int(max_line_bytes)
+        self.max_concurrent_requests = int(max_concurrent_requests)
+        self.max_requests_per_connection = int(max_requests_per_connection)
+        self.default_context_num = int(default_context_num)
+        self.max_history = int(max_history)
+        self.temp_dir = temp_dir
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.max_concurrent_requests, thread_name_prefix="agent-request"
+        )
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+        self._connection_ids = itertools.count(1)
+        self._listeners: list[Callable[[RequestRecord], None]] = []
+        self._closing = False
+
+    # ------------------------------------------------------------------------------------ public
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the server is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def add_listener(self, callback: Callable[[RequestRecord], None]) -> None:
+        """Call ``callback(record)`` (on the event loop) whenever a request ends."""
+        self._listeners.append(callback)
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        self._server = await asyncio.start_server(
+            self._on_connection, self.host, self.requested_port, limit=self.max_line_bytes
+        )
+        logger.info("serving on %s", self.address)
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop accepting, answer in-flight requests with ``connection_error``, close connections."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        tasks = []
+        for connection in list(self._connections):
+            for state in list(connection.requests.values()):
+                state.cancel("server shutting down")
+                if state.task is not None:
+                    state.task.cancel()
+                    tasks.append(state.task)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for connection in list(self._connections):
+            with contextlib.suppress(Exception):
+                await connection.writer.drain()
+            connection.abort("server shutting down")
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def start_in_thread(self) -> ServerThread:
+        """Run the server on its own event loop in a daemon thread; returns once it is listening."""
+        return ServerThread(self)
+
+    # ------------------------------------------------------------------------------------ internal
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = _Connection(self, next(self._connection_ids), reader, writer)
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
+
+    def _notify(self, record: RequestRecord) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback(record)
+            except Exception:
+                logger.exception("server listener failed")
+
+
+class ServerThread:
+    """An :class:`AgentServer` running in a background thread (for embedding and tests).
+
+    ``port`` is ready when the constructor returns; :meth:`stop` (or leaving the ``with``
+    block) closes the server and joins the thread.
+    """
+
+    def __init__(self, server: AgentServer) -> None:
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="agent-server", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.close()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.host, self.server.port
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the server's loop and return its result (for inspection in tests)."""
+        return asyncio.run_coroutine_threadsafe(_call(fn), self.loop).result()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self.server.close(), self.loop)
+        with contextlib.suppress(Exception):
+            future.result(timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def serve(agent_factory: AgentFactory, address: str = "127.0.0.1:8080", **options: Any) -> None:
+    """Serve ``agent_factory`` on ``address`` ("HOST:PORT") until interrupted (Ctrl-C).
+
+    ``options`` are :class:`AgentServer`'s keyword arguments (``token``, ``request_timeout``, ...).
+    """
+    host, port = parse_address(address)
+    server = AgentServer(agent_factory, host, port, **options)
+
+    async def main() -> None:
+        await server.start()
+        try:
+            await server.serve_forever()
+        finally:
+            await server.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
