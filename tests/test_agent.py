@@ -217,3 +217,43 @@ def test_scripted_model_streams_the_same_text():
     deltas = list(model.generate_stream([{"role": "user", "content": "hi"}]))
     assert "".join(d.content for d in deltas) == "one two  three"
     assert deltas[-1].token_usage is not None and len(deltas) == 3
+
+
+def test_agent_factory_builds_one_instance_per_run():
+    built: list[CodeAgent] = []
+
+    def factory() -> CodeAgent:
+        agent = CodeAgent(
+            tools=[],
+            model=ScriptedModel(['<code>\nfinal_answer("fresh")\n</code>']),
+            name="writer",
+            description="writes",
+            verbosity_level=0,
+        )
+        built.append(agent)
+        return agent
+
+    from async_task_system import TaskManager
+
+    with TaskManager(max_workers=2) as manager:
+        manager.register_agent(factory, name="writer", description="Writes things.")
+        ids = [manager.submit("agent", "writer", {"task": f"write {i}"}) for i in range(2)]
+        manager.wait(ids, timeout=10)
+        assert manager.results(ids) == {ids[0]: "fresh", ids[1]: "fresh"}
+    assert len(built) == 2 and built[0] is not built[1]
+    with pytest.raises(ValueError, match="needs a name"):
+        TaskManager().register_agent(factory)
+
+
+def test_get_task_manager_inside_the_agents_own_code():
+    from async_task_system import get_task_manager
+
+    @tool
+    def which_manager() -> str:
+        """Reports whether the active task manager is visible here."""
+        return "visible" if get_task_manager() is not None else "missing"
+
+    model = ScriptedModel(["<code>\nfinal_answer(which_manager())\n</code>"])
+    with create_async_agent(tools=[which_manager], model=model, verbosity_level=0) as agent:
+        assert agent.run("which manager?") == "visible"
+    assert get_task_manager() is None
