@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_remote_init_lock = threading.Lock()
 
 _current: contextvars.ContextVar[tuple[TaskManager, str] | None] = contextvars.ContextVar(
     "async_task_system_current_task", default=None
@@ -169,6 +170,7 @@ class TaskManager:
         self._delivering = False
         self._all_done = threading.Condition(self._lock)
         self._closed = False
+        self._remote: Any = None  # RemoteExecutionManager, created on first use of remote_manager
         for item in tools or ():
             self.register_tool(item)
         for item in managed_agents or ():
@@ -244,6 +246,8 @@ class TaskManager:
         attempt after an exponential back-off.
         """
         task_kind = TaskKind.parse(kind)
+        if task_kind is TaskKind.REMOTE:
+            _ = self.remote_manager  # registers the "remote" target on first use
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise TaskValidationError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if not isinstance(retries, int) or retries < 0:
@@ -274,11 +278,17 @@ class TaskManager:
             self._tasks[task_id] = task
             self._submitted += 1
             self._counts[TaskStatus.PENDING] += 1
-            self._queue.append(task)
+            # A remote command holds no slot: its first attempt only sends the request and suspends,
+            # so it starts at once in the caller's thread and the request id exists when submit returns.
+            starts_now = kind is TaskKind.REMOTE
+            if not starts_now:
+                self._queue.append(task)
             ready = self._take_ready()
             events = self._snapshot(task)
         self._dispatch(ready)
         self._notify(events)
+        if starts_now:
+            self._run_attempt(task)
         return task_id
 
     # ------------------------------------------------------------------ running
@@ -348,7 +358,8 @@ class TaskManager:
 
     def _attempt_succeeded(self, task: _Task, attempt: int, result: Any) -> None:
         with self._lock:
-            if not self._is_live_attempt(task, attempt):
+            if not self._is_live_attempt(task, attempt) or task.info.status is TaskStatus.WAITING_REMOTE:
+                # (waiting: the attempt handed its work to a remote executor; the response finishes it)
                 ready, events = self._release_slot(task), []
             else:
                 ready, events = self._finish_locked(task, TaskStatus.COMPLETED, result, None)
@@ -644,6 +655,39 @@ class TaskManager:
         with self._lock:
             task = self._tasks.get(task_id)
             return task is not None and task.cancel_requested
+
+    # ------------------------------------------------------------------ remote execution (seed 000)
+
+    @property
+    def remote_manager(self) -> Any:
+        """The :class:`~async_task_system.remote.bridge.RemoteExecutionManager` of this manager (created on first use)."""
+        if self._remote is None:
+            from .remote.bridge import RemoteExecutionManager  # the core does not import subsystems up front
+
+            with _remote_init_lock:
+                if self._remote is None:
+                    self._remote = RemoteExecutionManager(self)
+        return self._remote
+
+    async def suspend_task_for_remote(self, task_id: str, command: str, timeout: float | None = None) -> str:
+        """Move a running task to WAITING_REMOTE (its slot is given back), send ``command``; returns the request id.
+
+        The task's code may return afterwards: the response completes the task with the remote result.
+        """
+        return self.remote_manager.suspend(task_id, command, timeout)
+
+    async def resume_task_with_result(self, task_id: str, result: Any) -> bool:
+        """WAITING_REMOTE -> RUNNING -> COMPLETED with ``result``; False if the task was not waiting."""
+        return self.remote_manager.resume(task_id, result)
+
+    def handle_websocket_response(
+        self, request_id: str, success: bool, result: Any = None, error: str | None = None
+    ) -> bool:
+        """Deliver a remote response (seed 000): resumes the waiting task, or fails it with the remote error.
+
+        Safe from any thread or event loop; unknown, late and duplicate responses are logged and ignored.
+        """
+        return self.remote_manager.handle_remote_response(request_id, success, result, error)
 
     # ------------------------------------------------------------------ lifecycle
 

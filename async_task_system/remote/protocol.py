@@ -1,0 +1,230 @@
+"""The hub <-> worker message set: JSON text frames over one WebSocket per worker.
+
+Every frame is a JSON object with a ``type``. The one exception is the result frame, which may
+also be sent in seed 000's exact shape ``{"request_id", "success", "result", "error"}`` without a
+``type``, so an executor written from that document works unchanged. ``docs/remote.md`` lists
+every field; this module is the single place that builds and checks them, so the hub, the worker
+and :class:`~async_task_system.remote.handler.RemoteExecutionHandler` agree.
+
+Worker -> hub: ``register``, ``heartbeat``, ``log``, ``result``.
+Hub -> worker: ``registered``, ``execute``, ``cancel``, ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "LANGUAGES",
+    "ProtocolError",
+    "decode",
+    "encode",
+    "check_register",
+    "check_result",
+    "check_log",
+    "check_execute",
+    "register_frame",
+    "registered_frame",
+    "execute_frame",
+    "cancel_frame",
+    "heartbeat_frame",
+    "log_frame",
+    "result_frame",
+    "error_frame",
+]
+
+PROTOCOL_VERSION = 1
+LANGUAGES = ("shell", "python")
+"""What a worker can run: ``shell`` (``/bin/sh -c``) and ``python`` (``python -c``)."""
+
+_NAME_MAX = 64
+
+
+class ProtocolError(ValueError):
+    """A frame that is not valid JSON, not an object, or misses or mistypes a field."""
+
+
+def encode(message: dict[str, Any]) -> str:
+    """One frame's text (compact JSON, UTF-8 safe)."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def decode(frame: str | bytes | bytearray | dict[str, Any]) -> dict[str, Any]:
+    """Parse a frame into a dict, or raise :class:`ProtocolError` saying what is wrong."""
+    if isinstance(frame, dict):
+        return frame
+    if isinstance(frame, (bytes, bytearray)):
+        try:
+            frame = bytes(frame).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"frame is not UTF-8: {exc}") from None
+    if not isinstance(frame, str):
+        raise ProtocolError(f"frame must be JSON text, got {type(frame).__name__}")
+    try:
+        message = json.loads(frame)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"frame is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"frame must be a JSON object, got {type(message).__name__}")
+    return message
+
+
+def _require(message: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if key not in message:
+        raise ProtocolError(f"{what} frame needs a {key!r} field")
+    value = message[key]
+    if not isinstance(value, kind):
+        raise ProtocolError(f"{what} frame field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def check_register(message: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``register`` frame; returns ``{name, capabilities, max_concurrent}``."""
+    name = _require(message, "name", str, "register").strip()
+    if not name or len(name) > _NAME_MAX or any(ch.isspace() for ch in name):
+        raise ProtocolError(f"worker name must be 1-{_NAME_MAX} characters without spaces, got {name!r}")
+    capabilities = message.get("capabilities", list(LANGUAGES))
+    if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+        raise ProtocolError("register frame field 'capabilities' must be a list of strings")
+    max_concurrent = message.get("max_concurrent", 5)
+    if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
+        raise ProtocolError("register frame field 'max_concurrent' must be a positive integer")
+    return {"name": name, "capabilities": list(capabilities), "max_concurrent": max_concurrent}
+
+
+def check_result(message: dict[str, Any]) -> dict[str, Any]:
+    """Validate a result frame (seed 000 shape); returns ``{request_id, success, result, error, error_type}``."""
+    request_id = _require(message, "request_id", str, "result")
+    success = _require(message, "success", bool, "result")
+    error = message.get("error")
+    if error is not None and not isinstance(error, str):
+        error = str(error)
+    error_type = message.get("error_type")
+    if error_type is not None and not isinstance(error_type, str):
+        raise ProtocolError("result frame field 'error_type' must be a string")
+    return {
+        "request_id": request_id,
+        "success": success,
+        "result": message.get("result"),
+        "error": error,
+        "error_type": error_type,
+    }
+
+
+def check_log(message: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``log`` frame; returns ``{request_id, stream, line}``."""
+    request_id = _require(message, "request_id", str, "log")
+    stream = message.get("stream", "stdout")
+    if stream not in ("stdout", "stderr"):
+        raise ProtocolError("log frame field 'stream' must be 'stdout' or 'stderr'")
+    line = _require(message, "line", str, "log")
+    return {"request_id": request_id, "stream": stream, "line": line}
+
+
+def check_execute(message: dict[str, Any]) -> dict[str, Any]:
+    """Validate an ``execute`` frame (on the worker); returns its fields with defaults filled in."""
+    request_id = _require(message, "request_id", str, "execute")
+    command = _require(message, "command", str, "execute")
+    language = message.get("language", "shell")
+    if language not in LANGUAGES:
+        raise ProtocolError(
+            f"execute frame field 'language' must be one of {', '.join(LANGUAGES)}, got {language!r}"
+        )
+    timeout = message.get("timeout")
+    if timeout is not None and (
+        not isinstance(timeout, (int, float))
+        or isinstance(timeout, bool)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ProtocolError("execute frame field 'timeout' must be a positive number of seconds")
+    env = message.get("env") or {}
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ProtocolError("execute frame field 'env' must be an object of string values")
+    return {
+        "request_id": request_id,
+        "command": command,
+        "language": language,
+        "timeout": timeout,
+        "env": env,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- builders
+
+
+def register_frame(name: str, capabilities: list[str], max_concurrent: int) -> dict[str, Any]:
+    return {
+        "type": "register",
+        "version": PROTOCOL_VERSION,
+        "name": name,
+        "capabilities": list(capabilities),
+        "max_concurrent": max_concurrent,
+    }
+
+
+def registered_frame(
+    name: str, heartbeat_interval: float, heartbeat_timeout: float, max_message_bytes: int
+) -> dict[str, Any]:
+    return {
+        "type": "registered",
+        "version": PROTOCOL_VERSION,
+        "name": name,
+        "heartbeat_interval": heartbeat_interval,
+        "heartbeat_timeout": heartbeat_timeout,
+        "max_message_bytes": max_message_bytes,
+    }
+
+
+def execute_frame(
+    request_id: str, command: str, language: str, timeout: float | None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "execute",
+        "request_id": request_id,
+        "command": command,
+        "language": language,
+        "timeout": timeout,
+    }
+    if env:
+        frame["env"] = dict(env)
+    return frame
+
+
+def cancel_frame(request_id: str, reason: str = "cancelled") -> dict[str, Any]:
+    return {"type": "cancel", "request_id": request_id, "reason": reason}
+
+
+def heartbeat_frame(running: int, queued: int) -> dict[str, Any]:
+    return {"type": "heartbeat", "running": running, "queued": queued}
+
+
+def log_frame(request_id: str, stream: str, line: str) -> dict[str, Any]:
+    return {"type": "log", "request_id": request_id, "stream": stream, "line": line}
+
+
+def result_frame(
+    request_id: str, success: bool, result: Any, error: str | None, error_type: str | None = None
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "result",
+        "request_id": request_id,
+        "success": success,
+        "result": result,
+        "error": error,
+    }
+    if error_type:
+        frame["error_type"] = error_type
+    return frame
+
+
+def error_frame(error: str, request_id: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "error": error}
+    if request_id is not None:
+        frame["request_id"] = request_id
+    return frame

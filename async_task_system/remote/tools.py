@@ -1,0 +1,147 @@
+"""The ``remote_execute`` tool and :func:`attach_remote`, which wires remote execution into an agent.
+
+``remote_execute(command, timeout=None, worker=None, language=None)`` behaves by where it is called:
+
+* by the coordinating LLM (not inside a task): it starts a ``remote`` task and returns at once
+  ``{"status": "pending_remote", "task_id", "request_id", "message"}``; the LLM waits with
+  ``wait_for_tasks([task_id])`` and reads ``{exit_code, stdout, stderr, ...}`` with
+  ``get_task_results([task_id])``. The task holds no worker slot and no thread while it waits.
+* inside a running task (a managed agent's step, a tool run in the background): it blocks that
+  step until the result arrives and returns it, so the output enters the sub-agent's context as
+  the tool's observation (seed 000, "context kept"). The task lends its slot back meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smolagents import Tool
+
+from ..manager import TaskManager, get_current_task_id, get_task_manager
+from ..tasks import TaskStatus
+from .bridge import REMOTE_INPUTS, REMOTE_TARGET_NAME, RemoteExecutionError
+
+__all__ = ["RemoteExecuteTool", "attach_remote"]
+
+
+class RemoteExecuteTool(Tool):
+    """Runs a command on a remote worker through the task manager's remote bridge.
+
+    Args:
+        manager: the :class:`TaskManager` to use; ``None`` uses the one running the current task
+            (or the one an ``AsyncAgent`` run made active), as seed 000's ``get_task_manager()``.
+    """
+
+    name = "remote_execute"
+    description = (
+        "Runs a shell command (or Python code with language='python') on a remote worker machine. "
+        "From your own code it returns at once a dict {'status': 'pending_remote', 'task_id', 'request_id', "
+        "'message'}: then call wait_for_tasks([task_id]) and read the outcome with get_task_results([task_id]), "
+        "a dict with exit_code, stdout and stderr (a non-zero exit code reads as an 'ERROR:' string). "
+        "Inside a background task it waits and returns that dict directly. "
+        "Start several commands before waiting to run them in parallel."
+    )
+    inputs = {key: dict(spec) for key, spec in REMOTE_INPUTS.items()}
+    output_type = "object"
+
+    def __init__(self, manager: TaskManager | None = None) -> None:
+        self._bound = manager
+        super().__init__()
+
+    def _manager(self) -> TaskManager:
+        manager = self._bound or get_task_manager()
+        if manager is None:
+            raise RuntimeError(
+                "remote_execute needs a TaskManager: bind one with RemoteExecuteTool(manager) or run inside an AsyncAgent."
+            )
+        return manager
+
+    def forward(
+        self,
+        command: str,
+        timeout: float | None = None,
+        worker: str | None = None,
+        language: str | None = None,
+    ) -> dict:
+        manager = self._manager()
+        remote = manager.remote_manager
+        remote._check(command, timeout, language or "shell", worker)  # raises with a how-to-fix message
+        task_id = get_current_task_id()
+        if task_id is not None and get_task_manager() is manager:
+            return self._inline(remote, task_id, command, timeout, worker, language)
+        arguments: dict[str, Any] = {"command": command}
+        for key, value in (("timeout", timeout), ("worker", worker), ("language", language)):
+            if value is not None:
+                arguments[key] = value
+        task_id = manager.submit("remote", REMOTE_TARGET_NAME, arguments)
+        request_id = remote.request_for_task(task_id)
+        info = manager.check(task_id)
+        if info.status is TaskStatus.FAILED:
+            return {
+                "status": "failed",
+                "task_id": task_id,
+                "request_id": request_id,
+                "error": str(info.error),
+                "message": f"The command could not be started: {info.error}",
+            }
+        return {
+            "status": "pending_remote",
+            "task_id": task_id,
+            "request_id": request_id,
+            "message": (
+                f"Command sent to a remote worker: {command!r}. Wait with wait_for_tasks([{task_id!r}]) and read "
+                f"exit_code/stdout/stderr with get_task_results([{task_id!r}])."
+            ),
+        }
+
+    @staticmethod
+    def _inline(
+        remote: Any,
+        task_id: str,
+        command: str,
+        timeout: float | None,
+        worker: str | None,
+        language: str | None,
+    ) -> dict:
+        try:
+            result = remote.execute_inline(
+                task_id, command, timeout, language=language or "shell", worker=worker
+            )
+        except RemoteExecutionError as exc:
+            if exc.error_type == "remote_error" and isinstance(exc.result, dict):
+                # The command ran and failed (non-zero exit): its output is what the agent needs to see.
+                return {**exc.result, "success": False, "error": exc.args[0]}
+            raise
+        if isinstance(result, dict):
+            return {**result, "success": True}
+        return {"success": True, "result": result}
+
+
+def attach_remote(
+    target: Any,
+    *,
+    hub: bool = True,
+    token: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    **hub_options: Any,
+) -> Any:
+    """Wire remote execution into an ``AsyncAgent`` (or a bare ``TaskManager``) and start a hub.
+
+    Registers the ``remote`` target (so ``submit_task`` lists it), adds the ``remote_execute``
+    tool to the agent, and with ``hub=True`` starts a :class:`~async_task_system.remote.hub.RemoteHub`
+    on ``host:port`` (port 0 picks a free one) that workers join with ``token``. Returns the
+    started hub (stop it before shutting the agent down), or ``None`` with ``hub=False``.
+    """
+    manager: TaskManager = getattr(target, "task_manager", target)
+    if not isinstance(manager, TaskManager):
+        raise TypeError(f"attach_remote expects an AsyncAgent or a TaskManager, got {type(target).__name__}")
+    _ = manager.remote_manager
+    agent = getattr(target, "agent", None)
+    if agent is not None and hasattr(agent, "tools"):
+        agent.tools[RemoteExecuteTool.name] = RemoteExecuteTool(manager)
+    if not hub:
+        return None
+    from .hub import RemoteHub
+
+    return RemoteHub(manager, host=host, port=port, token=token, **hub_options).start()

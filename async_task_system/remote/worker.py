@@ -1,0 +1,546 @@
+"""The worker daemon (seed 002's executor): ``async-agent worker --hub ws://HOST:PORT --token T --name N``.
+
+It connects to a :class:`~async_task_system.remote.hub.RemoteHub`, registers, sends heartbeats,
+and runs the shell and Python scripts it is sent as subprocesses:
+
+* argument lists, never a shell string built by us: ``/bin/sh -c SCRIPT`` or ``python -u -c SCRIPT``;
+* each in a new session (its own process group); on timeout or cancel the whole group is killed;
+* rlimits on CPU seconds and address space (memory), set in the child before ``exec``;
+* a clean environment: only the variables on an allow-list, plus those the request sets;
+* stdout and stderr streamed back line by line while the script runs, and captured up to a byte
+  cap each (the result says when output was truncated);
+* at most ``--max-concurrent`` scripts at once (default 5); the rest wait their turn;
+* when the hub goes away, running scripts are killed (the hub has failed them already) and the
+  worker reconnects with exponential back-off. A refused token is fatal (exit code 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .protocol import (
+    LANGUAGES,
+    ProtocolError,
+    check_execute,
+    decode,
+    encode,
+    heartbeat_frame,
+    log_frame,
+    register_frame,
+    result_frame,
+)
+
+__all__ = ["WorkerConfig", "ScriptRunner", "WorkerDaemon", "configure_parser", "run", "EXIT_TOKEN_REFUSED"]
+
+logger = logging.getLogger("async_task_system.remote.worker")
+
+EXIT_TOKEN_REFUSED = 3
+EXIT_REGISTRATION_FAILED = 4
+DEFAULT_ALLOW_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_CHUNK = 65536
+_MAX_LINE = 8192
+
+
+@dataclass
+class WorkerConfig:
+    """Everything the worker daemon needs; the CLI flags map one to one."""
+
+    hub: str
+    token: str
+    name: str
+    max_concurrent: int = 5
+    capabilities: tuple[str, ...] = LANGUAGES
+    max_output_bytes: int = 256 * 1024
+    cpu_seconds: float | None = 300.0
+    memory_mb: int | None = 1024
+    allow_env: tuple[str, ...] = DEFAULT_ALLOW_ENV
+    python: str = field(default_factory=lambda: sys.executable or "python3")
+    workdir: str | None = None
+    default_timeout: float = 60.0
+    reconnect_initial: float = 0.25
+    reconnect_max: float = 30.0
+    once: bool = False
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+
+def _limit_resources(cpu_seconds: float | None, memory_bytes: int | None) -> None:
+    """Runs in the child between fork and exec: resource limits for the script."""
+    import resource
+
+    def lower(kind: int, value: int) -> None:
+        _soft, hard = resource.getrlimit(kind)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(kind, (value, value if hard == resource.RLIM_INFINITY else min(value, hard)))
+
+    if cpu_seconds is not None:
+        seconds = max(1, int(cpu_seconds + 0.999))
+        _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        top = seconds + 1 if hard == resource.RLIM_INFINITY else min(seconds + 1, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (min(seconds, top), top))  # SIGXCPU, then SIGKILL
+    if memory_bytes is not None:
+        lower(resource.RLIMIT_AS, memory_bytes)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+class _Capture:
+    """Collects one stream up to a byte cap and splits it into lines for streaming."""
+
+    def __init__(self, name: str, cap: int, on_line: Callable[[str, str], None] | None) -> None:
+        self.name = name
+        self.cap = cap
+        self.on_line = on_line
+        self.data = bytearray()
+        self.truncated = False
+        self.streamed = 0
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        room = self.cap - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        if len(chunk) > room:
+            self.truncated = True
+        if self.on_line is None or self.streamed >= self.cap:
+            return
+        pending = self._partial + chunk
+        lines = pending.split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > _MAX_LINE:
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            self._emit(line)
+
+    def close(self) -> None:
+        if self._partial and self.on_line is not None and self.streamed < self.cap:
+            self._emit(self._partial)
+        self._partial = b""
+
+    def _emit(self, line: bytes) -> None:
+        if self.streamed >= self.cap or self.on_line is None:
+            return
+        self.streamed += len(line) + 1
+        self.on_line(self.name, line.decode("utf-8", errors="replace"))
+
+    def text(self) -> str:
+        return bytes(self.data).decode("utf-8", errors="replace")
+
+
+class ScriptRunner:
+    """Runs one script at a time per call; ``cancel`` and ``kill_all`` stop running ones."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._running: dict[str, tuple[asyncio.subprocess.Process, dict[str, bool]]] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def _argv(self, language: str, command: str) -> list[str]:
+        if language == "python":
+            return [self.config.python, "-u", "-c", command]
+        return ["/bin/sh", "-c", command]
+
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {key: os.environ[key] for key in self.config.allow_env if key in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(extra)
+        return env
+
+    async def run(
+        self, request: dict[str, Any], on_line: Callable[[str, str], None] | None = None
+    ) -> tuple[bool, dict[str, Any], str | None, str | None]:
+        """Run a checked ``execute`` request; returns ``(success, result, error, error_type)``."""
+        config = self.config
+        request_id = request["request_id"]
+        timeout = float(request.get("timeout") or config.default_timeout)
+        language = request["language"]
+        started = time.monotonic()
+        if language not in config.capabilities:
+            return False, {"exit_code": None}, f"this worker does not run {language} commands", "remote_error"
+        memory = None if config.memory_mb is None else int(config.memory_mb) * 1024 * 1024
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._argv(language, request["command"]),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env(request.get("env") or {}),
+                cwd=config.workdir,
+                start_new_session=True,
+                preexec_fn=lambda: _limit_resources(config.cpu_seconds, memory),
+            )
+        except OSError as exc:
+            return (
+                False,
+                {"exit_code": None},
+                f"could not start the {language} process: {exc}",
+                "remote_error",
+            )
+        flags = {"timed_out": False, "cancelled": False}
+        self._running[request_id] = (process, flags)
+        out = _Capture("stdout", config.max_output_bytes, on_line)
+        err = _Capture("stderr", config.max_output_bytes, on_line)
+        assert process.stdout is not None and process.stderr is not None
+        pumps = [
+            asyncio.ensure_future(_pump(process.stdout, out)),
+            asyncio.ensure_future(_pump(process.stderr, err)),
+        ]
+        try:
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                flags["timed_out"] = True
+                _kill_group(process)
+                await process.wait()
+            # Output still buffered in the pipes; bounded, because a grandchild that left the
+            # process group could keep a pipe open forever.
+            _done, pending = await asyncio.wait(pumps, timeout=2.0)
+            for pump in pending:
+                pump.cancel()
+        except asyncio.CancelledError:
+            _kill_group(process)
+            for pump in pumps:
+                pump.cancel()
+            raise
+        finally:
+            self._running.pop(request_id, None)
+        out.close()
+        err.close()
+        code = process.returncode
+        result: dict[str, Any] = {
+            "exit_code": code,
+            "stdout": out.text(),
+            "stderr": err.text(),
+            "timed_out": flags["timed_out"],
+            "cancelled": flags["cancelled"],
+            "truncated": out.truncated or err.truncated,
+            "duration": round(time.monotonic() - started, 6),
+        }
+        if flags["timed_out"]:
+            return False, result, f"timed out after {timeout:g} s; the process group was killed", "timeout"
+        if flags["cancelled"]:
+            return False, result, "cancelled; the process group was killed", "cancelled"
+        if code == 0:
+            return True, result, None, None
+        if code is not None and code < 0:
+            name = _signal_name(-code)
+            hint = " (CPU time limit)" if name in ("SIGXCPU", "SIGKILL") and config.cpu_seconds else ""
+            return False, result, f"killed by {name}{hint}", "remote_error"
+        return False, result, f"exit code {code}", "remote_error"
+
+    def cancel(self, request_id: str) -> bool:
+        entry = self._running.get(request_id)
+        if entry is None:
+            return False
+        process, flags = entry
+        flags["cancelled"] = True
+        _kill_group(process)
+        return True
+
+    def kill_all(self) -> int:
+        ids = list(self._running)
+        for request_id in ids:
+            self.cancel(request_id)
+        return len(ids)
+
+
+async def _pump(stream: asyncio.StreamReader, capture: _Capture) -> None:
+    while True:
+        chunk = await stream.read(_CHUNK)
+        if not chunk:
+            return
+        capture.feed(chunk)
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+# ---------------------------------------------------------------------------------------------- daemon
+
+
+class WorkerDaemon:
+    """Connects to the hub, registers, heartbeats, runs requests; reconnects with back-off."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.runner = ScriptRunner(config)
+        self._slots = asyncio.Semaphore(config.max_concurrent)
+        self._stop = asyncio.Event()
+        self._queued = 0
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from a signal handler on the worker's loop)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+
+        config = self.config
+        delay = config.reconnect_initial
+        while not self._stop.is_set():
+            try:
+                async with connect(
+                    config.hub,
+                    additional_headers={"Authorization": f"Bearer {config.token}"},
+                    proxy=None,
+                    open_timeout=10,
+                    max_size=None,
+                    close_timeout=2,
+                ) as ws:
+                    code = await self._session(ws)
+                    if code is not None:
+                        return code
+                    delay = config.reconnect_initial
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    logger.error(
+                        "the hub at %s refused the token (HTTP %s); check --token", config.hub, status
+                    )
+                    return EXIT_TOKEN_REFUSED
+                logger.warning("the hub at %s answered HTTP %s", config.hub, status)
+            except InvalidURI as exc:
+                logger.error("bad --hub address: %s", exc)
+                return 2
+            except (OSError, ConnectionClosed, TimeoutError) as exc:
+                logger.warning("connection to %s failed or ended: %s", config.hub, exc or type(exc).__name__)
+            finally:
+                killed = self.runner.kill_all()
+                if killed:
+                    logger.warning("killed %d running script(s): the hub connection ended", killed)
+            if config.once or self._stop.is_set():
+                break
+            wait = delay * (0.5 + random.random() / 2)
+            logger.info("reconnecting in %.2f s", wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)
+            delay = min(delay * 2, config.reconnect_max)
+        await self._drain_jobs()
+        return 0
+
+    async def _drain_jobs(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
+        if self._jobs:
+            await asyncio.gather(*self._jobs, return_exceptions=True)
+
+    async def _session(self, ws: Any) -> int | None:
+        """One connection: register, then serve frames until it closes. An int return ends the daemon."""
+        config = self.config
+        await ws.send(encode(register_frame(config.name, list(config.capabilities), config.max_concurrent)))
+        reply = decode(await asyncio.wait_for(ws.recv(), 10))
+        if reply.get("type") != "registered":
+            logger.error("the hub refused the registration: %s", reply.get("error", reply))
+            return EXIT_REGISTRATION_FAILED
+        interval = float(reply.get("heartbeat_interval") or 5.0)
+        logger.info("registered with %s as %r", config.hub, config.name)
+        outbox: asyncio.Queue[str] = asyncio.Queue()
+        sender = asyncio.ensure_future(self._send_loop(ws, outbox))
+        beats = asyncio.ensure_future(self._heartbeats(outbox, interval))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        receiver = asyncio.ensure_future(self._receive_loop(ws, outbox))
+        try:
+            done, _ = await asyncio.wait({sender, receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                await ws.close(1001, "worker stopping")
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in (sender, beats, stopper, receiver):
+                task.cancel()
+            await self._drain_jobs()
+        return 0 if self._stop.is_set() else None
+
+    async def _receive_loop(self, ws: Any, outbox: asyncio.Queue[str]) -> None:
+        async for raw in ws:
+            try:
+                message = decode(raw)
+            except ProtocolError as exc:
+                logger.warning("ignored a bad frame from the hub: %s", exc)
+                continue
+            kind = message.get("type")
+            if kind == "execute":
+                try:
+                    request = check_execute(message)
+                except ProtocolError as exc:
+                    request_id = message.get("request_id")
+                    if isinstance(request_id, str):
+                        outbox.put_nowait(
+                            encode(result_frame(request_id, False, None, str(exc), "remote_error"))
+                        )
+                    continue
+                job = asyncio.ensure_future(self._execute(request, outbox))
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
+            elif kind == "cancel":
+                self.runner.cancel(str(message.get("request_id")))
+            elif kind == "error":
+                logger.warning("the hub reported an error: %s", message.get("error"))
+            else:
+                logger.debug("ignored a %r frame", kind)
+
+    async def _send_loop(self, ws: Any, outbox: asyncio.Queue[str]) -> None:
+        # One sender keeps frames in order: a script's log lines always precede its result.
+        while True:
+            frame = await outbox.get()
+            await ws.send(frame)
+
+    async def _heartbeats(self, outbox: asyncio.Queue[str], interval: float) -> None:
+        while True:
+            outbox.put_nowait(encode(heartbeat_frame(self.runner.running, self._queued)))
+            await asyncio.sleep(interval)
+
+    async def _execute(self, request: dict[str, Any], outbox: asyncio.Queue[str]) -> None:
+        request_id = request["request_id"]
+
+        def on_line(stream: str, line: str) -> None:
+            outbox.put_nowait(encode(log_frame(request_id, stream, line)))
+
+        waiting = True
+        self._queued += 1
+        try:
+            async with self._slots:
+                self._queued -= 1
+                waiting = False
+                try:
+                    success, result, error, error_type = await self.runner.run(request, on_line)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # never leave the hub without an answer
+                    logger.exception("running request %s failed", request_id)
+                    success, result, error, error_type = False, None, f"worker error: {exc}", "remote_error"
+        finally:
+            if waiting:
+                self._queued -= 1
+        if isinstance(result, dict):
+            result["worker"] = self.config.name
+        outbox.put_nowait(encode(result_frame(request_id, success, result, error, error_type)))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """``async-agent worker`` flags."""
+    parser.add_argument("--hub", required=True, help="hub address, e.g. ws://127.0.0.1:8765")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ASYNC_AGENT_TOKEN"),
+        help="shared secret of the hub (default: $ASYNC_AGENT_TOKEN; prefer the variable, argv is visible to ps)",
+    )
+    parser.add_argument("--name", default=socket.gethostname(), help="worker name (default: host name)")
+    parser.add_argument("--max-concurrent", type=int, default=5, help="scripts run at once (default 5)")
+    parser.add_argument(
+        "--capabilities", default=",".join(LANGUAGES), help="comma-separated: shell,python (default both)"
+    )
+    parser.add_argument(
+        "--max-output-bytes",
+        type=int,
+        default=256 * 1024,
+        help="bytes of stdout and of stderr kept per script",
+    )
+    parser.add_argument(
+        "--cpu-seconds", type=float, default=300.0, help="RLIMIT_CPU per script in seconds (0 = no limit)"
+    )
+    parser.add_argument(
+        "--memory-mb", type=int, default=1024, help="RLIMIT_AS per script in MiB (0 = no limit)"
+    )
+    parser.add_argument(
+        "--allow-env",
+        default=",".join(DEFAULT_ALLOW_ENV),
+        help="comma-separated variables passed from the worker's environment to scripts",
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="working directory of scripts (default: the current one)"
+    )
+    parser.add_argument(
+        "--python", default=sys.executable or "python3", help="interpreter for python scripts"
+    )
+    parser.add_argument(
+        "--default-timeout", type=float, default=60.0, help="seconds, when a request gives none"
+    )
+    parser.add_argument(
+        "--reconnect-max", type=float, default=30.0, help="longest back-off between reconnects"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="exit when the connection ends instead of reconnecting"
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    capabilities = tuple(c.strip() for c in args.capabilities.split(",") if c.strip())
+    unknown = [c for c in capabilities if c not in LANGUAGES]
+    if unknown:
+        raise SystemExit(f"unknown capabilities {unknown}: use {', '.join(LANGUAGES)}")
+    if args.max_concurrent < 1:
+        raise SystemExit("--max-concurrent must be at least 1")
+    return WorkerConfig(
+        hub=args.hub,
+        token=args.token,
+        name=args.name,
+        max_concurrent=args.max_concurrent,
+        capabilities=capabilities,
+        max_output_bytes=args.max_output_bytes,
+        cpu_seconds=args.cpu_seconds or None,
+        memory_mb=args.memory_mb or None,
+        allow_env=tuple(v.strip() for v in args.allow_env.split(",") if v.strip()),
+        python=args.python,
+        workdir=args.workdir,
+        default_timeout=args.default_timeout,
+        reconnect_max=args.reconnect_max,
+        once=args.once,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the worker daemon until SIGTERM/SIGINT; the exit code says why it stopped."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s worker %(levelname)s %(message)s",
+    )
+    if not args.token:
+        print("async-agent worker: a token is required (--token or $ASYNC_AGENT_TOKEN)", file=sys.stderr)
+        return 2
+    config = config_from_args(args)
+
+    async def main() -> int:
+        daemon = WorkerDaemon(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, daemon.stop)
+        return await daemon.run()
+
+    return asyncio.run(main())
