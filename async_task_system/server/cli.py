@@ -1,0 +1,253 @@
+"""``async-agent serve --remote HOST:PORT``: serve an agent over seed 003's JSON-lines protocol.
+
+By default each request gets a fresh ``create_async_agent(...)`` on the LLM from ``.env``
+(API_KEY, BASE_URL, MODEL_ID). Without one it stops with a clear message, unless ``--scripted``
+asks for an offline echo model (for trying clients without an LLM). ``--factory module:callable``
+serves any agent factory of yours instead; ``--tools module:attr`` adds tools to the default agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import ipaddress
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["configure_parser", "run", "scripted_agent_model", "scripted_chat_model", "load_object"]
+
+TOKEN_ENV = "ASYNC_AGENT_SERVER_TOKEN"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``async-agent serve``."""
+    parser.add_argument(
+        "--remote",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8080",
+        help="Address to listen on (default 127.0.0.1:8080; port 0 picks a free one).",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"Require this token from clients (first line or a 'token' field). Also read from ${TOKEN_ENV}. "
+        "Required when listening on a non-loopback address.",
+    )
+    parser.add_argument(
+        "--scripted",
+        action="store_true",
+        help="Offline demo mode: a scripted model that echoes the request (no LLM needed).",
+    )
+    parser.add_argument(
+        "--factory",
+        metavar="MODULE:CALLABLE",
+        help="Serve your own agent factory: a callable returning a fresh AsyncAgent or smolagents agent.",
+    )
+    parser.add_argument(
+        "--tools",
+        metavar="MODULE:ATTR",
+        action="append",
+        default=[],
+        help="Add a smolagents tool (or a list of tools) to the default agent; repeatable.",
+    )
+    parser.add_argument("--max-workers", type=int, default=3, help="Background tasks per agent (default 3).")
+    parser.add_argument("--max-steps", type=int, default=20, help="Agent steps per request by default (20).")
+    parser.add_argument(
+        "--request-timeout", type=float, default=300.0, help="Seconds a request may run (default 300)."
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="Longest request line accepted; longer lines close the connection (default 16 MiB).",
+    )
+    parser.add_argument(
+        "--max-concurrent-requests", type=int, default=64, help="Requests running at once (default 64)."
+    )
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=5,
+        help="Earlier exchanges a request sees when it sets no max_context_num (default 5).",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="Log connections and agent steps.")
+
+
+def load_object(spec: str) -> Any:
+    """Import ``module:attr`` (``module.attr`` also accepted)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"expected MODULE:NAME, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    finally:
+        sys.path.pop(0)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    from ..testing import message_text
+
+    for message in reversed(messages):
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+        if str(getattr(role, "value", role)) == "user":
+            return message_text(message)
+    return ""
+
+
+def _task_of(messages: list[Any]) -> str:
+    text = _last_user_text(messages)
+    for message in messages:
+        content = _last_user_text([message])
+        if content.startswith("New task:\n"):
+            text = content
+    text = text.removeprefix("New task:\n")
+    match = re.search(r"(?:^|\n)Request:\n(.*)\Z", text, re.S)
+    return (match.group(1) if match else text).strip()
+
+
+def scripted_agent_model() -> Any:
+    """The ``--scripted`` agent model: answers every task with a final_answer echoing it."""
+    from ..testing import ScriptedModel
+
+    def answer(messages: list[Any]) -> str:
+        reply = f"(scripted offline model, no LLM configured) You asked: {_task_of(messages)}"
+        return f"Thought: I answer directly.\n<code>\nfinal_answer({reply!r})\n</code>"
+
+    return ScriptedModel([answer], model_id="scripted-echo", repeat_last=True)
+
+
+def scripted_chat_model() -> Any:
+    """The ``--scripted`` model for ``use_tools=false``: plain-text echo."""
+    from ..testing import ScriptedModel
+
+    def answer(messages: list[Any]) -> str:
+        return f"(scripted offline model, no LLM configured) You said: {_last_user_text(messages)}"
+
+    return ScriptedModel([answer], model_id="scripted-echo", repeat_last=True)
+
+
+def _load_tools(specs: list[str]) -> list[Any]:
+    tools: list[Any] = []
+    for spec in specs:
+        value = load_object(spec)
+        tools.extend(value if isinstance(value, (list, tuple)) else [value])
+    return tools
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the server and serve until Ctrl-C."""
+    import asyncio
+
+    from .tcp import AgentServer, parse_address
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
+    try:
+        host, port = parse_address(args.remote)
+    except ValueError as exc:
+        print(f"error: --remote: {exc}", file=sys.stderr)
+        return 2
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if token is None and not _is_loopback(host):
+        print(
+            f"error: listening on {host} (not loopback) needs a token: pass --token or set ${TOKEN_ENV}, "
+            "and give it to your clients",
+            file=sys.stderr,
+        )
+        return 2
+
+    chat_model = None
+    if args.factory:
+        try:
+            factory: Callable[[], Any] = load_object(args.factory)
+        except (ImportError, ValueError) as exc:
+            print(f"error: --factory: {exc}", file=sys.stderr)
+            return 2
+        if not callable(factory):
+            print(f"error: --factory {args.factory} is not callable", file=sys.stderr)
+            return 2
+        description = f"factory {args.factory}"
+    else:
+        from ..agent import create_async_agent
+        from ..config import model_from_env
+
+        try:
+            tools = _load_tools(args.tools)
+        except (ImportError, ValueError) as exc:
+            print(f"error: --tools: {exc}", file=sys.stderr)
+            return 2
+        if args.scripted:
+            model = scripted_agent_model()
+            chat_model = scripted_chat_model()
+            description = "scripted offline model (echo), no LLM"
+        else:
+            model = model_from_env()
+            if model is None:
+                print(
+                    "No LLM configured: set API_KEY, BASE_URL and MODEL_ID in .env (see .env.example), "
+                    "or run with --scripted for an offline echo model to try clients with.",
+                    file=sys.stderr,
+                )
+                return 2
+            description = f"LLM {getattr(model, 'model_id', model)} from .env"
+        verbosity = 1 if args.verbose else -1
+
+        def factory() -> Any:
+            return create_async_agent(
+                tools=tools, model=model, max_workers=args.max_workers, max_steps=args.max_steps,
+                verbosity_level=verbosity,
+            )
+
+    server = AgentServer(
+        factory,
+        host,
+        port,
+        token=token,
+        model=chat_model,
+        request_timeout=args.request_timeout,
+        max_line_bytes=args.max_line_bytes,
+        max_concurrent_requests=args.max_concurrent_requests,
+        default_context_num=args.context,
+    )
+
+    async def main() -> None:
+        await server.start()
+        print(
+            f"async-agent serving JSON lines on {server.address} ({description}"
+            f"{', token required' if token else ''}). Ctrl-C stops.",
+            flush=True,
+        )
+        try:
+            await server.serve_forever()
+        finally:
+            await server.close()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"error: cannot listen on {args.remote}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,626 @@
+"""The JSON-lines TCP server (seed 003) with real TCP clients on loopback.
+
+Every test talks to a real AgentServer over a socket; the agents are real smolagents CodeAgents /
+AsyncAgents driven by a ScriptedModel (see tests/clients/testagents.py for the task mini-language).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import queue
+import socket
+import threading
+import time
+
+import pytest
+from clients import testagents as ta
+from clients.pyclient import AgentCLIClient, LineClient, send_request
+from PIL import Image
+
+from async_task_system.server import AgentServer, RemoteRequest, RemoteResponse, ResponseContent
+from async_task_system.server import protocol as p
+from async_task_system.server.agents import DEFAULT_SYSTEM_PROMPT
+
+
+@pytest.fixture(autouse=True)
+def _reset_agents():
+    ta.reset()
+    yield
+    ta.RELEASE.set()
+
+
+class Running:
+    """A server in a background thread plus a queue of finished-request records."""
+
+    def __init__(self, factory, **options) -> None:
+        self.server = AgentServer(factory, **options)
+        self.records: queue.Queue = queue.Queue()
+        self.server.add_listener(self.records.put)
+        self.thread = self.server.start_in_thread()
+        self.port = self.thread.port
+
+    def record(self, request_id: str, timeout: float = 20.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.records.get(timeout=max(0.01, deadline - time.monotonic()))
+            if record.request_id == request_id:
+                return record
+
+    def client(self) -> LineClient:
+        return LineClient(self.port)
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+
+@pytest.fixture
+def serve_factory():
+    running: list[Running] = []
+
+    def start(factory=None, **options) -> Running:
+        r = Running(factory or ta.async_agent_factory(), **options)
+        running.append(r)
+        return r
+
+    yield start
+    ta.RELEASE.set()
+    for r in running:
+        r.stop()
+
+
+@pytest.fixture
+def srv(serve_factory) -> Running:
+    return serve_factory()
+
+
+def png(width: int, height: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# ------------------------------------------------------------------------------------ protocol
+
+
+SEED_REQUESTS = [
+    {"request_id": "chat_001", "input": {"Text": "你好，请介绍一下 Rust 语言的特点"}, "stream": False, "use_tools": True},
+    {"request_id": "stream_001", "input": {"Text": "写一个简单的 Rust Hello World 程序"}, "stream": True,
+     "use_tools": False},
+    {"request_id": "config_001", "input": {"Text": "分析这个项目的代码结构"},
+     "config": {"max_tokens": 1000, "ask_before_tool_execution": False, "prompt": "你是一个代码分析专家"},
+     "stream": False, "use_tools": True},
+]
+
+
+def test_seed_examples_validate_and_responses_have_the_seed_shape():
+    for raw in SEED_REQUESTS:
+        request = RemoteRequest.model_validate(raw)
+        assert request.request_id == raw["request_id"]
+        assert request.input.kind == "Text"
+    every_input = {"Multi": [
+        {"Text": "t"}, {"Image": {"data": png(2, 2), "mime_type": "image/png"}},
+        {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 2}}},
+        {"File": {"filename": "a.txt", "content_type": "text/plain", "data": b64("hi")}},
+        {"Multi": [{"Text": "nested"}]},
+    ]}
+    request = RemoteRequest.model_validate({"request_id": "x", "input": every_input})
+    assert [leaf.kind for leaf in request.input.leaves()] == ["Text", "Image", "Instruction", "File", "Text"]
+    assert request.input.model_dump(mode="json") == every_input
+
+    response = RemoteResponse(
+        request_id="r", response=ResponseContent(Multi=[
+            ResponseContent(Text="a"), ResponseContent(Stream=["a", "b"]),
+            ResponseContent(ToolCall={"name": "t", "arguments": {"x": 1}}),
+            ResponseContent(ToolResult={"name": "t", "result": {"y": 2}}),
+        ]),
+        token_usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    )
+    line = p.encode_response(response)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {
+        "request_id": "r",
+        "response": {"Multi": [{"Text": "a"}, {"Stream": ["a", "b"]}, {"ToolCall": {"name": "t", "arguments": {"x": 1}}},
+                               {"ToolResult": {"name": "t", "result": {"y": 2}}}]},
+        "error": None,
+        "token_usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+
+
+def test_every_protocol_field_is_documented():
+    models = [p.ImageInput, p.InstructionInput, p.FileInput, p.InputType, p.RequestConfig, p.RemoteRequest,
+              p.ToolCallContent, p.ToolResultContent, p.ResponseContent, p.TokenUsage, p.RemoteResponse]
+    for model in models:
+        assert model.__doc__, model
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"request_id": "a"}, "input: Field required"),
+        ({"request_id": "a", "input": {"Txt": "x"}}, "input.Txt: Extra inputs are not permitted"),
+        ({"request_id": "a", "input": {"Text": "x", "Image": {"data": ""}}}, "exactly one of the keys"),
+        ({"request_id": "a", "input": {"Image": {"data": "%%%"}}}, "not valid base64"),
+        ({"request_id": "a", "input": {"Text": "x"}, "config": {"max_token": 5}}, "config.max_token"),
+        ({"request_id": "a", "input": {"Text": "x"}, "config": {"max_tokens": 0}}, "config.max_tokens"),
+        ([1, 2], "expected a JSON object"),
+    ],
+)
+def test_invalid_requests_name_the_problem(raw, expected):
+    with pytest.raises(p.RequestError) as info:
+        p.parse_request(raw)
+    assert info.value.code is p.ErrorCode.PARSE_ERROR
+    assert expected in info.value.message
+
+
+# ------------------------------------------------------------------------ seed-shaped clients
+
+
+def test_seed_quick_start_client_one_recv(srv):
+    response = send_request(SEED_REQUESTS[0], port=srv.port)
+    assert response["request_id"] == "chat_001"
+    assert response["response"] == {"Text": "echo: 你好，请介绍一下 Rust 语言的特点"}
+    assert response["error"] is None
+    usage = response["token_usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+
+def test_seed_client_class_many_requests_on_one_connection(srv):
+    client = AgentCLIClient("127.0.0.1", srv.port)
+    try:
+        replies = [client.send_request(r) for r in SEED_REQUESTS]
+        replies.append(client.send_request(
+            {"request_id": "ins", "input": {"Instruction": {"command": "add", "parameters": {"a": 2, "b": 40}}}}))
+    finally:
+        client.close()
+    assert [r["request_id"] for r in replies] == ["chat_001", "stream_001", "config_001", "ins"]
+    assert replies[0]["response"]["Text"].startswith("echo:")
+    chunks = replies[1]["response"]["Stream"]
+    assert len(chunks) > 1 and "echo: 写一个简单的 Rust Hello World 程序" in "".join(chunks)
+    assert replies[2]["response"]["Text"] == "echo: 分析这个项目的代码结构"
+    assert replies[3]["response"] == {"ToolResult": {"name": "add", "result": 42}}
+    assert replies[3]["token_usage"] is None
+
+
+# ------------------------------------------------------------------------------ input types
+
+
+def test_text_runs_the_agent_with_its_tools(srv):
+    with srv.client() as c:
+        r = c.request({"request_id": "t", "input": {"Text": "RUN: final_answer(str(add(2, 3)))"}})
+    assert r["response"] == {"Text": "5"} and r["error"] is None
+    assert ta.CALLS == ["add(2,3)"]
+
+
+@pytest.mark.parametrize("use_tools", [True, False])
+def test_image_reaches_the_model_as_an_image(serve_factory, use_tools):
+    model = ta.RecordingModel(ta.respond if use_tools else ta.chat_respond)
+    srv = serve_factory(ta.code_agent_factory(model))
+    with srv.client() as c:
+        r = c.request({"request_id": "img", "use_tools": use_tools,
+                       "input": {"Multi": [{"Text": "IMAGE_SIZE"}, {"Image": {"data": png(7, 5), "mime_type": "image/png"}}]}})
+    assert r["error"] is None
+    (content,) = r["response"]["Multi"]
+    assert content["Text"] == ("7x5" if use_tools else "chat(You are a helpful as): IMAGE_SIZE [image 7x5]")
+    # A lone image (here as a data URL) gets a default task.
+    with srv.client() as c:
+        r = c.request({"request_id": "img2", "use_tools": use_tools,
+                       "input": {"Image": {"data": "data:image/png;base64," + png(3, 4)}}})
+    expected = "echo: Describe the attached image(s)." if use_tools else "chat(You are a helpful as): " \
+        "Describe the attached image(s). [image 3x4]"
+    assert r["error"] is None and r["response"]["Text"] == expected
+
+
+def test_unreadable_image_is_a_processing_error(srv):
+    with srv.client() as c:
+        r = c.request({"request_id": "bad", "input": {"Image": {"data": b64("not an image")}}})
+    assert r["error"].startswith("processing_error: Image #1 is not a readable image")
+    assert r["error_code"] == "processing_error" and r["response"] == {"Text": ""}
+
+
+def test_file_is_saved_to_a_per_request_folder_named_in_the_task(serve_factory):
+    request = {"request_id": "f", "input": {"Multi": [
+        {"File": {"filename": "../../etc/notes.txt", "content_type": "text/plain", "data": b64("line one\nline two")}},
+        {"Text": "Read the file."},
+    ]}}
+    seen: list[str] = []
+
+    def respond(messages):
+        text = ta.task_text(messages)
+        seen.append(text)
+        path = text.split("at path ", 1)[1].split()[0]
+        return f"<code>\nfinal_answer({path!r} + '|' + read_text_file({path!r}))\n</code>"
+
+    srv = serve_factory(ta.code_agent_factory(ta.ScriptedModel([respond], repeat_last=True)))
+    with srv.client() as c:
+        r = c.request(request)
+    assert r["error"] is None, r
+    path, content = r["response"]["Multi"][0]["Text"].split("|", 1)
+    assert content == "line one\nline two"
+    assert os.path.basename(path) == "notes.txt" and "async-agent-request-" in path
+    assert "Content of notes.txt:\n```\nline one\nline two\n```" in seen[0]
+    assert not os.path.exists(os.path.dirname(path)), "the request's folder is removed afterwards"
+
+
+def test_instruction_runs_the_tool_without_the_model(serve_factory):
+    model = ta.RecordingModel()
+    srv = serve_factory(ta.async_agent_factory(model))
+    with srv.client() as c:
+        ok = c.request({"request_id": "i1", "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 2}}}})
+        unknown = c.request({"request_id": "i2", "input": {"Instruction": {"command": "nope"}}})
+        bad = c.request({"request_id": "i3", "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "c": 2}}}})
+        single = c.request({"request_id": "i4", "input": {"Instruction": {"command": "block", "parameters": 0.01}}})
+    assert ok["response"] == {"ToolResult": {"name": "add", "result": 3}} and ok["error"] is None
+    assert model.messages_seen == [], "an Instruction never calls the model"
+    assert unknown["error"].startswith("processing_error: Unknown tool 'nope'")
+    assert "add" in unknown["error"] and "submit_task" in unknown["error"]
+    assert "unknown parameter(s) ['c']" in bad["error"] and "missing parameter(s) ['b']" in bad["error"]
+    assert single["response"] == {"ToolResult": {"name": "block", "result": "waited"}}
+
+
+def test_multi_runs_instructions_then_the_agent_with_their_results(serve_factory):
+    seen = []
+
+    def respond(messages):
+        seen.append(ta.task_text(messages))
+        return "<code>\nfinal_answer('combined')\n</code>"
+
+    srv = serve_factory(ta.code_agent_factory(ta.ScriptedModel([respond], repeat_last=True)))
+    with srv.client() as c:
+        r = c.request({"request_id": "m", "input": {"Multi": [
+            {"Instruction": {"command": "add", "parameters": {"a": 20, "b": 22}}},
+            {"Text": "What did add return?"},
+        ]}})
+    assert r["response"] == {"Multi": [{"ToolResult": {"name": "add", "result": 42}}, {"Text": "combined"}]}
+    assert 'add({"a": 20, "b": 22}) returned 42' in seen[0] and seen[0].endswith("Request:\nWhat did add return?")
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+def test_use_tools_false_answers_with_the_model_alone_and_prompt_replaces_it(serve_factory):
+    model = ta.RecordingModel(ta.chat_respond)
+    srv = serve_factory(ta.async_agent_factory(model))
+    with srv.client() as c:
+        plain = c.request({"request_id": "a", "input": {"Text": "hello"}, "use_tools": False})
+        custom = c.request({"request_id": "b", "input": {"Text": "hi"}, "use_tools": False,
+                            "config": {"prompt": "You are a pirate.", "max_context_num": 0}})
+    assert plain["response"] == {"Text": "chat(You are a helpful as): hello"}
+    assert custom["response"] == {"Text": "chat(You are a pirate.): hi"}
+    first, second = model.messages_seen
+    assert len(first) == 2 and ta.message_text(first[0]) == DEFAULT_SYSTEM_PROMPT
+    assert "submit_task" not in ta.message_text(first[0]), "no agent prompt, no tools"
+    assert plain["token_usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
+def test_prompt_overrides_the_agent_instructions(serve_factory):
+    model = ta.RecordingModel()
+    srv = serve_factory(ta.code_agent_factory(model))
+    with srv.client() as c:
+        c.request({"request_id": "a", "input": {"Text": "x"}, "config": {"prompt": "ALWAYS ANSWER IN CAPITALS"}})
+        c.request({"request_id": "b", "input": {"Text": "y"}})
+    with_prompt, without = (ta.message_text(m[0]) for m in model.messages_seen)
+    assert "ALWAYS ANSWER IN CAPITALS" in with_prompt and "ALWAYS ANSWER IN CAPITALS" not in without
+
+
+@pytest.mark.parametrize("use_tools", [True, False])
+def test_max_tokens_reaches_every_model_call(serve_factory, use_tools):
+    model = ta.RecordingModel(ta.respond if use_tools else ta.chat_respond)
+    srv = serve_factory(ta.async_agent_factory(model))
+    with srv.client() as c:
+        r = c.request({"request_id": "a", "input": {"Text": "STEPS: x = 1 ||| final_answer('two steps')"},
+                       "use_tools": use_tools, "config": {"max_tokens": 77}})
+        c.request({"request_id": "b", "input": {"Text": "no limit"}, "use_tools": use_tools})
+    assert r["error"] is None
+    limited = model.kwargs_seen[:-1]
+    assert len(limited) == (2 if use_tools else 1)
+    assert all(k.get("max_tokens") == 77 for k in limited)
+    assert "max_tokens" not in model.kwargs_seen[-1]
+
+
+def test_max_tool_try_bounds_the_agent_steps(serve_factory):
+    models: list[ta.RecordingModel] = []
+
+    def factory():
+        models.append(ta.RecordingModel())
+        return ta.CodeAgent(tools=ta.TOOLS, model=models[-1], verbosity_level=-1, max_steps=10)
+
+    srv = serve_factory(factory)
+    with srv.client() as c:
+        r = c.request({"request_id": "s", "input": {"Text": "STEPS: x = add(1, 1)"}, "config": {"max_tool_try": 2}})
+    assert r["error"] is None
+    # Two steps, then smolagents' one "final answer after max steps" call.
+    assert len(models[0].kwargs_seen) == 3
+    assert ta.CALLS == ["add(1,1)", "add(1,1)"]
+
+
+def test_max_context_num_shows_earlier_exchanges_of_this_connection_only(serve_factory):
+    seen = []
+
+    def respond(messages):
+        seen.append(ta.task_text(messages))
+        return "<code>\nfinal_answer('ok')\n</code>"
+
+    srv = serve_factory(ta.code_agent_factory(ta.ScriptedModel([respond], repeat_last=True)), default_context_num=0)
+    with srv.client() as c:
+        for i in range(3):
+            c.request({"request_id": f"r{i}", "input": {"Text": f"question {i}"}})
+        c.request({"request_id": "r3", "input": {"Text": "q3"}, "config": {"max_context_num": 2}})
+        c.request({"request_id": "r4", "input": {"Text": "q4"}, "config": {"max_context_num": 0}})
+    with srv.client() as other:
+        other.request({"request_id": "o", "input": {"Text": "fresh"}, "config": {"max_context_num": 5}})
+    assert seen[:3] == ["question 0", "question 1", "question 2"]  # default 0: no context
+    assert "question 0" not in seen[3] and "[1] User: question 1" in seen[3] and "[2] User: question 2" in seen[3]
+    assert "[2] Assistant: ok" in seen[3] and seen[3].endswith("Request:\nq3")
+    assert seen[4] == "q4"
+    assert seen[5] == "fresh", "another connection has its own history"
+
+
+# ------------------------------------------------------------------------------------ stream
+
+
+def test_stream_ends_with_one_complete_stream_line_and_nothing_else(srv):
+    with srv.client() as c:
+        agent = c.request({"request_id": "s1", "input": {"Text": "RUN: final_answer('one two three')"}, "stream": True})
+        model_only = c.request({"request_id": "s2", "input": {"Text": "hi there"}, "stream": True, "use_tools": False})
+        after = c.request({"request_id": "s3", "input": {"Text": "next"}})
+    assert agent["response"] == {"Stream": ["one", " two", " three"]}
+    chunks = model_only["response"]["Stream"]
+    assert len(chunks) > 1 and "echo: hi there" in "".join(chunks)  # the model's own deltas
+    assert after["request_id"] == "s3", "no extra lines were sent for the streamed requests"
+
+
+def test_incremental_stream_is_opt_in(srv):
+    with srv.client() as c:
+        c.send({"request_id": "inc", "input": {"Text": "a b c"}, "stream": True, "use_tools": False,
+                "config": {"incremental_stream": True}})
+        lines = []
+        while True:
+            line = c.read()
+            lines.append(line)
+            if not line.get("partial"):
+                break
+    partial, final = lines[:-1], lines[-1]
+    assert len(partial) > 1 and all(m["partial"] is True and len(m["response"]["Stream"]) == 1 for m in partial)
+    assert [m["response"]["Stream"][0] for m in partial] == final["response"]["Stream"]
+    assert "partial" not in final and final["token_usage"]["total_tokens"] > 0
+
+
+def test_incremental_stream_of_an_agent_sends_its_steps(srv):
+    with srv.client() as c:
+        c.send({"request_id": "inc", "input": {"Text": "STEPS: x = 1 ||| final_answer('done')"}, "stream": True,
+                "config": {"incremental_stream": True}})
+        lines = []
+        while not lines or lines[-1].get("partial"):
+            lines.append(c.read())
+    assert [m["response"]["Stream"][0].split("]")[0] for m in lines[:-1]] == ["[step 1", "[step 2"]
+    assert lines[-1]["response"] == {"Stream": ["done"]}
+
+
+# ---------------------------------------------------------------------------- tool approval
+
+
+def test_ask_before_tool_execution_approve_and_deny(srv):
+    with srv.client() as c:
+        c.send({"request_id": "ap", "input": {"Text": "RUN: final_answer(str(add(2, 3)))"},
+                "config": {"ask_before_tool_execution": True}})
+        question = c.read()
+        assert question == {"request_id": "ap", "response": {"ToolCall": {"name": "add", "arguments": {"a": 2, "b": 3}}},
+                            "error": None, "token_usage": None}
+        assert ta.CALLS == [], "nothing runs before the client answers"
+        final = c.request({"request_id": "ap", "input": {"Instruction": {"command": "approve"}}})
+        assert final["response"] == {"Text": "5"} and ta.CALLS == ["add(2,3)"]
+
+        code = ("try:\n    r = add(1, 1)\nexcept Exception as e:\n    r = 'refused: ' + str(e)\nfinal_answer(r)")
+        c.send({"request_id": "dn", "input": {"Text": "RUN: " + code}, "config": {"ask_before_tool_execution": True}})
+        assert c.read()["response"]["ToolCall"]["name"] == "add"
+        final = c.request({"request_id": "dn", "input": {"Instruction": {"command": "deny", "parameters": {"reason": "not now"}}}})
+        assert final["response"]["Text"].startswith("refused: ")
+        assert "denied the call to tool 'add' (not now)" in final["response"]["Text"]
+        assert ta.CALLS == ["add(2,3)"]
+
+        # An Instruction asks too; denied, it is a processing_error.
+        c.send({"request_id": "in", "input": {"Instruction": {"command": "add", "parameters": {"a": 5, "b": 5}}},
+                "config": {"ask_before_tool_execution": True}})
+        assert c.read()["response"] == {"ToolCall": {"name": "add", "arguments": {"a": 5, "b": 5}}}
+        final = c.request({"request_id": "in", "input": {"Instruction": {"command": "deny"}}})
+        assert final["error"] == "processing_error: The client denied running tool 'add'"
+
+
+def test_seed_client_class_can_answer_approvals(srv):
+    client = AgentCLIClient("127.0.0.1", srv.port)
+    try:
+        question = client.send_request({"request_id": "q", "input": {"Text": "RUN: final_answer(add(1, add(2, 3)))"},
+                                        "config": {"ask_before_tool_execution": True}})
+        assert question["response"]["ToolCall"] == {"name": "add", "arguments": {"a": 2, "b": 3}}
+        second = client.send_request({"request_id": "q", "input": {"Instruction": {"command": "approve"}}})
+        assert second["response"]["ToolCall"] == {"name": "add", "arguments": {"a": 1, "b": 5}}
+        final = client.send_request({"request_id": "q", "input": {"Instruction": {"command": "approve"}}})
+        assert final["response"] == {"Text": "6"}
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------------------ error codes
+
+
+def test_parse_errors_keep_the_connection_usable(srv):
+    with srv.client() as c:
+        bad_json = c.request("{not json\n")
+        no_input = c.request({"request_id": "n1"})
+        bad_b64 = c.request({"request_id": "n2", "input": {"File": {"filename": "x", "data": "###"}}})
+        good = c.request({"request_id": "ok", "input": {"Text": "still here"}})
+    assert bad_json["request_id"] == "" and bad_json["response"] == {"Text": ""} and bad_json["token_usage"] is None
+    assert bad_json["error"].startswith("parse_error: Failed to parse request: Expecting property name")
+    assert no_input["request_id"] == "n1" and no_input["error"].startswith("parse_error: Invalid request: input:")
+    assert "not valid base64" in bad_b64["error"] and bad_b64["error_code"] == "parse_error"
+    assert good["response"] == {"Text": "echo: still here"}
+
+
+def test_processing_errors(serve_factory):
+    def broken():
+        raise RuntimeError("no agent today")
+
+    srv = serve_factory(broken)
+    with srv.client() as c:
+        r = c.request({"request_id": "x", "input": {"Text": "hi"}})
+    assert r["error"] == "processing_error: The agent factory failed: RuntimeError: no agent today"
+
+    srv2 = serve_factory(ta.code_agent_factory(ta.ScriptedModel(["no code block here"])))
+    with srv2.client() as c:
+        r = c.request({"request_id": "y", "input": {"Text": "hi"}})
+    srv3 = serve_factory()
+    with srv3.client() as c:
+        dup_a = c.send({"request_id": "same", "input": {"Text": "STEPS: block(20)"}})
+        ta.BLOCK_STARTED.wait(10)
+        dup = c.request({"request_id": "same", "input": {"Text": "again"}})
+        ta.RELEASE.set()
+    assert r["error"].startswith("processing_error: The agent failed:") and "ScriptedModel" in r["error"]
+    assert dup_a is None
+    assert dup["error"].startswith("processing_error: request_id 'same' is already in flight")
+
+
+def test_oversized_line_gets_connection_error_and_closes(serve_factory):
+    srv = serve_factory(max_line_bytes=1024)
+    with srv.client() as c:
+        ok = c.request({"request_id": "small", "input": {"Text": "x"}})
+        c.send({"request_id": "big", "input": {"Text": "x" * 5000}})
+        err = c.read()
+        assert c.read() is None, "the server closed the connection"
+    assert ok["error"] is None
+    assert err["error"].startswith("connection_error: Line longer than the limit of 1024 bytes")
+    with srv.client() as c:  # the server itself is fine
+        assert c.request({"request_id": "again", "input": {"Text": "x"}})["error"] is None
+
+
+def test_timeout_error_cancels_the_work(serve_factory):
+    srv = serve_factory(request_timeout=30)
+    with srv.client() as c:
+        t0 = time.monotonic()
+        r = c.request({"request_id": "slow", "input": {"Text": "STEPS: block(20) ||| final_answer(add(1, 1))"},
+                       "config": {"timeout": 0.5}})
+        elapsed = time.monotonic() - t0
+        assert r["error"].startswith("timeout_error: The request ran longer than its time limit of 0.5 s")
+        assert r["error_code"] == "timeout_error" and elapsed < 10
+        assert srv.record("slow").status == "timeout"
+        ta.RELEASE.set()
+        # The connection still works, and the cancelled agent never took its second step.
+        assert c.request({"request_id": "after", "input": {"Text": "x"}})["error"] is None
+    assert ta.CALLS == []
+
+
+def test_server_timeout_caps_the_request_timeout(serve_factory):
+    srv = serve_factory(request_timeout=0.4)
+    with srv.client() as c:
+        r = c.request({"request_id": "s", "input": {"Text": "STEPS: block(20)"}, "config": {"timeout": 100}})
+    assert "time limit of 0.4 s" in r["error"]
+
+
+def test_client_vanishing_cancels_its_request(serve_factory):
+    models: list[ta.RecordingModel] = []
+    finished = threading.Event()
+
+    def factory():
+        models.append(ta.RecordingModel())
+        agent = ta.NotifyingCodeAgent(tools=ta.TOOLS, model=models[-1], verbosity_level=-1, max_steps=6)
+        agent.finished = finished
+        return agent
+
+    srv = serve_factory(factory)
+    c = srv.client()
+    c.send({"request_id": "gone", "input": {"Text": "STEPS: block(20) ||| add(1, 2) ||| final_answer('late')"}})
+    assert ta.BLOCK_STARTED.wait(10)
+    c.sock.shutdown(socket.SHUT_RDWR)
+    c.close()
+    record = srv.record("gone")
+    assert record.status == "cancelled" and record.error == "client disconnected"
+    ta.RELEASE.set()  # the tool returns; the agent must stop before its next model call
+    assert finished.wait(10)
+    assert len(models[0].kwargs_seen) == 1 and ta.CALLS == []
+
+
+def test_token_required(serve_factory):
+    srv = serve_factory(token="s3cret")
+    with srv.client() as c:
+        r = c.request({"request_id": "a", "input": {"Text": "hi"}})
+        assert r["error"].startswith("connection_error: This server requires a token")
+        assert c.read() is None
+    with srv.client() as c:
+        r = c.request({"request_id": "a", "input": {"Text": "hi"}, "token": "wrong"})
+        assert r["error"] == "connection_error: Invalid token; the connection is closed." and c.read() is None
+    with srv.client() as c:
+        assert c.request({"token": "s3cret"})["response"] == {"Text": "authenticated"}
+        assert c.request({"request_id": "b", "input": {"Text": "hi"}})["response"] == {"Text": "echo: hi"}
+    with srv.client() as c:
+        assert c.request({"request_id": "c", "input": {"Text": "hi"}, "token": "s3cret"})["error"] is None
+        assert c.request({"request_id": "d", "input": {"Text": "again"}})["error"] is None
+
+
+def test_server_shutdown_answers_in_flight_requests(serve_factory):
+    srv = serve_factory()
+    c = srv.client()
+    c.send({"request_id": "busy", "input": {"Text": "STEPS: block(20)"}})
+    assert ta.BLOCK_STARTED.wait(10)
+    srv.stop()
+    r = c.read()
+    assert r["error"] == "connection_error: The server is shutting down"
+    assert c.read() is None
+    c.close()
+
+
+# ------------------------------------------------------------------------------ concurrency
+
+
+def test_one_connection_many_requests_answered_out_of_order(serve_factory):
+    instances = []
+
+    def factory():
+        agent = ta.async_agent_factory()()
+        instances.append(id(agent))
+        return agent
+
+    srv = serve_factory(factory)
+    ta.BARRIER["five"] = threading.Barrier(5)
+    with srv.client() as c:
+        # The slow one goes first; the five below meet at a barrier, so they must run at the same time.
+        c.send({"request_id": "slow", "input": {"Text": "STEPS: block(20) ||| final_answer('slow done')"}})
+        assert ta.BLOCK_STARTED.wait(10)
+        for i in range(5):
+            c.send({"request_id": f"m{i}", "input": {"Text": f"RUN: final_answer(meet('five') + ' {i}')"}})
+        early = c.read_final(5)
+        ta.RELEASE.set()
+        late = c.read_final(1)
+    assert {k: v["response"]["Text"] for k, v in early.items()} == {f"m{i}": f"met five {i}" for i in range(5)}
+    assert late["slow"]["response"] == {"Text": "slow done"}
+    assert len(set(instances)) == 6, "each request got its own agent instance"
+
+
+def test_many_connections_at_once(srv):
+    results: dict[str, dict] = {}
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            with srv.client() as c:
+                for i in range(5):
+                    c.send({"request_id": f"c{n}-{i}", "input": {"Text": f"RUN: final_answer(str(add({n}, {i})))"}})
+                results.update(c.read_final(5))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(results) == 60
+    assert all(results[f"c{n}-{i}"]["response"] == {"Text": str(n + i)} for n in range(12) for i in range(5))
