@@ -565,7 +565,8 @@ def execute_request(
                 blocks.append(_file_block(prepared))
             context_num = config.max_context_num
             shown = list(history)[-context_num:] if context_num else []
-            inner_model = model if model is not None else handle.model
+            # ``model`` (the server's) only answers use_tools=false requests; agents keep their own.
+            inner_model = model if model is not None and not request.use_tools else handle.model
             request_model = RequestModel(inner_model, config.max_tokens, hooks)
             if request.use_tools:
                 task_parts = []

@@ -198,3 +198,11 @@ def reset() -> None:
     BARRIER.clear()
     with CALLS_LOCK:
         CALLS.clear()
+
+
+_CLI_MODEL = ScriptedModel([respond], repeat_last=True)
+
+
+def cli_factory() -> Any:
+    """For ``async-agent serve --factory clients.testagents:cli_factory`` in the CLI tests."""
+    return create_async_agent(tools=TOOLS, model=_CLI_MODEL, verbosity_level=-1, max_steps=6)

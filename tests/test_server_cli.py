@@ -1,0 +1,104 @@
+"""``async-agent serve`` as a real subprocess, talked to by the seed-shaped Python client."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clients.pyclient import AgentCLIClient, LineClient
+
+TESTS = Path(__file__).parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"API_KEY": "", "MODEL_ID": "", "BASE_URL": "", "PYTHONPATH": str(TESTS)})
+    env.pop("ASYNC_AGENT_SERVER_TOKEN", None)
+    env.update(extra)
+    return env
+
+
+class Served:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "async_task_system", "serve", "--remote", "127.0.0.1:0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env(), cwd=TESTS,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
+        if not match:
+            self.proc.kill()
+            raise AssertionError(f"no address printed: {line!r} {self.proc.stderr.read()!r}")
+        self.port = int(match.group(1))
+        self.banner = line
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+
+@pytest.fixture
+def served():
+    started: list[Served] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Served:
+        s = Served(*args, env=env)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def test_serve_scripted_offline_mode(served):
+    s = served("--scripted")
+    assert "scripted offline model" in s.banner
+    client = AgentCLIClient("127.0.0.1", s.port)
+    try:
+        agent = client.send_request({"request_id": "a", "input": {"Text": "hello"}, "stream": False, "use_tools": True})
+        chat = client.send_request({"request_id": "b", "input": {"Text": "hi"}, "use_tools": False})
+        tool = client.send_request({"request_id": "c", "input": {"Instruction": {"command": "list_tasks"}}})
+    finally:
+        client.close()
+    assert agent["response"]["Text"].endswith("You asked: hello")
+    assert chat["response"]["Text"].endswith("You said: hi")
+    assert tool["response"] == {"ToolResult": {"name": "list_tasks", "result": []}}
+
+
+def test_serve_any_agent_factory_with_a_token(served):
+    s = served("--factory", "clients.testagents:cli_factory", env=_env(ASYNC_AGENT_SERVER_TOKEN="tkn"))
+    assert "token required" in s.banner
+    with LineClient(s.port) as c:
+        refused = c.request({"request_id": "x", "input": {"Text": "hi"}})
+        assert c.read() is None
+    with LineClient(s.port) as c:
+        ok = c.request({"request_id": "y", "input": {"Text": "RUN: final_answer(str(add(4, 5)))"}, "token": "tkn"})
+    assert refused["error_code"] == "connection_error"
+    assert ok["response"] == {"Text": "9"}
+
+
+def test_serve_refuses_without_an_llm_or_a_token_off_loopback(tmp_path):
+    no_llm = subprocess.run([sys.executable, "-m", "async_task_system", "serve", "--remote", "127.0.0.1:0"],
+                            capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60)
+    assert no_llm.returncode == 2 and "No LLM configured" in no_llm.stderr and "--scripted" in no_llm.stderr
+    open_host = subprocess.run(
+        [sys.executable, "-m", "async_task_system", "serve", "--remote", "0.0.0.0:0", "--scripted"],
+        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60,
+    )
+    assert open_host.returncode == 2 and "needs a token" in open_host.stderr
+    bad = subprocess.run([sys.executable, "-m", "async_task_system", "serve", "--remote", "nonsense"],
+                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60)
+    assert bad.returncode == 2 and "expected HOST:PORT" in bad.stderr
