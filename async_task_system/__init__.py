@@ -18,6 +18,7 @@ from .manager import (
 from .tasks import TaskError, TaskFailure, TaskInfo, TaskKind, TaskStatus
 from .testing import ScriptedModel, ScriptExhaustedError
 from .tools import create_task_tools
+from .tracing import attached_context, extract_context, inject_context, run_with_context, setup_tracing
 
 __version__ = "0.1.0"
 
@@ -36,10 +37,15 @@ __all__ = [
     "UnknownTaskError",
     "WaitResult",
     "__version__",
+    "attached_context",
     "cancellation_requested",
     "create_async_agent",
     "create_task_tools",
+    "extract_context",
     "get_current_task_id",
     "get_task_manager",
+    "inject_context",
     "model_from_env",
+    "run_with_context",
+    "setup_tracing",
 ]
