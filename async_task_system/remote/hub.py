@@ -197,7 +197,8 @@ class RemoteHub:
             for worker in self._workers.values():
                 worker.in_flight.clear()
             self._workers_changed.notify_all()
-        self.remote.detach_transport(self)
+        # The hub stays the transport (refusing with hub_stopped) until another one is set, so new
+        # requests fail clearly instead of waiting for a response nothing will deliver.
         for request_id in routed:
             self.remote.fail_request(
                 request_id, "hub_stopped", "the remote hub stopped before the command finished"

@@ -1,0 +1,334 @@
+"""The WebSocket hub and real worker daemons started through the CLI, on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from async_task_system import TaskManager, TaskStatus
+from async_task_system.remote.hub import RemoteHub
+
+TOKEN = "test-token-1234"
+HEARTBEAT = 0.3
+HEARTBEAT_TIMEOUT = 1.5
+
+
+class Worker:
+    """An ``async-agent worker`` process (``python -m async_task_system worker``)."""
+
+    def __init__(
+        self, hub_url: str, name: str, *extra: str, token: str = TOKEN, env: dict | None = None
+    ) -> None:
+        self.name = name
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "async_task_system", "worker", "--hub", hub_url, "--name", name, *extra],
+            env={**os.environ, "ASYNC_AGENT_TOKEN": token, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@pytest.fixture
+def setup() -> Iterator[tuple[TaskManager, RemoteHub, list[Worker]]]:
+    manager = TaskManager(max_workers=4)
+    hub = RemoteHub(
+        manager,
+        token=TOKEN,
+        heartbeat_interval=HEARTBEAT,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        max_message_bytes=16 * 1024,
+    ).start()
+    workers: list[Worker] = []
+    try:
+        yield manager, hub, workers
+    finally:
+        hub.stop()
+        for worker in workers:
+            worker.stop()
+        manager.shutdown(wait=True, cancel_pending=True, timeout=10)
+
+
+def start_worker(
+    hub: RemoteHub, workers: list[Worker], name: str, *extra: str, wait: bool = True, **kw
+) -> Worker:
+    worker = Worker(hub.url, name, *extra, **kw)
+    workers.append(worker)
+    if wait:
+        deadline = time.monotonic() + 20
+        while name not in {w["name"] for w in hub.workers()}:
+            assert worker.process.poll() is None, worker.process.stderr.read()
+            assert hub.wait_for_workers(
+                len(hub.workers()) + 1, timeout=max(0.0, deadline - time.monotonic())
+            ), f"worker {name} did not register"
+    return worker
+
+
+def run_remote(
+    manager: TaskManager, command: str, timeout: float | None = None, **arguments
+) -> tuple[str, object]:
+    """Run one command as a remote task (``timeout`` is the command's own) and wait for its end."""
+    if timeout is not None:
+        arguments["timeout"] = timeout
+    task_id = manager.submit("remote", "remote_execute", {"command": command, **arguments})
+    assert manager.wait(task_id, timeout=(timeout or 20) + 10).not_done == [], f"{command!r} did not finish"
+    return task_id, manager.result(task_id)
+
+
+def log_event(manager: TaskManager, needle: str) -> threading.Event:
+    seen = threading.Event()
+    manager.remote_manager.add_log_listener(lambda task, req, stream, line: needle in line and seen.set())
+    return seen
+
+
+def test_shell_and_python_round_trip_through_a_cli_worker(setup):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "w1")
+    _, result = run_remote(manager, "echo hello; echo oops >&2")
+    assert result["exit_code"] == 0 and result["stdout"] == "hello\n" and result["stderr"] == "oops\n"
+    assert result["worker"] == "w1" and result["timed_out"] is False
+    _, result = run_remote(manager, "import sys; print(sum(range(10)), file=sys.stdout)", language="python")
+    assert result["stdout"] == "45\n"
+    task_id, failure = run_remote(manager, "echo partial; exit 3")
+    info = manager.check(task_id)
+    assert info.status is TaskStatus.FAILED and info.error.type == "remote_error"
+    assert "exit code 3" in failure and "partial" in failure
+
+
+def test_output_lines_stream_back_while_the_script_runs(setup):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "w1")
+    first_line = log_event(manager, "first")
+    task_id = manager.submit("remote", "remote_execute", {"command": "echo first; sleep 1; echo second"})
+    assert first_line.wait(10)
+    assert manager.check(task_id).status is TaskStatus.WAITING_REMOTE  # the line came before the result
+    assert ("stdout", "first") in manager.remote_manager.get_logs(task_id)
+    manager.wait(task_id, timeout=10)
+    assert manager.result(task_id)["stdout"] == "first\nsecond\n"
+
+
+def test_timeout_kills_the_whole_process_group(setup, tmp_path: Path):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "w1")
+    pid_file = tmp_path / "grandchild.pid"
+    task_id, _ = run_remote(manager, f"sleep 30 & echo $! > {pid_file}; wait", timeout=0.5)
+    info = manager.check(task_id)
+    assert info.status is TaskStatus.FAILED and info.error.type == "timeout"
+    assert "process group was killed" in info.error.message
+    grandchild = int(pid_file.read_text())
+    assert _dead(grandchild, within=5), "the background grandchild survived the timeout"
+
+
+def _dead(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_output_cap_environment_and_rlimits(setup):
+    manager, hub, workers = setup
+    start_worker(
+        hub,
+        workers,
+        "limited",
+        "--max-output-bytes",
+        "1000",
+        "--memory-mb",
+        "300",
+        "--cpu-seconds",
+        "1",
+        "--allow-env",
+        "PATH,KEEP_ME",
+        env={"SECRET_TOKEN_X": "hunter2", "KEEP_ME": "kept"},
+    )
+    _, big = run_remote(manager, "yes 0123456789 | head -c 100000")
+    assert len(big["stdout"]) == 1000 and big["truncated"] is True and big["exit_code"] == 0
+    _, env = run_remote(manager, "env")
+    assert "KEEP_ME=kept" in env["stdout"] and "PATH=" in env["stdout"]
+    assert "SECRET_TOKEN_X" not in env["stdout"] and "ASYNC_AGENT_TOKEN" not in env["stdout"]
+    task_id, _ = run_remote(manager, "x = bytearray(1024 * 1024 * 1024)", language="python")
+    assert "MemoryError" in manager.check(task_id).error.message
+    task_id, _ = run_remote(manager, "while :; do :; done", timeout=20)
+    error = manager.check(task_id).error
+    assert error.type == "remote_error" and "SIGXCPU" in error.message
+
+
+def test_at_most_max_concurrent_scripts_run_at_once(setup):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "pair", "--max-concurrent", "2")
+    command = "echo start $(date +%s.%N); sleep 0.4; echo end $(date +%s.%N)"
+    ids = [manager.submit("remote", "remote_execute", {"command": command}) for _ in range(4)]
+    assert manager.wait(ids, timeout=20).not_done == []
+    spans = []
+    for value in manager.results(ids).values():
+        words = value["stdout"].split()
+        spans.append((float(words[1]), float(words[3])))
+    peak = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert peak == 2
+
+
+def test_worker_killed_mid_task_fails_its_tasks_as_worker_lost(setup):
+    manager, hub, workers = setup
+    worker = start_worker(hub, workers, "doomed")
+    started = log_event(manager, "started")
+    task_id = manager.submit("remote", "remote_execute", {"command": "echo started; sleep 30"})
+    assert started.wait(10)
+    worker.process.kill()
+    began = time.monotonic()
+    assert manager.wait(task_id, timeout=HEARTBEAT_TIMEOUT + 5).not_done == []
+    assert time.monotonic() - began < HEARTBEAT_TIMEOUT + 2
+    error = manager.check(task_id).error
+    assert error.type == "worker_lost" and "doomed" in error.message
+    assert hub.workers() == []
+
+
+def test_silent_worker_is_declared_lost_after_the_heartbeat_timeout(setup):
+    manager, hub, workers = setup
+    worker = start_worker(hub, workers, "frozen")
+    started = log_event(manager, "started")
+    task_id = manager.submit("remote", "remote_execute", {"command": "echo started; sleep 30"})
+    assert started.wait(10)
+    os.kill(worker.process.pid, signal.SIGSTOP)  # connection stays open, heartbeats stop
+    began = time.monotonic()
+    assert manager.wait(task_id, timeout=HEARTBEAT_TIMEOUT + 5).not_done == []
+    waited = time.monotonic() - began
+    assert HEARTBEAT_TIMEOUT - 2 * HEARTBEAT <= waited < HEARTBEAT_TIMEOUT + 2
+    error = manager.check(task_id).error
+    assert error.type == "worker_lost" and "no heartbeat" in error.message
+
+
+def test_no_worker_connected_is_a_clear_error(setup):
+    manager, hub, workers = setup
+    task_id, failure = run_remote(manager, "uname -a")
+    error = manager.check(task_id).error
+    assert error.type == "no_worker"
+    assert f"async-agent worker --hub {hub.url}" in error.message
+    start_worker(hub, workers, "shell-only", "--capabilities", "shell")
+    task_id, _ = run_remote(manager, "print(1)", language="python")
+    assert "no connected worker can run python" in manager.check(task_id).error.message
+    task_id, _ = run_remote(manager, "true", worker="elsewhere")
+    assert "no worker named 'elsewhere'" in manager.check(task_id).error.message
+
+
+def test_hub_stop_fails_pending_requests_and_the_worker_reconnects_to_a_new_hub(setup):
+    manager, hub, workers = setup
+    worker = start_worker(hub, workers, "survivor")
+    started = log_event(manager, "started")
+    task_id = manager.submit("remote", "remote_execute", {"command": "echo started; sleep 30"})
+    assert started.wait(10)
+    hub.stop()
+    assert manager.wait(task_id, timeout=5).not_done == []
+    assert manager.check(task_id).error.type == "hub_stopped"
+    after_stop, _ = run_remote(manager, "true")
+    assert manager.check(after_stop).error.type == "hub_stopped"  # a clear failure, not a silent wait
+    # Same port, new hub: the worker, still running, reconnects with its back-off.
+    second = RemoteHub(
+        manager, port=hub.port, token=TOKEN, heartbeat_interval=HEARTBEAT, heartbeat_timeout=HEARTBEAT_TIMEOUT
+    )
+    second.start()
+    try:
+        assert second.wait_for_workers(1, timeout=20)
+        assert worker.process.poll() is None
+        _, result = run_remote(manager, "echo back")
+        assert result["stdout"] == "back\n"
+    finally:
+        second.stop()
+
+
+def test_cancelling_a_task_kills_the_remote_process(setup, tmp_path: Path):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "w1")
+    started = log_event(manager, "started")
+    pid_file = tmp_path / "script.pid"
+    task_id = manager.submit(
+        "remote", "remote_execute", {"command": f"echo $$ > {pid_file}; echo started; exec sleep 30"}
+    )
+    assert started.wait(10)
+    assert manager.cancel(task_id)
+    assert _dead(int(pid_file.read_text()), within=5)
+    assert manager.check(task_id).status is TaskStatus.CANCELLED
+
+
+def test_wrong_or_missing_token_is_refused(setup):
+    _, hub, workers = setup
+    for headers in ({"Authorization": "Bearer wrong"}, {}):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(hub.url, additional_headers=headers, proxy=None, open_timeout=5)
+        assert refused.value.response.status_code == 401
+    worker = start_worker(hub, workers, "intruder", wait=False, token="not-the-token")
+    assert worker.process.wait(20) == 3
+    assert "refused the token" in worker.process.stderr.read()
+    assert hub.workers() == [] and hub.refused_connections == 3
+
+
+def test_bad_frames_get_an_error_and_touch_nothing_else(setup):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "real")
+    with connect(hub.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None) as fake:
+        fake.send(
+            json.dumps({"type": "register", "name": "byo", "capabilities": ["shell"], "max_concurrent": 1})
+        )
+        assert json.loads(fake.recv(5))["type"] == "registered"
+        # A request for the real worker is in flight while the fake one misbehaves.
+        slow = manager.submit(
+            "remote", "remote_execute", {"command": "sleep 0.5; echo fine", "worker": "real"}
+        )
+        bad_frames = [
+            "this is not json",
+            "[1, 2, 3]",
+            json.dumps({"type": "launch-missiles"}),
+            json.dumps({"type": "result", "request_id": "someone-elses", "success": True, "result": 1}),
+            json.dumps({"type": "result", "request_id": 7, "success": "yes"}),
+            json.dumps({"type": "log", "request_id": "x", "stream": "stdout", "line": "hi"}),
+            "x" * (20 * 1024),
+        ]
+        for frame in bad_frames:
+            fake.send(frame)
+            reply = json.loads(fake.recv(5))
+            assert reply["type"] == "error" and reply["error"], frame[:40]
+        assert "exceeds the limit" in reply["error"]
+        assert {w["name"] for w in hub.workers()} == {"real", "byo"}  # the connection survived
+        assert manager.wait(slow, timeout=10).not_done == []
+        assert manager.result(slow)["stdout"] == "fine\n"
+        # The same connection still works as a bring-your-own executor answering in seed 000's shape.
+        task_id = manager.submit("remote", "remote_execute", {"command": "whoami", "worker": "byo"})
+        execute = json.loads(fake.recv(5))
+        assert execute["type"] == "execute" and execute["command"] == "whoami"
+        fake.send(
+            json.dumps(
+                {"request_id": execute["request_id"], "success": True, "result": "root", "error": None}
+            )
+        )
+        assert manager.wait(task_id, timeout=5).not_done == []
+        assert manager.result(task_id) == "root"
+    assert hub.rejected_frames == len(bad_frames)
