@@ -502,10 +502,14 @@ class StdoutExporter(SpanExporter):
             }), flush=True)
         return SpanExportResult.SUCCESS
 
+from opentelemetry import trace
+
+assert not tracing.tracing_enabled()
 provider = TracerProvider()
 provider.add_span_processor(SimpleSpanProcessor(StdoutExporter()))
-tracing.set_tracer_provider(provider)
-tracer = provider.get_tracer("child")
+trace.set_tracer_provider(provider)  # the global provider, as a real worker process would do
+assert tracing.tracing_enabled()
+tracer = trace.get_tracer("child")
 carrier = json.loads(sys.stdin.read())
 
 def square(n: int) -> int:
