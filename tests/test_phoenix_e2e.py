@@ -8,10 +8,14 @@ it can never be skipped silently there.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from _phoenix import PhoenixServer, PhoenixUnavailable
@@ -161,3 +165,41 @@ def test_async_agent_run_is_one_connected_trace_in_phoenix(phoenix):
     step_ids = {s["context"]["span_id"] for s in research_steps}
     inner_tools = [s for s in spans if s["name"] != "FinalAnswerTool" and s.get("parent_id") in step_ids]
     assert inner_tools and all(s["span_kind"] == "TOOL" for s in inner_tools)
+
+
+def test_phoenix_example_runs_offline_and_sends_one_trace(phoenix, tmp_path):
+    project = f"ats-example-{uuid.uuid4().hex[:8]}"
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "MODEL_ID", "BASE_URL")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "examples" / "phoenix_tracing.py"),
+            "--endpoint",
+            phoenix.traces_endpoint,
+            "--project",
+            project,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # no .env here: the example must run on ScriptedModel
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "using ScriptedModel (offline)" in proc.stdout
+    assert f"{phoenix.base_url}/projects" in proc.stdout
+    trace_id = re.search(r"Trace ([0-9a-f]{32}) was sent", proc.stdout).group(1)
+
+    deadline = time.monotonic() + INGEST_TIMEOUT
+    spans = phoenix.spans(project)
+    while len([s for s in spans if s["name"].startswith("task ")]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        spans = phoenix.spans(project)
+    assert {s["context"]["trace_id"] for s in spans} == {trace_id}
+    roots = [s for s in spans if not s.get("parent_id")]
+    assert [r["name"] for r in roots] == ["phoenix_tracing example"]
+    tasks = [s for s in spans if s["name"].startswith("task ")]
+    assert len(tasks) == 4
+    by_id = {s["context"]["span_id"]: s for s in spans}
+    assert all(by_id[t["parent_id"]]["name"] == "SubmitTaskTool" for t in tasks)
