@@ -5,7 +5,7 @@ and runs the shell and Python scripts it is sent as subprocesses:
 
 * argument lists, never a shell string built by us: ``/bin/sh -c SCRIPT`` or ``python -u -c SCRIPT``;
 * each in a new session (its own process group); on timeout or cancel the whole group is killed;
-* rlimits on CPU seconds and address space (memory), set in the child before ``exec``;
+* rlimits on CPU seconds and address space (memory), set by ``ulimit`` just before ``exec``;
 * a clean environment: only the variables on an allow-list, plus those the request sets;
 * stdout and stderr streamed back line by line while the script runs, and captured up to a byte
   cap each (the result says when output was truncated);
@@ -77,25 +77,28 @@ class WorkerConfig:
 # ---------------------------------------------------------------------------------------------- runner
 
 
-def _limit_resources(cpu_seconds: float | None, memory_bytes: int | None) -> None:
-    """Runs in the child between fork and exec: resource limits for the script."""
+def _limit_prefix(cpu_seconds: float | None, memory_bytes: int | None) -> list[str]:
+    """An argv prefix that sets the script's rlimits with ``ulimit`` in ``/bin/sh``, then execs it.
+
+    Why not ``resource.setrlimit`` in a ``preexec_fn``: a ``preexec_fn`` forces a full ``fork`` of
+    the worker (measured 4-5 ms per script here) where Python otherwise uses ``vfork`` (~1 ms).
+    Limits are clamped to the worker's own hard limits, which a child cannot raise.
+    """
     import resource
 
-    def lower(kind: int, value: int) -> None:
-        _soft, hard = resource.getrlimit(kind)
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        resource.setrlimit(kind, (value, value if hard == resource.RLIM_INFINITY else min(value, hard)))
+    def clamp(kind: int, value: int, unit: int = 1) -> int:
+        hard = resource.getrlimit(kind)[1]
+        return value if hard == resource.RLIM_INFINITY else min(value, hard // unit)
 
+    steps = ["ulimit -c 0"]
     if cpu_seconds is not None:
         seconds = max(1, int(cpu_seconds + 0.999))
-        _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        top = seconds + 1 if hard == resource.RLIM_INFINITY else min(seconds + 1, hard)
-        resource.setrlimit(resource.RLIMIT_CPU, (min(seconds, top), top))  # SIGXCPU, then SIGKILL
+        top = clamp(resource.RLIMIT_CPU, seconds + 1)
+        # soft limit -> SIGXCPU, hard limit a second later -> SIGKILL
+        steps += [f"ulimit -S -t {min(seconds, top)}", f"ulimit -H -t {top}"]
     if memory_bytes is not None:
-        lower(resource.RLIMIT_AS, memory_bytes)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        steps.append(f"ulimit -v {clamp(resource.RLIMIT_AS, max(1, memory_bytes // 1024), 1024)}")
+    return ["/bin/sh", "-c", " && ".join(steps) + ' && exec "$@"', "rlimits"]
 
 
 class _Capture:
@@ -176,16 +179,16 @@ class ScriptRunner:
         if language not in config.capabilities:
             return False, {"exit_code": None}, f"this worker does not run {language} commands", "remote_error"
         memory = None if config.memory_mb is None else int(config.memory_mb) * 1024 * 1024
+        argv = _limit_prefix(config.cpu_seconds, memory) + self._argv(language, request["command"])
         try:
             process = await asyncio.create_subprocess_exec(
-                *self._argv(language, request["command"]),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self._env(request.get("env") or {}),
                 cwd=config.workdir,
                 start_new_session=True,
-                preexec_fn=lambda: _limit_resources(config.cpu_seconds, memory),
             )
         except OSError as exc:
             return (
