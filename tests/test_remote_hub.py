@@ -277,6 +277,8 @@ def test_cancelling_a_task_kills_the_remote_process(setup, tmp_path: Path):
     assert manager.cancel(task_id)
     assert _dead(int(pid_file.read_text()), within=5)
     assert manager.check(task_id).status is TaskStatus.CANCELLED
+    time.sleep(3 * HEARTBEAT)  # the worker's late "cancelled" result has arrived by now
+    assert hub.rejected_frames == 0  # and was expected, not refused as a bad frame
 
 
 def test_wrong_or_missing_token_is_refused(setup):

@@ -212,7 +212,10 @@ class RemoteExecutionManager:
         self._recent_by_task: OrderedDict[str, str] = OrderedDict()
         self._transport: RemoteTransport | None = None
         self._log_listeners: list[LogListener] = []
-        self._timers = TimerQueue("async-task-remote-deadlines")
+        # Deadlines share the task manager's timer thread (closed by its shutdown); standalone, our own.
+        self._timers = (
+            task_manager._timers if task_manager is not None else TimerQueue("async-task-remote-deadlines")
+        )
         self.ignored_responses = 0
         if task_manager is not None:
             task_manager.add_listener(self._on_task_change)
@@ -361,7 +364,8 @@ class RemoteExecutionManager:
     def close(self) -> None:
         """Fail what is pending and stop the deadline thread."""
         self.fail_all("cancelled", "remote execution manager closed")
-        self._timers.close()
+        if self._manager is None:
+            self._timers.close()
 
     # ------------------------------------------------------------------ task side
 

@@ -66,6 +66,7 @@ class _Worker:
         "running",
         "deadline",
         "dropped",
+        "cancelled",
     )
 
     def __init__(self, fields: dict[str, Any], ws: ServerConnection) -> None:
@@ -81,6 +82,9 @@ class _Worker:
         self.running = 0
         self.deadline: asyncio.TimerHandle | None = None
         self.dropped = False
+        self.cancelled: dict[
+            str, None
+        ] = {}  # recently cancelled request ids: their late results are expected
 
 
 class RemoteHub:
@@ -282,6 +286,9 @@ class RemoteHub:
             worker = self._routes.pop(request.request_id, None)
             if worker is not None:
                 worker.in_flight.pop(request.request_id, None)
+                worker.cancelled[request.request_id] = None
+                if len(worker.cancelled) > 1000:
+                    worker.cancelled.pop(next(iter(worker.cancelled)))
         if worker is not None:
             self._call_soon(self._send_quietly, worker, encode(cancel_frame(request.request_id, reason)))
 
@@ -455,6 +462,8 @@ class RemoteHub:
                 worker.running = running if isinstance(running, int) else worker.running
             elif kind == "log":
                 log = check_log(message)
+                if log["request_id"] in worker.cancelled:
+                    return
                 if log["request_id"] not in worker.in_flight:
                     raise ProtocolError(
                         f"log for request {log['request_id']!r}, which this worker is not running"
@@ -467,6 +476,8 @@ class RemoteHub:
                     if request is not None:
                         self._routes.pop(fields["request_id"], None)
                         worker.completed += 1
+                    elif worker.cancelled.pop(fields["request_id"], 0) is None:
+                        return  # the answer to a request we cancelled: expected, nothing to do
                 if request is None:
                     raise ProtocolError(
                         f"result for request {fields['request_id']!r}, which this worker is not running"
