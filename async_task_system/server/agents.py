@@ -356,8 +356,7 @@ def _safe_filename(name: str, index: int, taken: set[str]) -> str:
     return candidate
 
 
-def _prepare(leaves: Sequence[InputType], temp_root: str | None) -> _Prepared:
-    prepared = _Prepared()
+def _prepare(leaves: Sequence[InputType], temp_root: str | None, prepared: _Prepared) -> _Prepared:
     taken: set[str] = set()
     for leaf in leaves:
         if leaf.Text is not None:
@@ -528,26 +527,33 @@ def execute_request(
     request was cancelled while running.
     """
     config = request.effective_config()
-    leaves = request.input.leaves()
-    prepared = _prepare(leaves, temp_root)
+    prepared = _Prepared()
     handle: AgentHandle | None = None
+
+    def agent() -> AgentHandle:
+        nonlocal handle
+        if handle is None:
+            hooks.check()
+            try:
+                handle = AgentHandle(factory())
+            except TypeError:
+                raise
+            except Exception as exc:
+                raise RequestError(
+                    ErrorCode.PROCESSING_ERROR, f"The agent factory failed: {type(exc).__name__}: {exc}"
+                ) from None
+            if hooks.on_handle is not None:
+                hooks.on_handle(handle)
+        return handle
+
     try:
+        prepared = _prepare(request.input.leaves(), temp_root, prepared)
         hooks.check()
-        try:
-            handle = AgentHandle(factory())
-        except TypeError:
-            raise
-        except Exception as exc:
-            raise RequestError(
-                ErrorCode.PROCESSING_ERROR, f"The agent factory failed: {type(exc).__name__}: {exc}"
-            ) from None
-        if hooks.on_handle is not None:
-            hooks.on_handle(handle)
         ask = bool(config.ask_before_tool_execution)
         contents: list[ResponseContent] = []
         instruction_lines: list[str] = []
         for instruction in prepared.instructions:
-            result = _run_instruction(handle, instruction, hooks, ask)
+            result = _run_instruction(agent(), instruction, hooks, ask)
             contents.append(ResponseContent(ToolResult=result))
             instruction_lines.append(
                 f"- {result.name}({json.dumps(to_jsonable(instruction.parameters), ensure_ascii=False)}) returned "
@@ -566,9 +572,11 @@ def execute_request(
             context_num = config.max_context_num
             shown = list(history)[-context_num:] if context_num else []
             # ``model`` (the server's) only answers use_tools=false requests; agents keep their own.
-            inner_model = model if model is not None and not request.use_tools else handle.model
+            # Without tools and with a server model, no agent instance is needed at all.
+            inner_model = model if model is not None and not request.use_tools else agent().model
             request_model = RequestModel(inner_model, config.max_tokens, hooks)
             if request.use_tools:
+                handle = agent()
                 task_parts = []
                 if shown:
                     task_parts.append(_history_block(shown))

@@ -210,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 2
+            chat_model = model  # use_tools=false requests then need no agent instance
             description = f"LLM {getattr(model, 'model_id', model)} from .env"
         verbosity = 1 if args.verbose else -1
 
