@@ -24,7 +24,8 @@ from smolagents import CodeAgent, tool
 
 from async_task_system import ScriptedModel, create_async_agent, tracing
 
-pytestmark = pytest.mark.slow
+# Phoenix takes ~10 s to start (more on a loaded machine): allow more than the suite default.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 INGEST_TIMEOUT = 30.0
 
