@@ -246,7 +246,9 @@ class _TaskSpan:
                 return final, error.type, error.message
             return final, None, None
         if exc is None:
-            return "completed", None, None
+            # A remote task's code may return after handing its command to a remote executor:
+            # the task then waits (holding no thread) and the response finishes it later.
+            return ("waiting_remote" if status == "waiting_remote" else "completed"), None, None
         return "failed", type(exc).__name__, str(exc) or type(exc).__name__
 
 
@@ -255,7 +257,8 @@ def task_span(info: Any, attempt: int) -> _TaskSpan | _NoSpan:
 
     The manager enters it in the worker thread, inside the copy of the submitter's context, so
     the span is a child of the submitting span. The object it yields has ``set_result(value)``.
-    On exit the span gets ``task.status`` (completed, failed or cancelled) and, on failure,
+    On exit the span gets ``task.status`` (completed, failed, cancelled, or waiting_remote when
+    the attempt handed its work to a remote executor and returned) and, on failure,
     ``task.error.type`` / ``task.error.message``, the exception and an ERROR status. With no SDK
     tracer provider this is a shared no-op object.
     """

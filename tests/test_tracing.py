@@ -335,6 +335,29 @@ def test_timed_out_and_cancelled_tasks_record_their_final_status(spans, tracer):
     assert cancelled_span.status.status_code is not StatusCode.ERROR
 
 
+def test_task_handed_to_a_remote_executor_records_waiting_remote(spans, tracer):
+    sent: dict[str, str] = {}
+
+    def hand_off(command: str) -> None:
+        # Seed 000's detached suspension: the code returns, the remote response finishes the task.
+        sent["request_id"] = get_task_manager().remote_manager.suspend(
+            get_current_task_id(), command, timeout=10
+        )
+
+    with TaskManager(1, functions=[hand_off]) as manager, tracer.start_as_current_span("caller") as caller:
+        task_id = manager.submit("function", "hand_off", {"command": "echo hi"})
+        spans.wait_for(lambda s: any(x.attributes.get("task.id") == task_id for x in s))
+        assert manager.check(task_id).status.value == "waiting_remote"
+        manager.handle_websocket_response(sent["request_id"], True, "hi", None)
+        manager.wait([task_id], timeout=10)
+        assert manager.result(task_id) == "hi"
+
+    span = task_spans(spans.spans, task_id)[0]
+    assert parent_id(span) == caller.get_span_context().span_id
+    assert span.attributes["task.status"] == "waiting_remote"
+    assert span.status.status_code is StatusCode.UNSET
+
+
 # ---------------------------------------------------------------------------- agents
 
 
