@@ -536,7 +536,8 @@ def test_client_vanishing_cancels_its_request(serve_factory):
 
     srv = serve_factory(factory)
     c = srv.client()
-    c.send({"request_id": "gone", "input": {"Text": "STEPS: block(20) ||| add(1, 2) ||| final_answer('late')"}})
+    # After block() returns, neither the add() in the same step nor a next model call may run.
+    c.send({"request_id": "gone", "input": {"Text": "STEPS: block(20)\nadd(1, 2) ||| add(3, 4) ||| final_answer('late')"}})
     assert ta.BLOCK_STARTED.wait(10)
     c.sock.shutdown(socket.SHUT_RDWR)
     c.close()

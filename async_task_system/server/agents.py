@@ -220,7 +220,10 @@ class AgentHandle:
             self.agent.instructions = prompt
 
     def gate_tools(self, ask: Callable[[str, Any], None]) -> None:
-        """Wrap every tool (not ``final_answer``) so that ``ask(name, arguments)`` runs first."""
+        """Wrap every tool (not ``final_answer``) so that ``ask(name, arguments)`` runs first.
+
+        ``ask`` raises to stop the call (request cancelled, or the client said no).
+        """
         for name, tool in list(self.agent.tools.items()):
             if name != "final_answer":
                 self.agent.tools[name] = _GatedTool(tool, ask)
@@ -466,9 +469,13 @@ def _ask(hooks: RequestHooks, name: str, arguments: Any) -> tuple[bool, str]:
     return hooks.ask_approval(name, to_jsonable(arguments))
 
 
-def _gate(hooks: RequestHooks) -> Callable[[str, Any], None]:
+def _gate(hooks: RequestHooks, ask_client: bool) -> Callable[[str, Any], None]:
+    """Before each tool call: stop if the request was cancelled, then ask the client if wanted."""
+
     def ask(name: str, arguments: Any) -> None:
         hooks.check()
+        if not ask_client:
+            return
         approved, reason = _ask(hooks, name, arguments)
         if not approved:
             raise ToolCallDenied(
@@ -587,8 +594,7 @@ def execute_request(
                 handle.agent.model = request_model
                 if config.prompt:
                     handle.set_instructions(config.prompt)
-                if ask:
-                    handle.gate_tools(_gate(hooks))
+                handle.gate_tools(_gate(hooks, ask))
                 if hooks.send_partial is not None:
                     send = hooks.send_partial
 
