@@ -9,6 +9,7 @@ timed out, was cancelled, or suspended on a remote result) hands it to the next 
 from __future__ import annotations
 
 import contextvars
+import inspect
 import itertools
 import logging
 import threading
@@ -21,6 +22,7 @@ from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
 from . import tracing
+from ._loop import background_loop, spawn
 from ._targets import Target, TaskValidationError, agent_target, function_target, tool_target
 from ._timers import TimerHandle, TimerQueue
 from .tasks import (
@@ -342,6 +344,21 @@ class TaskManager:
         try:
             context = task.context if attempt == 1 else task.context.copy()
             result = context.run(self._invoke, task, attempt)
+        except BaseException as exc:
+            self._attempt_failed(task, attempt, exc)
+        else:
+            if inspect.iscoroutine(result):  # an async target: it runs on the loop, holding no thread
+                background_loop().call_soon_threadsafe(self._start_coroutine, task, attempt, result, context=context)
+            else:
+                self._attempt_succeeded(task, attempt, result)
+
+    def _start_coroutine(self, task: _Task, attempt: int, coroutine: Any) -> None:
+        # Runs on the background loop inside the task's context, which create_task copies for the coroutine.
+        spawn(self._drive_coroutine(task, attempt, coroutine))
+
+    async def _drive_coroutine(self, task: _Task, attempt: int, coroutine: Any) -> None:
+        try:
+            result = await coroutine
         except BaseException as exc:
             self._attempt_failed(task, attempt, exc)
         else:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from async_task_system import TaskManager, TaskStatus, get_current_task_id
+from async_task_system import TaskManager, TaskStatus, get_current_task_id, get_task_manager
 from async_task_system.remote import (
     RemoteExecuteTool,
     RemoteExecutionError,
@@ -288,4 +288,62 @@ def test_submit_task_description_lists_the_remote_target():
     assert "remote_execute" not in tool.description
     _ = manager.remote_manager
     assert "task_type='remote': remote_execute" in tool.description
+    manager.shutdown()
+
+
+def test_coroutine_tasks_wait_remotely_without_a_thread_or_a_slot():
+    manager = TaskManager(max_workers=2)
+    remote = manager.remote_manager
+
+    async def fetch(n: int) -> str:
+        output = await remote.execute_async(get_current_task_id(), f"echo {n}", 30)
+        return f"{n}: {output}"
+
+    def work() -> str:
+        return "sync ran"
+
+    manager.register_function(fetch)
+    manager.register_function(work)
+    threads_before = threading.active_count()
+    ids = [manager.submit("function", "fetch", {"n": i}) for i in range(1000)]
+    deadline = time.monotonic() + 20
+    while manager.get_statistics()["waiting_remote"] < 1000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert manager.get_statistics()["waiting_remote"] == 1000
+    # 1,000 waiting coroutines: a handful of threads at most (pool + loop + timers), and both slots free.
+    assert threading.active_count() - threads_before <= 10
+    other = manager.submit("function", "work")
+    assert manager.wait(other, timeout=5).not_done == []
+    for task_id in ids:
+        manager.handle_websocket_response(_request_id(manager, task_id), True, task_id.upper(), None)
+    assert manager.wait(ids, timeout=20).not_done == []
+    assert manager.result(ids[5]) == f"5: {ids[5].upper()}"
+    manager.shutdown()
+
+
+def test_seed_000_async_tool_suspends_and_returns_pending():
+    manager = TaskManager()
+
+    async def remote_execute(command: str, timeout: int = 30) -> dict:
+        task_manager = get_task_manager()
+        request_id = await task_manager.suspend_task_for_remote(get_current_task_id(), command, timeout)
+        return {"status": "pending_remote", "request_id": request_id, "message": f"sent {command}"}
+
+    async def broken() -> None:
+        raise ValueError("async failure")
+
+    manager.register_function(remote_execute)
+    manager.register_function(broken)
+    task_id = manager.submit("function", "remote_execute", {"command": "docker ps"})
+    deadline = time.monotonic() + 5
+    while manager.check(task_id).status is not TaskStatus.WAITING_REMOTE and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert manager.check(task_id).status is TaskStatus.WAITING_REMOTE  # the pending dict is not the result
+    manager.handle_websocket_response(_request_id(manager, task_id), True, "CONTAINER ID", None)
+    assert manager.wait(task_id, timeout=5).not_done == []
+    assert manager.result(task_id) == "CONTAINER ID"
+    failing = manager.submit("function", "broken")
+    manager.wait(failing, timeout=5)
+    error = manager.check(failing).error
+    assert error.type == "ValueError" and error.message == "async failure"
     manager.shutdown()

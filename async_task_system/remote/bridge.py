@@ -400,6 +400,20 @@ class RemoteExecutionManager:
         request = self._suspend(task_id, command, timeout, language, worker, env, inline=True)
         return _unwrap(request.future.result())
 
+    async def execute_async(
+        self,
+        task_id: str,
+        command: str,
+        timeout: float | None = None,
+        *,
+        language: str = "shell",
+        worker: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Any:
+        """:meth:`execute_inline` for coroutine tasks: awaits the result, holding neither a thread nor a slot."""
+        request = self._suspend(task_id, command, timeout, language, worker, env, inline=True)
+        return _unwrap(await asyncio.wrap_future(request.future))
+
     def resume(self, task_id: str, result: Any) -> bool:
         """Seed 000's ``resume_task_with_result``: WAITING_REMOTE -> RUNNING -> COMPLETED with ``result``.
 
@@ -578,9 +592,13 @@ class RemoteExecutionManager:
             return False
         if request.timer is not None:
             request.timer.cancel()
-        request.future.set_result(outcome)
-        if request.task_id is not None and self._manager is not None:
-            self._apply(request, outcome)
+        try:
+            # The task's transition comes first: an inline waiter woken by the future must find its
+            # task RUNNING again, or its return would look like a detached suspension.
+            if request.task_id is not None and self._manager is not None:
+                self._apply(request, outcome)
+        finally:
+            request.future.set_result(outcome)
         return True
 
     def _apply(self, request: RemoteRequest, outcome: RemoteOutcome) -> None:
