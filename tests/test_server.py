@@ -625,3 +625,16 @@ def test_many_connections_at_once(srv):
     assert not errors
     assert len(results) == 60
     assert all(results[f"c{n}-{i}"]["response"] == {"Text": str(n + i)} for n in range(12) for i in range(5))
+
+
+def test_stray_approval_is_ignored_and_not_taken_for_the_response(srv):
+    with srv.client() as c:
+        c.send({"request_id": "busy", "input": {"Text": "STEPS: block(20)\nfinal_answer('finished')"}})
+        assert ta.BLOCK_STARTED.wait(10)
+        c.send({"request_id": "busy", "input": {"Instruction": {"command": "approve"}}})
+        probe = c.request({"request_id": "probe", "input": {"Text": "still answering"}})
+        ta.RELEASE.set()
+        final = c.read()
+    assert probe["response"] == {"Text": "echo: still answering"}
+    assert final == {"request_id": "busy", "response": {"Text": "finished"}, "error": None,
+                     "token_usage": final["token_usage"]}

@@ -231,10 +231,14 @@ class _Connection:
             return
         existing = self.requests.get(request.request_id)
         if existing is not None:
-            if is_approval(request) and existing.approvals:
-                future = existing.approvals.popleft()
-                if not future.done():
-                    future.set_result(approval_decision(request))
+            if is_approval(request):
+                if existing.approvals:
+                    future = existing.approvals.popleft()
+                    if not future.done():
+                        future.set_result(approval_decision(request))
+                    return
+                # Not fatal for the running request: say so, but do not end it.
+                logger.warning("connection %s: stray approval for %r", self.id, request.request_id)
                 return
             await self.send(
                 error_response(
