@@ -72,6 +72,7 @@ def test_coordinating_llm_starts_remote_commands_waits_and_reads_results(worker_
     assert "pending_remote pending_remote True" in second_call
     system_prompt = message_text(model.calls[0][0])
     assert "remote_execute" in system_prompt and "task_type='remote'" in system_prompt
+    assert "Remote machines: remote_execute(" in system_prompt  # the guidance attach_remote adds
 
 
 def test_sub_agent_blocks_on_remote_execute_and_sees_the_output_in_its_context(worker_process):

@@ -21,7 +21,13 @@ from ..manager import TaskManager, get_current_task_id, get_task_manager
 from ..tasks import TaskStatus
 from .bridge import REMOTE_INPUTS, REMOTE_TARGET_NAME, RemoteExecutionError
 
-__all__ = ["RemoteExecuteTool", "attach_remote"]
+__all__ = ["RemoteExecuteTool", "attach_remote", "REMOTE_GUIDANCE"]
+
+REMOTE_GUIDANCE = """\
+Remote machines: remote_execute(command, timeout=60, worker=None, language='shell') runs a shell command (or Python
+code with language='python') on a remote worker and returns at once {'status': 'pending_remote', 'task_id': ...}.
+Start all independent commands first, then wait_for_tasks([...task_ids]) and read get_task_results([...]): each
+result is a dict with exit_code, stdout and stderr; a failed command maps to a string starting with 'ERROR:'."""
 
 
 class RemoteExecuteTool(Tool):
@@ -140,6 +146,9 @@ def attach_remote(
     agent = getattr(target, "agent", None)
     if agent is not None and hasattr(agent, "tools"):
         agent.tools[RemoteExecuteTool.name] = RemoteExecuteTool(manager)
+        instructions = getattr(agent, "instructions", None) or ""
+        if REMOTE_GUIDANCE not in instructions:
+            agent.instructions = f"{instructions}\n{REMOTE_GUIDANCE}" if instructions else REMOTE_GUIDANCE
     if not hub:
         return None
     from .hub import RemoteHub
