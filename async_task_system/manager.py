@@ -370,6 +370,8 @@ class TaskManager:
             if task.target is None:
                 raise RuntimeError(f"task {task.info.id} has nothing to run")
             result = task.target.call(task.info.arguments)
+            if inspect.iscoroutine(result):  # the span stays open until the loop has run it
+                return span.wrap_coroutine(result)
             span.set_result(result)
             return result
 

@@ -155,6 +155,10 @@ class _NoSpan:
     def set_result(self, result: Any) -> None:
         """Ignored: no span to record it on."""
 
+    def wrap_coroutine(self, coroutine: Any) -> Any:
+        """Nothing to keep open: the coroutine itself."""
+        return coroutine
+
 
 _NO_SPAN = _NoSpan()
 
@@ -173,7 +177,7 @@ def _text(value: Any) -> str:
 class _TaskSpan:
     """One task attempt's span: opened on enter, made current in the worker, ended on exit."""
 
-    __slots__ = ("_tracer", "_info", "_attempt", "_span", "_token")
+    __slots__ = ("_tracer", "_info", "_attempt", "_span", "_token", "_deferred")
 
     def __init__(self, tracer: Any, info: Any, attempt: int) -> None:
         self._tracer = tracer
@@ -181,6 +185,7 @@ class _TaskSpan:
         self._attempt = attempt
         self._span: Span | None = None
         self._token: object | None = None
+        self._deferred = False
 
     def __enter__(self) -> _TaskSpan:
         info = self._info
@@ -209,10 +214,47 @@ class _TaskSpan:
         if self._span is not None:
             self._span.set_attribute(_OUTPUT_VALUE, _text(result))
 
+    def wrap_coroutine(self, coroutine: Any) -> Any:
+        """Keep the span open for an async target: it ends when ``coroutine`` finishes.
+
+        The attempt's code only created the coroutine; the manager awaits it later on its event
+        loop. The returned coroutine makes the span current while it runs (attached and detached
+        within its own asyncio task) and records the outcome at its end.
+        """
+        self._deferred = True
+        span = self._span
+
+        async def traced() -> Any:
+            token = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
+            error: BaseException | None = None
+            try:
+                result = await coroutine
+                self.set_result(result)
+                return result
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+                self._end(error)
+
+        return traced()
+
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        # Detach in this thread (OpenTelemetry requires it); end now unless a coroutine carries on.
+        if self._token is not None:
+            otel_context.detach(self._token)
+            self._token = None
+        if not self._deferred or exc is not None:
+            self._end(exc)
+        return None
+
+    def _end(self, exc: BaseException | None) -> None:
         span = self._span
         if span is None:
-            return None
+            return
+        self._span = None
         try:
             status, error_type, error_message = self._outcome(exc)
             span.set_attribute("task.status", status)
@@ -228,10 +270,7 @@ class _TaskSpan:
             if self._info.retries and status == "failed":
                 span.set_attribute("task.will_retry", self._attempt <= self._info.retries)
         finally:
-            if self._token is not None:
-                otel_context.detach(self._token)
             span.end()
-        return None
 
     def _outcome(self, exc: BaseException | None) -> tuple[str, str | None, str | None]:
         """The attempt's final status as the manager will record it (or already has)."""

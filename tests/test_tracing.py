@@ -263,6 +263,39 @@ def test_nested_submit_nests_under_the_submitting_task(spans, tracer):
     assert {s.context.trace_id for s in finished} == {root.get_span_context().trace_id}
 
 
+def test_coroutine_task_span_covers_the_await_and_is_current_inside(spans, tracer):
+    import asyncio
+
+    async def fetch(n: int) -> int:
+        await asyncio.sleep(0.05)
+        with tracer.start_as_current_span("inside-coroutine"):
+            await asyncio.sleep(0)
+        return n * 3
+
+    async def broken() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("missing")
+
+    with (
+        TaskManager(2, functions=[fetch, broken]) as manager,
+        tracer.start_as_current_span("caller") as caller,
+    ):
+        ok = manager.submit("function", "fetch", {"n": 5})
+        bad = manager.submit("function", "broken", {})
+        assert manager.wait([ok, bad], timeout=10).not_done == []
+        assert manager.result(ok) == 15
+
+    finished = spans.spans
+    ok_span, bad_span = task_spans(finished, ok)[0], task_spans(finished, bad)[0]
+    inner = one(finished, "inside-coroutine")
+    assert parent_id(ok_span) == parent_id(bad_span) == caller.get_span_context().span_id
+    assert parent_id(inner) == ok_span.context.span_id
+    assert ok_span.attributes["task.status"] == "completed" and ok_span.attributes["output.value"] == "15"
+    assert (ok_span.end_time - ok_span.start_time) / 1e9 >= 0.04, "the span covers the awaited work"
+    assert bad_span.attributes["task.status"] == "failed"
+    assert bad_span.attributes["task.error.type"] == "KeyError"
+
+
 # ---------------------------------------------------------------------------- outcomes
 
 
