@@ -638,3 +638,17 @@ def test_stray_approval_is_ignored_and_not_taken_for_the_response(srv):
     assert probe["response"] == {"Text": "echo: still answering"}
     assert final == {"request_id": "busy", "response": {"Text": "finished"}, "error": None,
                      "token_usage": final["token_usage"]}
+
+
+def test_unanswered_approval_times_out_and_the_tool_never_runs(srv):
+    with srv.client() as c:
+        c.send({"request_id": "wait", "input": {"Text": "RUN: final_answer(str(add(1, 1)))"},
+                "config": {"ask_before_tool_execution": True, "timeout": 0.5}})
+        assert "ToolCall" in c.read()["response"]
+        r = c.read()
+        assert r["error"].startswith("timeout_error:")
+        # A late answer is not taken for anything: the request is gone.
+        late = c.request({"request_id": "wait", "input": {"Instruction": {"command": "approve"}}})
+    assert late["error"].startswith("processing_error: No tool call of request 'wait' is waiting for approval")
+    assert srv.record("wait").status == "timeout"
+    assert ta.CALLS == []

@@ -249,6 +249,16 @@ class _Connection:
                 )
             )
             return
+        if is_approval(request):
+            await self.send(
+                error_response(
+                    request.request_id,
+                    ErrorCode.PROCESSING_ERROR,
+                    f"No tool call of request {request.request_id!r} is waiting for approval (the request "
+                    "finished, timed out, or never asked); 'approve' and 'deny' only answer ToolCall questions",
+                )
+            )
+            return
         if len(self.requests) >= self.server.max_requests_per_connection:
             await self.send(
                 error_response(
