@@ -334,3 +334,18 @@ def test_bad_frames_get_an_error_and_touch_nothing_else(setup):
         assert manager.wait(task_id, timeout=5).not_done == []
         assert manager.result(task_id) == "root"
     assert hub.rejected_frames == len(bad_frames)
+
+
+def test_a_request_cancelled_while_queued_on_the_worker_never_starts(setup, tmp_path: Path):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "single", "--max-concurrent", "1")
+    started = log_event(manager, "first-started")
+    marker = tmp_path / "queued-ran"
+    first = manager.submit("remote", "remote_execute", {"command": "echo first-started; exec sleep 30"})
+    assert started.wait(10)
+    queued = manager.submit("remote", "remote_execute", {"command": f"touch {marker}"})
+    assert manager.cancel(queued)
+    assert manager.cancel(first)
+    _, result = run_remote(manager, "echo third")  # runs after the queued one was skipped (FIFO slots)
+    assert result["stdout"] == "third\n"
+    assert not marker.exists()

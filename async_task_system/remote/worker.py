@@ -298,6 +298,8 @@ class WorkerDaemon:
         self._stop = asyncio.Event()
         self._queued = 0
         self._jobs: set[asyncio.Task[None]] = set()
+        self._queued_ids: set[str] = set()
+        self._cancelled_queued: set[str] = set()
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler on the worker's loop)."""
@@ -403,11 +405,14 @@ class WorkerDaemon:
                             encode(result_frame(request_id, False, None, str(exc), "remote_error"))
                         )
                     continue
+                self._queued_ids.add(request["request_id"])  # now, so a cancel right behind it finds it
                 job = asyncio.ensure_future(self._execute(request, outbox))
                 self._jobs.add(job)
                 job.add_done_callback(self._jobs.discard)
             elif kind == "cancel":
-                self.runner.cancel(str(message.get("request_id")))
+                request_id = str(message.get("request_id"))
+                if not self.runner.cancel(request_id) and request_id in self._queued_ids:
+                    self._cancelled_queued.add(request_id)  # still waiting for a slot: it will not start
             elif kind == "error":
                 logger.warning("the hub reported an error: %s", message.get("error"))
             else:
@@ -435,9 +440,15 @@ class WorkerDaemon:
         try:
             async with self._slots:
                 self._queued -= 1
+                self._queued_ids.discard(request_id)
                 waiting = False
                 try:
-                    success, result, error, error_type = await self.runner.run(request, on_line)
+                    if request_id in self._cancelled_queued:
+                        self._cancelled_queued.discard(request_id)
+                        result = {"exit_code": None, "cancelled": True}
+                        success, error, error_type = False, "cancelled before it started", "cancelled"
+                    else:
+                        success, result, error, error_type = await self.runner.run(request, on_line)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # never leave the hub without an answer
@@ -446,6 +457,8 @@ class WorkerDaemon:
         finally:
             if waiting:
                 self._queued -= 1
+                self._queued_ids.discard(request_id)
+                self._cancelled_queued.discard(request_id)
         if isinstance(result, dict):
             result["worker"] = self.config.name
         outbox.put_nowait(encode(result_frame(request_id, success, result, error, error_type)))
