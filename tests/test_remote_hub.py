@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from async_task_system import TaskManager, TaskStatus
@@ -349,3 +349,32 @@ def test_a_request_cancelled_while_queued_on_the_worker_never_starts(setup, tmp_
     _, result = run_remote(manager, "echo third")  # runs after the queued one was skipped (FIFO slots)
     assert result["stdout"] == "third\n"
     assert not marker.exists()
+
+
+def test_silent_and_huge_connections_are_closed_without_touching_others(setup):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "steady")
+    strict = RemoteHub(
+        manager.remote_manager, token=TOKEN, register_timeout=0.3, max_message_bytes=1024
+    ).start()
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with connect(strict.url, additional_headers=headers, proxy=None) as idle:
+            with pytest.raises(ConnectionClosed) as closed:
+                idle.recv(5)  # never registers
+            assert closed.value.rcvd.code == 1008
+        with connect(strict.url, additional_headers=headers, proxy=None) as huge:
+            huge.send(json.dumps({"type": "register", "name": "huge"}))
+            assert json.loads(huge.recv(5))["type"] == "registered"
+            huge.send("x" * 5000)  # over 4 x max_message_bytes: the library closes this connection
+            with pytest.raises(ConnectionClosed) as closed:
+                huge.recv(5)
+            assert closed.value.rcvd.code == 1009
+        assert strict.workers() == []
+    finally:
+        strict.stop()
+    # The first hub stopped being the transport when the strict one started; give it back and check
+    # that its worker never noticed any of this.
+    manager.remote_manager.set_transport(hub)
+    _, result = run_remote(manager, "echo unaffected")
+    assert result["stdout"] == "unaffected\n" and result["worker"] == "steady"
