@@ -65,6 +65,8 @@ _INPUT_VALUE = "input.value"
 _INPUT_MIME = "input.mime_type"
 _OUTPUT_VALUE = "output.value"
 
+_OK = Status(StatusCode.OK)
+
 _override_provider: Any = None
 """A provider set by :func:`set_tracer_provider`; ``None`` means the global OpenTelemetry one."""
 
@@ -257,18 +259,19 @@ class _TaskSpan:
         self._span = None
         try:
             status, error_type, error_message = self._outcome(exc)
-            span.set_attribute("task.status", status)
+            attributes: dict[str, Any] = {"task.status": status}  # one set_attributes call: one lock
             if error_type is not None:
-                span.set_attribute("task.error.type", error_type)
-                span.set_attribute("task.error.message", error_message or "")
+                attributes["task.error.type"] = error_type
+                attributes["task.error.message"] = error_message or ""
+            if self._info.retries and status == "failed":
+                attributes["task.will_retry"] = self._attempt <= self._info.retries
+            span.set_attributes(attributes)
             if exc is not None:
                 span.record_exception(exc)
             if status == "failed":
                 span.set_status(Status(StatusCode.ERROR, f"{error_type}: {error_message}"))
             elif status == "completed":
-                span.set_status(Status(StatusCode.OK))
-            if self._info.retries and status == "failed":
-                span.set_attribute("task.will_retry", self._attempt <= self._info.retries)
+                span.set_status(_OK)
         finally:
             span.end()
 
