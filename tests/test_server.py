@@ -652,3 +652,21 @@ def test_unanswered_approval_times_out_and_the_tool_never_runs(srv):
     assert late["error"].startswith("processing_error: No tool call of request 'wait' is waiting for approval")
     assert srv.record("wait").status == "timeout"
     assert ta.CALLS == []
+
+
+def test_a_tool_calling_agent_factory_works_too(serve_factory):
+    from smolagents import ToolCallingAgent
+
+    def respond(messages):
+        if any("Observation" in ta.message_text(m) or "5" == ta.message_text(m).strip() for m in messages[2:]):
+            return json.dumps({"name": "final_answer", "arguments": {"answer": "sum is 5"}})
+        return json.dumps({"name": "add", "arguments": {"a": 2, "b": 3}})
+
+    model = ta.ScriptedModel([respond], repeat_last=True)
+    srv = serve_factory(lambda: ToolCallingAgent(tools=ta.TOOLS, model=model, verbosity_level=-1, max_steps=4))
+    with srv.client() as c:
+        c.send({"request_id": "tc", "input": {"Text": "add 2 and 3"}, "config": {"ask_before_tool_execution": True}})
+        assert c.read()["response"] == {"ToolCall": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+        final = c.request({"request_id": "tc", "input": {"Instruction": {"command": "approve"}}})
+    assert final["response"] == {"Text": "sum is 5"}, final
+    assert ta.CALLS == ["add(2,3)"]

@@ -102,3 +102,18 @@ def test_serve_refuses_without_an_llm_or_a_token_off_loopback(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "async_task_system", "serve", "--remote", "nonsense"],
                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60)
     assert bad.returncode == 2 and "expected HOST:PORT" in bad.stderr
+
+
+def test_sigterm_answers_unfinished_requests_before_closing(served):
+    s = served("--factory", "clients.testagents:cli_factory")
+    with LineClient(s.port) as c:
+        # The tool runs in the request's own thread and ignores cancellation: the process must exit anyway.
+        c.send({"request_id": "busy", "input": {"Instruction": {"command": "block", "parameters": {"seconds": 60}}}})
+        ok = c.request({"request_id": "quick", "input": {"Text": "RUN: final_answer('fast')"}})
+        s.proc.terminate()
+        r = c.read()
+        assert c.read() is None
+    assert ok["response"] == {"Text": "fast"}
+    assert r == {"request_id": "busy", "response": {"Text": ""}, "error": "connection_error: The server is shutting down",
+                 "token_usage": None, "error_code": "connection_error"}
+    assert s.proc.wait(10) == 0

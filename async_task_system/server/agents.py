@@ -425,7 +425,10 @@ def _run_instruction(handle: AgentHandle, instruction: Any, hooks: RequestHooks,
     params = instruction.parameters
     if params is None:
         params = {}
-    if not isinstance(params, dict) or (len(inputs) == 1 and set(params) - set(inputs)):
+    single = next(iter(inputs.values())) if len(inputs) == 1 else None
+    if not isinstance(params, dict) or (
+        single is not None and single.get("type") == "object" and set(params) - set(inputs)
+    ):
         if len(inputs) != 1:
             raise RequestError(
                 ErrorCode.PROCESSING_ERROR,

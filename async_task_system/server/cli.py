@@ -9,11 +9,13 @@ serves any agent factory of yours instead; ``--tools module:attr`` adds tools to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import ipaddress
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -239,8 +241,15 @@ def run(args: argparse.Namespace) -> int:
             f"{', token required' if token else ''}). Ctrl-C stops.",
             flush=True,
         )
+        # SIGTERM (service managers, `kill`) stops as gracefully as Ctrl-C: unfinished requests
+        # get connection_error before the connections close.
+        serving = asyncio.ensure_future(server.serve_forever())
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serving.cancel)
         try:
-            await server.serve_forever()
+            await serving
+        except asyncio.CancelledError:
+            pass
         finally:
             await server.close()
 

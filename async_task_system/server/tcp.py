@@ -336,11 +336,12 @@ class _Connection:
             request = request.model_copy(
                 update={"config": config.model_copy(update={"max_context_num": config_context})}
             )
-        work = self.loop.run_in_executor(
-            server._pool,
-            lambda: execute_request(
-                server.agent_factory, request, history, hooks, model=server.model, temp_root=server.temp_dir
-            ),
+        work = asyncio.ensure_future(
+            server._run_in_thread(
+                lambda: execute_request(
+                    server.agent_factory, request, history, hooks, model=server.model, temp_root=server.temp_dir
+                )
+            )
         )
         # After a timeout the thread may still finish later: consume its outcome so nothing is logged.
         work.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -445,9 +446,9 @@ class AgentServer:
         self.default_context_num = int(default_context_num)
         self.max_history = int(max_history)
         self.temp_dir = temp_dir
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.max_concurrent_requests, thread_name_prefix="agent-request"
-        )
+        # Created on the server's loop (start()): bounds the request threads running at once.
+        self._slots: asyncio.Semaphore | None = None
+        self._thread_names = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._connection_ids = itertools.count(1)
@@ -473,6 +474,7 @@ class AgentServer:
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
+        self._slots = asyncio.Semaphore(self.max_concurrent_requests)
         self._server = await asyncio.start_server(
             self._on_connection, self.host, self.requested_port, limit=self.max_line_bytes
         )
@@ -506,7 +508,6 @@ class AgentServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def start_in_thread(self) -> ServerThread:
         """Run the server on its own event loop in a daemon thread; returns once it is listening."""
@@ -521,6 +522,41 @@ class AgentServer:
             await connection.run()
         finally:
             self._connections.discard(connection)
+
+    async def _run_in_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` in a daemon thread once one of the ``max_concurrent_requests`` slots is free.
+
+        Daemon threads, not a pool: a tool that never returns must not keep the process from
+        exiting after :meth:`close`. The slot is held until the thread really ends (also when the
+        request timed out and nobody waits for it any more), so the bound is a true one.
+        """
+        assert self._slots is not None, "start() the server first"
+        await self._slots.acquire()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def finish(ok: bool, value: Any) -> None:
+            self._slots.release()  # type: ignore[union-attr]
+            if not future.done():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+        def target() -> None:
+            try:
+                value, ok = fn(), True
+            except BaseException as exc:  # handed to the awaiting coroutine
+                value, ok = exc, False
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(finish, ok, value)
+
+        try:
+            threading.Thread(target=target, name=f"agent-request-{next(self._thread_names)}", daemon=True).start()
+        except BaseException:
+            self._slots.release()
+            raise
+        return await future
 
     def _notify(self, record: RequestRecord) -> None:
         for callback in list(self._listeners):
