@@ -378,3 +378,26 @@ def test_silent_and_huge_connections_are_closed_without_touching_others(setup):
     manager.remote_manager.set_transport(hub)
     _, result = run_remote(manager, "echo unaffected")
     assert result["stdout"] == "unaffected\n" and result["worker"] == "steady"
+
+
+def test_the_script_joins_the_trace_of_the_code_that_sent_it(setup):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from async_task_system import tracing
+
+    manager, hub, workers = setup
+    start_worker(hub, workers, "traced")
+    provider = TracerProvider()
+    tracing.set_tracer_provider(provider)
+    try:
+        with provider.get_tracer("test").start_as_current_span("agent step") as span:
+            task_id = manager.submit("remote", "remote_execute", {"command": "echo $TRACEPARENT"})
+        assert manager.wait(task_id, timeout=20).not_done == []
+        traceparent = manager.result(task_id)["stdout"].strip()
+    finally:
+        tracing.set_tracer_provider(None)
+        provider.shutdown()
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    assert traceparent.startswith(f"00-{trace_id}-"), traceparent
+    _, untraced = run_remote(manager, "echo ${TRACEPARENT:-none}")
+    assert untraced["stdout"] == "none\n"

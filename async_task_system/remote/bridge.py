@@ -34,6 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import tracing
 from .._targets import Target, TaskValidationError
 from .._timers import TimerHandle, TimerQueue
 from ..manager import get_current_task_id
@@ -134,6 +135,7 @@ class RemoteRequest:
         "future",
         "timer",
         "logs",
+        "trace",
     )
 
     def __init__(
@@ -163,6 +165,9 @@ class RemoteRequest:
         self.future.set_running_or_notify_cancel()
         self.timer: TimerHandle | None = None
         self.logs: deque[tuple[str, str]] = deque(maxlen=max_log_lines)
+        # W3C trace context of the code that made the request (empty when tracing is off), so the
+        # remote side can join the trace.
+        self.trace: dict[str, str] = tracing.inject_context() if tracing.tracing_enabled() else {}
 
 
 class RemoteTransport(Protocol):

@@ -276,7 +276,14 @@ class RemoteHub:
             worker.assigned += 1
             self._routes[request.request_id] = worker
         frame = encode(
-            execute_frame(request.request_id, request.command, request.language, request.timeout, request.env)
+            execute_frame(
+                request.request_id,
+                request.command,
+                request.language,
+                request.timeout,
+                request.env,
+                request.trace,
+            )
         )
         self._call_soon(self._send_execute, worker, frame, request.request_id)
 

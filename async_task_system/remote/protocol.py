@@ -146,7 +146,13 @@ def check_execute(message: dict[str, Any]) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise ProtocolError("execute frame field 'env' must be an object of string values")
+    trace = message.get("trace") or {}
+    if not isinstance(trace, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in trace.items()
+    ):
+        raise ProtocolError("execute frame field 'trace' must be an object of string values")
     return {
+        "trace": trace,
         "request_id": request_id,
         "command": command,
         "language": language,
@@ -182,7 +188,12 @@ def registered_frame(
 
 
 def execute_frame(
-    request_id: str, command: str, language: str, timeout: float | None, env: dict[str, str] | None = None
+    request_id: str,
+    command: str,
+    language: str,
+    timeout: float | None,
+    env: dict[str, str] | None = None,
+    trace: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     frame: dict[str, Any] = {
         "type": "execute",
@@ -193,6 +204,8 @@ def execute_frame(
     }
     if env:
         frame["env"] = dict(env)
+    if trace:
+        frame["trace"] = dict(trace)
     return frame
 
 

@@ -161,10 +161,15 @@ class ScriptRunner:
             return [self.config.python, "-u", "-c", command]
         return ["/bin/sh", "-c", command]
 
-    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+    def _env(self, extra: dict[str, str], trace: dict[str, str]) -> dict[str, str]:
         env = {key: os.environ[key] for key in self.config.allow_env if key in os.environ}
         env.setdefault("PATH", os.defpath)
         env.update(extra)
+        # The requester's trace context, as the TRACEPARENT/TRACESTATE environment carriers that
+        # OpenTelemetry SDKs and tools read, so an instrumented script joins the agent's trace.
+        for key in ("traceparent", "tracestate"):
+            if trace.get(key):
+                env[key.upper()] = trace[key]
         return env
 
     async def run(
@@ -186,7 +191,7 @@ class ScriptRunner:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._env(request.get("env") or {}),
+                env=self._env(request.get("env") or {}, request.get("trace") or {}),
                 cwd=config.workdir,
                 start_new_session=True,
             )
