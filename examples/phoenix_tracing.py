@@ -173,12 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     provider = setup_tracing(args.project, endpoint=endpoint)
     try:
         tracer = trace.get_tracer("phoenix-example")
+        request = (
+            f"Analyze the {', '.join(DATASETS)} datasets in parallel and ask the researcher how "
+            "competitors compare; combine everything into a short report."
+        )
         # A span of your own around the run: the agent's whole trace nests under it.
-        with build_agent(model) as agent, tracer.start_as_current_span("phoenix_tracing example") as span:
-            answer = agent.run_with_async_guidance(
-                f"Analyze the {', '.join(DATASETS)} datasets in parallel and ask the researcher how "
-                "competitors compare; combine everything into a short report."
-            )
+        root = tracer.start_as_current_span(
+            "phoenix_tracing example", attributes={"openinference.span.kind": "CHAIN", "input.value": request}
+        )
+        with build_agent(model) as agent, root as span:
+            answer = agent.run_with_async_guidance(request)
+            span.set_attribute("output.value", str(answer))
             trace_id = f"{span.get_span_context().trace_id:032x}"
         provider.force_flush(30_000)
     finally:
