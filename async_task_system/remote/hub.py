@@ -91,7 +91,8 @@ class RemoteHub:
     """A WebSocket hub for remote workers, bound to one task manager's remote bridge.
 
     Args:
-        manager: a ``TaskManager`` (its ``remote_manager`` is used) or a ``RemoteExecutionManager``.
+        manager: a ``TaskManager`` (its ``remote_manager`` is used), an ``AsyncAgent`` (its task
+            manager's), or a ``RemoteExecutionManager``.
         host: interface to bind; loopback unless you mean to accept workers from other machines.
         port: TCP port; 0 picks a free one (read it back from :attr:`port` / :attr:`url`).
         token: the shared secret workers must present. ``None`` generates one (see :attr:`token`).
@@ -115,6 +116,7 @@ class RemoteHub:
     ) -> None:
         if heartbeat_timeout <= heartbeat_interval:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        manager = getattr(manager, "task_manager", manager)  # an AsyncAgent works too
         self.remote: RemoteExecutionManager = (
             manager if isinstance(manager, RemoteExecutionManager) else manager.remote_manager
         )
