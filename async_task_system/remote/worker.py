@@ -344,6 +344,8 @@ class WorkerDaemon:
                 return 2
             except (OSError, ConnectionClosed, TimeoutError) as exc:
                 logger.warning("connection to %s failed or ended: %s", config.hub, exc or type(exc).__name__)
+            except Exception:  # a daemon keeps serving: log it, back off, reconnect
+                logger.exception("unexpected error in the connection to %s", config.hub)
             finally:
                 killed = self.runner.kill_all()
                 if killed:
