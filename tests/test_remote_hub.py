@@ -401,3 +401,35 @@ def test_the_script_joins_the_trace_of_the_code_that_sent_it(setup):
     assert traceparent.startswith(f"00-{trace_id}-"), traceparent
     _, untraced = run_remote(manager, "echo ${TRACEPARENT:-none}")
     assert untraced["stdout"] == "none\n"
+
+
+def test_when_all_workers_are_busy_requests_wait_at_the_hub_for_the_first_free_slot(setup):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "a", "--max-concurrent", "1")
+    start_worker(hub, workers, "b", "--max-concurrent", "1")
+    long_started = log_event(manager, "long-started")
+    long = manager.submit("remote", "remote_execute", {"command": "echo long-started; exec sleep 20"})
+    assert long_started.wait(10)
+    short1 = manager.submit("remote", "remote_execute", {"command": "sleep 0.3; echo s1"})
+    short2 = manager.submit("remote", "remote_execute", {"command": "echo s2"})  # both busy: waits at the hub
+    assert manager.wait([short1, short2], timeout=15).not_done == []
+    first, second = manager.result(short1), manager.result(short2)
+    # short2 went to the worker that freed up first, not into the queue behind the long command.
+    assert second["worker"] == first["worker"] and second["stdout"] == "s2\n"
+    assert manager.check(long).status is TaskStatus.WAITING_REMOTE
+    manager.cancel(long)
+
+
+def test_requests_waiting_at_the_hub_fail_when_no_worker_is_left(setup):
+    manager, hub, workers = setup
+    solo = start_worker(hub, workers, "solo", "--max-concurrent", "1")
+    started = log_event(manager, "busy")
+    running = manager.submit("remote", "remote_execute", {"command": "echo busy; exec sleep 20"})
+    assert started.wait(10)
+    waiting = manager.submit("remote", "remote_execute", {"command": "echo never"})
+    assert manager.wait(waiting, timeout=0.3).not_done == [waiting]  # held at the hub, not failed
+    solo.process.kill()
+    assert manager.wait([running, waiting], timeout=10).not_done == []
+    assert manager.check(running).error.type == "worker_lost"
+    error = manager.check(waiting).error
+    assert error.type == "no_worker" and "async-agent worker --hub" in error.message

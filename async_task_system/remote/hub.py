@@ -131,6 +131,9 @@ class RemoteHub:
         self._workers_changed = threading.Condition(self._lock)
         self._workers: dict[str, _Worker] = {}
         self._routes: dict[str, _Worker] = {}
+        self._backlog: dict[
+            str, RemoteRequest
+        ] = {}  # waiting at the hub for a free worker slot, oldest first
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
@@ -198,8 +201,9 @@ class RemoteHub:
                 return
             self._stopped = True
             self._running = False
-            routed = list(self._routes)
+            routed = list(self._routes) + list(self._backlog)
             self._routes.clear()
+            self._backlog.clear()
             for worker in self._workers.values():
                 worker.in_flight.clear()
             self._workers_changed.notify_all()
@@ -274,24 +278,74 @@ class RemoteHub:
             if not self._running:
                 raise RemoteUnavailable("hub_stopped", "the remote hub is not running")
             worker = self._choose(request)
-            worker.in_flight[request.request_id] = request
-            worker.assigned += 1
-            self._routes[request.request_id] = worker
-        frame = encode(
-            execute_frame(
-                request.request_id,
-                request.command,
-                request.language,
-                request.timeout,
-                request.env,
-                request.trace,
+            if worker is None:  # every capable worker is busy: wait here for the first free slot
+                self._backlog[request.request_id] = request
+                return
+            self._assign(worker, request)
+        self._dispatch([(worker, request)], [])
+
+    def _assign(self, worker: _Worker, request: RemoteRequest) -> None:
+        """Book ``request`` on ``worker`` (lock held)."""
+        worker.in_flight[request.request_id] = request
+        worker.assigned += 1
+        self._routes[request.request_id] = worker
+
+    def _pump(self) -> tuple[list[tuple[_Worker, RemoteRequest]], list[tuple[str, RemoteUnavailable]]]:
+        """Assign waiting requests to free worker slots, oldest first (lock held).
+
+        Returns what to send and what can no longer run (no connected worker offers its language).
+        """
+        assigned: list[tuple[_Worker, RemoteRequest]] = []
+        failed: list[tuple[str, RemoteUnavailable]] = []
+        blocked: set[str] = set()
+        for request_id, request in list(self._backlog.items()):
+            if request.language in blocked:
+                continue
+            try:
+                worker = self._choose(request)
+            except RemoteUnavailable as exc:
+                del self._backlog[request_id]
+                failed.append((request_id, exc))
+                continue
+            if worker is None:
+                blocked.add(request.language)
+                continue
+            del self._backlog[request_id]
+            self._assign(worker, request)
+            assigned.append((worker, request))
+        return assigned, failed
+
+    def _dispatch(
+        self, assigned: list[tuple[_Worker, RemoteRequest]], failed: list[tuple[str, RemoteUnavailable]]
+    ) -> None:
+        """Send booked requests and fail the ones that cannot run (lock not held)."""
+        for worker, request in assigned:
+            frame = encode(
+                execute_frame(
+                    request.request_id,
+                    request.command,
+                    request.language,
+                    request.timeout,
+                    request.env,
+                    request.trace,
+                )
             )
-        )
-        self._call_soon(self._send_execute, worker, frame, request.request_id)
+            self._call_soon(self._send_execute, worker, frame, request.request_id)
+        for request_id, exc in failed:
+            self.remote.fail_request(request_id, exc.error_type, str(exc.args[0]))
+
+    def _pump_and_dispatch(self) -> None:
+        with self._lock:
+            if not self._backlog:
+                return
+            assigned, failed = self._pump()
+        self._dispatch(assigned, failed)
 
     def cancel_request(self, request: RemoteRequest, reason: str) -> None:
         """Tell the worker running ``request`` to kill it (best effort)."""
         with self._lock:
+            if self._backlog.pop(request.request_id, None) is not None:
+                return  # never sent
             worker = self._routes.pop(request.request_id, None)
             if worker is not None:
                 worker.in_flight.pop(request.request_id, None)
@@ -300,6 +354,7 @@ class RemoteHub:
                     worker.cancelled.pop(next(iter(worker.cancelled)))
         if worker is not None:
             self._call_soon(self._send_quietly, worker, encode(cancel_frame(request.request_id, reason)))
+            self._pump_and_dispatch()
 
     def _call_soon(self, fn: Any, *args: Any) -> None:
         loop = self._loop
@@ -310,8 +365,9 @@ class RemoteHub:
         except RuntimeError:  # the loop has closed
             pass
 
-    def _choose(self, request: RemoteRequest) -> _Worker:
-        """The worker for ``request`` (lock held)."""
+    def _choose(self, request: RemoteRequest) -> _Worker | None:
+        """The worker for ``request``: the named one (its own queue holds it if busy), else the least
+        loaded capable worker with a free slot; ``None`` when all of those are busy (lock held)."""
         language = request.language
         if request.worker:
             worker = self._workers.get(request.worker)
@@ -339,7 +395,10 @@ class RemoteHub:
             raise RemoteUnavailable(
                 "no_worker", f"no connected worker can run {language} commands (workers: {offered})"
             )
-        return min(candidates, key=lambda w: (len(w.in_flight) / w.max_concurrent, w.assigned))
+        free = [w for w in candidates if len(w.in_flight) < w.max_concurrent]
+        if not free:
+            return None
+        return min(free, key=lambda w: (len(w.in_flight) / w.max_concurrent, w.assigned))
 
     # ------------------------------------------------------------------ connections (hub loop)
 
@@ -415,6 +474,7 @@ class RemoteHub:
         )
         self._arm(worker)
         logger.info("worker %r registered (%s)", worker.name, ", ".join(worker.capabilities))
+        self._pump_and_dispatch()  # requests waiting for a free slot may go to the newcomer
         return worker
 
     def _arm(self, worker: _Worker) -> None:
@@ -450,6 +510,7 @@ class RemoteHub:
                 "worker_lost",
                 f"worker {worker.name!r} was lost ({reason}) while running the command",
             )
+        self._pump_and_dispatch()  # waiting requests nobody can run any more fail now
         logger.info("worker %r left: %s", worker.name, reason)
 
     def _check_size(self, raw: str | bytes) -> None:
@@ -491,6 +552,7 @@ class RemoteHub:
                     raise ProtocolError(
                         f"result for request {fields['request_id']!r}, which this worker is not running"
                     )
+                self._pump_and_dispatch()  # a slot on this worker is free again
                 self.remote.complete(
                     fields["request_id"],
                     fields["success"],
@@ -516,6 +578,7 @@ class RemoteHub:
                 self.remote.fail_request(
                     request_id, "worker_lost", f"could not send the command to worker {worker.name!r}: {exc}"
                 )
+                self._pump_and_dispatch()
 
     @staticmethod
     async def _send_quietly(worker: _Worker, frame: str) -> None:

@@ -482,7 +482,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("ASYNC_AGENT_TOKEN"),
         help="shared secret of the hub (default: $ASYNC_AGENT_TOKEN; prefer the variable, argv is visible to ps)",
     )
-    parser.add_argument("--name", default=socket.gethostname(), help="worker name, unique per hub (default: host name)")
+    parser.add_argument(
+        "--name", default=socket.gethostname(), help="worker name, unique per hub (default: host name)"
+    )
     parser.add_argument("--max-concurrent", type=int, default=5, help="scripts run at once (default 5)")
     parser.add_argument(
         "--capabilities", default=",".join(LANGUAGES), help="comma-separated: shell,python (default both)"
