@@ -4,7 +4,8 @@ The agent process starts it (``attach_remote(agent)`` or ``RemoteHub(manager, to
 Workers connect to ``ws://HOST:PORT`` with ``Authorization: Bearer <token>`` (anything else is
 refused with HTTP 401 before the WebSocket opens), register a name and capabilities, and send
 heartbeats. The hub is the bridge's transport: it routes each request to the named worker or to
-the least loaded one that can run it, and turns result frames into ``handle_remote_response``.
+the least loaded one with a free slot (waiting at the hub while all are busy), and turns result
+frames into ``handle_remote_response``.
 
 Faults and what they do:
 
