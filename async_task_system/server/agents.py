@@ -339,7 +339,7 @@ def _decode_image(raw: bytes, index: int) -> Any:
     try:
         image = Image.open(io.BytesIO(raw))
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise RequestError(
             ErrorCode.PROCESSING_ERROR,
             f"Image #{index + 1} is not a readable image ({exc}); send PNG, JPEG, GIF or WebP bytes in base64",
