@@ -436,3 +436,13 @@ def test_requests_waiting_at_the_hub_fail_when_no_worker_is_left(setup):
     assert manager.check(running).error.type == "worker_lost"
     error = manager.check(waiting).error
     assert error.type == "no_worker" and "async-agent worker --hub" in error.message
+
+
+def test_results_are_shortened_to_fit_the_hubs_frame_limit(setup):
+    manager, hub, workers = setup  # the fixture's hub accepts frames up to 16 KiB
+    start_worker(hub, workers, "chatty")  # keeps up to 256 KiB of each stream by default
+    _, result = run_remote(manager, "yes 'line with a tab\tand quote \"' | head -c 100000", timeout=20)
+    assert result["truncated"] is True and result["exit_code"] == 0
+    assert 0 < len(result["stdout"]) < 16 * 1024
+    assert result["stdout"].startswith('line with a tab\tand quote "\n')
+    assert hub.rejected_frames == 0

@@ -305,6 +305,7 @@ class WorkerDaemon:
         self._jobs: set[asyncio.Task[None]] = set()
         self._queued_ids: set[str] = set()
         self._cancelled_queued: set[str] = set()
+        self._frame_limit: int | None = None  # the hub's max_message_bytes, learned at registration
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler on the worker's loop)."""
@@ -375,6 +376,8 @@ class WorkerDaemon:
             logger.error("the hub refused the registration: %s", reply.get("error", reply))
             return EXIT_REGISTRATION_FAILED
         interval = float(reply.get("heartbeat_interval") or 5.0)
+        limit = reply.get("max_message_bytes")
+        self._frame_limit = limit if isinstance(limit, int) and limit > 0 else None
         logger.info("registered with %s as %r", config.hub, config.name)
         outbox: asyncio.Queue[str] = asyncio.Queue()
         sender = asyncio.ensure_future(self._send_loop(ws, outbox))
@@ -468,7 +471,28 @@ class WorkerDaemon:
                 self._cancelled_queued.discard(request_id)
         if isinstance(result, dict):
             result["worker"] = self.config.name
-        outbox.put_nowait(encode(result_frame(request_id, success, result, error, error_type)))
+        outbox.put_nowait(self._fitted_result(request_id, success, result, error, error_type))
+
+    def _fitted_result(
+        self, request_id: str, success: bool, result: Any, error: str | None, error_type: str | None
+    ) -> str:
+        """The result frame, with stdout/stderr shortened (``truncated: true``) until it fits the hub's
+        frame limit: a refused frame would leave the request unanswered until its deadline."""
+        frame = encode(result_frame(request_id, success, result, error, error_type))
+        limit = self._frame_limit
+        if limit is None or not isinstance(result, dict):
+            return frame
+        budget = limit - 1024  # headroom for the envelope
+        while len(frame.encode("utf-8")) > budget:
+            longest = max(("stdout", "stderr"), key=lambda key: len(result.get(key) or ""))
+            text = result.get(longest) or ""
+            if not text:
+                result = {"exit_code": result.get("exit_code"), "truncated": True, "worker": self.config.name}
+                return encode(result_frame(request_id, success, result, error, error_type))
+            result[longest] = text[: len(text) // 2]
+            result["truncated"] = True
+            frame = encode(result_frame(request_id, success, result, error, error_type))
+        return frame
 
 
 # ---------------------------------------------------------------------------------------------- CLI
