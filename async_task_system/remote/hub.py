@@ -30,9 +30,14 @@ import time
 from http import HTTPStatus
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+try:
+    from websockets.asyncio.server import Server, ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
+    from websockets.http11 import Request, Response
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the remote hub needs the websockets library (>= 13): pip install 'async_task_system[remote]'"
+    ) from exc
 
 from .bridge import RemoteExecutionManager, RemoteRequest, RemoteUnavailable
 from .protocol import (

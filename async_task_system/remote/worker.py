@@ -313,8 +313,14 @@ class WorkerDaemon:
 
     async def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+        try:
+            from websockets.asyncio.client import connect
+            from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            logger.error(
+                "the worker needs the websockets library (>= 13): pip install 'async_task_system[remote]'"
+            )
+            return 2
 
         config = self.config
         delay = config.reconnect_initial
