@@ -36,7 +36,7 @@ try:
     from websockets.http11 import Request, Response
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        "the remote hub needs the websockets library (>= 13): pip install 'async_task_system[remote]'"
+        "the remote hub needs the websockets library (>= 15): pip install 'async_task_system[remote]'"
     ) from exc
 
 from .bridge import RemoteExecutionManager, RemoteRequest, RemoteUnavailable

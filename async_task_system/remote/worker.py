@@ -318,7 +318,7 @@ class WorkerDaemon:
             from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
         except ImportError:  # pragma: no cover - depends on the installed extras
             logger.error(
-                "the worker needs the websockets library (>= 13): pip install 'async_task_system[remote]'"
+                "the worker needs the websockets library (>= 15): pip install 'async_task_system[remote]'"
             )
             return 2
 
