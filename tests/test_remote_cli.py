@@ -55,3 +55,50 @@ def test_worker_requires_a_token_and_explains_its_flags():
     help_text = run_cli("worker", "--help").stdout
     for flag in ("--max-concurrent", "--cpu-seconds", "--memory-mb", "--allow-env", "--max-output-bytes"):
         assert flag in help_text
+
+
+def test_hub_task_runs_the_llm_from_env_with_remote_execute(tmp_path):
+    from openai_stub import OpenAIStub
+
+    reply = (
+        "Thought: run it on the worker.\n<code>\n"
+        "r = remote_execute('echo via-llm', timeout=20)\n"
+        "wait_for_tasks([r['task_id']], max_wait_time=30)\n"
+        "final_answer('worker said ' + get_task_results([r['task_id']])[r['task_id']]['stdout'].strip())\n"
+        "</code>"
+    )
+    with OpenAIStub([reply]) as stub:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("API_KEY", "BASE_URL", "MODEL_ID", "ASYNC_AGENT_TOKEN")
+        }
+        env.update(
+            API_KEY="sk-test",
+            BASE_URL=stub.base_url,
+            MODEL_ID="openai/stub-model",
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "async_task_system",
+                "hub",
+                "--port",
+                "0",
+                "--spawn-workers",
+                "1",
+                "--task",
+                "Echo via the LLM",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "worker said via-llm" in done.stdout
+    system_prompt = stub.requests[0]["body"]["messages"][0]["content"]
+    assert "remote_execute" in str(system_prompt)
