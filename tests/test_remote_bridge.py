@@ -347,3 +347,27 @@ def test_seed_000_async_tool_suspends_and_returns_pending():
     error = manager.check(failing).error
     assert error.type == "ValueError" and error.message == "async failure"
     manager.shutdown()
+
+
+def test_remote_tool_wait_modes_outside_a_task():
+    manager = TaskManager()
+    remote = manager.remote_manager
+
+    def answer_soon(stdout: str) -> None:
+        def respond() -> None:
+            deadline = time.monotonic() + 5
+            while not remote.pending() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            request = remote.pending()[0]
+            remote.handle_remote_response(request.request_id, True, {"exit_code": 0, "stdout": stdout}, None)
+
+        threading.Thread(target=respond, daemon=True).start()
+
+    answer_soon("direct\n")
+    blocking = RemoteExecuteTool(manager, wait=True).forward("hostname", timeout=5)
+    assert blocking == {"exit_code": 0, "stdout": "direct\n", "success": True}
+    assert manager.list() == []  # no task: a plain request
+    pending = RemoteExecuteTool(manager, wait=False).forward("hostname", timeout=5)
+    assert pending["status"] == "pending_remote"
+    manager.cancel(pending["task_id"])
+    manager.shutdown()

@@ -36,6 +36,10 @@ class RemoteExecuteTool(Tool):
     Args:
         manager: the :class:`TaskManager` to use; ``None`` uses the one running the current task
             (or the one an ``AsyncAgent`` run made active), as seed 000's ``get_task_manager()``.
+        wait: ``None`` (default) blocks inside a running task and returns ``pending_remote``
+            elsewhere. ``True`` always blocks and returns the output: give it to a managed agent
+            that its coordinator calls directly (not through ``submit_task``), which runs outside
+            any task and has no ``wait_for_tasks``. ``False`` always returns ``pending_remote``.
     """
 
     name = "remote_execute"
@@ -50,8 +54,9 @@ class RemoteExecuteTool(Tool):
     inputs = {key: dict(spec) for key, spec in REMOTE_INPUTS.items()}
     output_type = "object"
 
-    def __init__(self, manager: TaskManager | None = None) -> None:
+    def __init__(self, manager: TaskManager | None = None, wait: bool | None = None) -> None:
         self._bound = manager
+        self._wait = wait
         super().__init__()
 
     def _manager(self) -> TaskManager:
@@ -73,8 +78,11 @@ class RemoteExecuteTool(Tool):
         remote = manager.remote_manager
         remote._check(command, timeout, language or "shell", worker)  # raises with a how-to-fix message
         task_id = get_current_task_id()
-        if task_id is not None and get_task_manager() is manager:
+        in_task = task_id is not None and get_task_manager() is manager
+        if self._wait is not False and in_task:
             return self._inline(remote, task_id, command, timeout, worker, language)
+        if self._wait:  # blocking outside any task: a plain request, no task to suspend
+            return self._inline(remote, None, command, timeout, worker, language)
         arguments: dict[str, Any] = {"command": command}
         for key, value in (("timeout", timeout), ("worker", worker), ("language", language)):
             if value is not None:
@@ -103,16 +111,22 @@ class RemoteExecuteTool(Tool):
     @staticmethod
     def _inline(
         remote: Any,
-        task_id: str,
+        task_id: str | None,
         command: str,
         timeout: float | None,
         worker: str | None,
         language: str | None,
     ) -> dict:
         try:
-            result = remote.execute_inline(
-                task_id, command, timeout, language=language or "shell", worker=worker
-            )
+            if task_id is None:
+                request_id = remote.create_remote_request(
+                    None, command, timeout, language=language or "shell", worker=worker
+                )
+                result = remote.wait_result(request_id)  # ends by the request's own deadline at the latest
+            else:
+                result = remote.execute_inline(
+                    task_id, command, timeout, language=language or "shell", worker=worker
+                )
         except RemoteExecutionError as exc:
             if exc.error_type == "remote_error" and isinstance(exc.result, dict):
                 # The command ran and failed (non-zero exit): its output is what the agent needs to see.
