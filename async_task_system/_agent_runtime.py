@@ -136,7 +136,8 @@ def _copy_callbacks(registry: Any, old_monitor: Any, new_monitor: Any) -> Any:
         clone._callbacks = {
             step_cls: [
                 new_monitor.update_metrics
-                if getattr(cb, "__self__", None) is old_monitor and getattr(cb, "__name__", "") == "update_metrics"
+                if getattr(cb, "__self__", None) is old_monitor
+                and getattr(cb, "__name__", "") == "update_metrics"
                 else cb
                 for cb in cbs
             ]

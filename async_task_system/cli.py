@@ -22,9 +22,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "Run seed 004's scenario: 5 datasets analysed in parallel by a CodeAgent.",
     ),
     "run": ("async_task_system.demo", "Run any task on the LLM configured in .env."),
-    "serve": ("async_task_system.server.cli", "Serve the agent to any client over JSON lines on TCP (seed 003)."),
-    "worker": ("async_task_system.remote.worker", "Run a remote worker daemon that executes scripts for a hub (seeds 000/002)."),
-    "hub": ("async_task_system.remote.cli", "Run a remote-execution hub; optionally start workers and run commands through it."),
+    "serve": (
+        "async_task_system.server.cli",
+        "Serve the agent to any client over JSON lines on TCP (seed 003).",
+    ),
+    "worker": (
+        "async_task_system.remote.worker",
+        "Run a remote worker daemon that executes scripts for a hub (seeds 000/002).",
+    ),
+    "hub": (
+        "async_task_system.remote.cli",
+        "Run a remote-execution hub; optionally start workers and run commands through it.",
+    ),
 }
 
 

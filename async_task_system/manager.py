@@ -334,7 +334,9 @@ class TaskManager:
                 task.cancel_requested = False
                 attempt = info.attempts
                 if info.timeout is not None:
-                    task.timer = self._timers.call_later(info.timeout, lambda: self._on_timeout(task, attempt))
+                    task.timer = self._timers.call_later(
+                        info.timeout, lambda: self._on_timeout(task, attempt)
+                    )
                 ready = []
                 events = self._snapshot(task)
         if not attempt:
@@ -348,7 +350,9 @@ class TaskManager:
             self._attempt_failed(task, attempt, exc)
         else:
             if inspect.iscoroutine(result):  # an async target: it runs on the loop, holding no thread
-                background_loop().call_soon_threadsafe(self._start_coroutine, task, attempt, result, context=context)
+                background_loop().call_soon_threadsafe(
+                    self._start_coroutine, task, attempt, result, context=context
+                )
             else:
                 self._attempt_succeeded(task, attempt, result)
 
@@ -407,7 +411,9 @@ class TaskManager:
         info = task.info
         return info.attempts == attempt and info.status in (TaskStatus.RUNNING, TaskStatus.WAITING_REMOTE)
 
-    def _schedule_retry(self, task: _Task, attempt: int, error: TaskError) -> tuple[list[_Task], list[TaskInfo]]:
+    def _schedule_retry(
+        self, task: _Task, attempt: int, error: TaskError
+    ) -> tuple[list[_Task], list[TaskInfo]]:
         """Back to PENDING, re-queued after the back-off (lock held)."""
         info = task.info
         info.error = error  # the last attempt's error stays visible while the retry waits
@@ -449,7 +455,9 @@ class TaskManager:
         self._counts[status] += 1
         task.info.status = status
 
-    def _finish(self, task: _Task, result: Any, error: TaskError | None, status: TaskStatus | None = None) -> bool:
+    def _finish(
+        self, task: _Task, result: Any, error: TaskError | None, status: TaskStatus | None = None
+    ) -> bool:
         """Move a task to a terminal status from outside the lock; False if it had already finished."""
         final = status or (TaskStatus.FAILED if error is not None else TaskStatus.COMPLETED)
         with self._lock:
@@ -718,7 +726,9 @@ class TaskManager:
             pending = [t for t in self._tasks.values() if t.info.status is TaskStatus.PENDING]
         if cancel_pending:
             for task in pending:
-                self._finish(task, None, TaskError("cancelled", "cancelled at shutdown"), TaskStatus.CANCELLED)
+                self._finish(
+                    task, None, TaskError("cancelled", "cancelled at shutdown"), TaskStatus.CANCELLED
+                )
         if wait:
             deadline = None if timeout is None else time.monotonic() + timeout
             with self._lock:
@@ -756,4 +766,3 @@ def _failure_value(info: TaskInfo) -> TaskFailure:
     else:
         text = f"NOT FINISHED: {label} is {info.status.value}; call wait_for_tasks([{info.id!r}]) first"
     return TaskFailure(info.id, info.status, info.error, text)
-

@@ -122,7 +122,9 @@ class ScriptedModel(Model):
             role=MessageRole.ASSISTANT,
             content=text,
             raw={"scripted": True, "call": call_number},
-            token_usage=TokenUsage(input_tokens=_estimate_tokens(prompt_text), output_tokens=_estimate_tokens(text)),
+            token_usage=TokenUsage(
+                input_tokens=_estimate_tokens(prompt_text), output_tokens=_estimate_tokens(text)
+            ),
         )
 
     def generate_stream(

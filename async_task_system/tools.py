@@ -144,9 +144,7 @@ class WaitForTasksTool(_ManagerTool):
 
 class SleepTool(_ManagerTool):
     name = "sleep"
-    description = (
-        "Pauses for a number of seconds (capped at 300). Prefer wait_for_tasks, which returns as soon as tasks finish."
-    )
+    description = "Pauses for a number of seconds (capped at 300). Prefer wait_for_tasks, which returns as soon as tasks finish."
     inputs = {
         "seconds": {"type": "number", "description": "How long to pause, in seconds."},
         "reason": {"type": "string", "description": "Why you are pausing (for the log).", "nullable": True},
@@ -217,7 +215,9 @@ class ListTasksTool(_ManagerTool):
 
 class CancelTaskTool(_ManagerTool):
     name = "cancel_task"
-    description = "Cancels a task that is pending or running. Returns a dict with the task's status afterwards."
+    description = (
+        "Cancels a task that is pending or running. Returns a dict with the task's status afterwards."
+    )
     inputs = {"task_id": {"type": "string", "description": "A task id returned by submit_task."}}
     output_type = "object"
 

@@ -57,13 +57,17 @@ _TEMPLATES = code_agent().prompt_templates
 def code_agent_cached_templates() -> CodeAgent:
     # smolagents parses its prompt-template YAML in every CodeAgent(); passing it in skips that.
     return CodeAgent(
-        tools=[echo], model=ScriptedModel([ANSWER], repeat_last=True), verbosity_level=-1,
+        tools=[echo],
+        model=ScriptedModel([ANSWER], repeat_last=True),
+        verbosity_level=-1,
         prompt_templates=_TEMPLATES,
     )
 
 
 def async_agent():
-    return create_async_agent(tools=[echo], model=ScriptedModel([ANSWER], repeat_last=True), verbosity_level=-1)
+    return create_async_agent(
+        tools=[echo], model=ScriptedModel([ANSWER], repeat_last=True), verbosity_level=-1
+    )
 
 
 TEXT = {"input": {"Text": "ping"}}
@@ -84,7 +88,9 @@ SCENARIOS = [
 # ------------------------------------------------------------------------------ load process
 
 
-async def _connection(port: int, n: int, template: dict, latencies: list[float], errors: list[str], cid: int) -> None:
+async def _connection(
+    port: int, n: int, template: dict, latencies: list[float], errors: list[str], cid: int
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
     for i in range(n):
         request = dict(template, request_id=f"{cid}-{i}")
@@ -143,12 +149,16 @@ def report(name: str, n: int, wall: float, latencies: list[float] | None, extra:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--requests", type=int, default=20, help="requests per connection (agent scenarios)")
     args = parser.parse_args()
     c, r = args.connections, args.requests
-    print(f"Python {sys.version.split()[0]}, {c} concurrent connections, closed loop (next request after the answer)")
+    print(
+        f"Python {sys.version.split()[0]}, {c} concurrent connections, closed loop (next request after the answer)"
+    )
 
     n = c * r
     code_agent().run("warm up")
@@ -174,8 +184,10 @@ def main() -> int:
         if name == "agent":  # the baseline again right after, as other load on the machine drifts
             baselines.append(direct())
     baseline = statistics.mean(baselines)
-    print(f"server 'agent' throughput / direct runs: {results['agent'] / baseline:.2f}x "
-          "(1.0 = the server adds nothing over running the agents yourself)")
+    print(
+        f"server 'agent' throughput / direct runs: {results['agent'] / baseline:.2f}x "
+        "(1.0 = the server adds nothing over running the agents yourself)"
+    )
     return 0
 
 

@@ -90,12 +90,25 @@ def b64(text: str) -> str:
 
 
 SEED_REQUESTS = [
-    {"request_id": "chat_001", "input": {"Text": "你好，请介绍一下 Rust 语言的特点"}, "stream": False, "use_tools": True},
-    {"request_id": "stream_001", "input": {"Text": "写一个简单的 Rust Hello World 程序"}, "stream": True,
-     "use_tools": False},
-    {"request_id": "config_001", "input": {"Text": "分析这个项目的代码结构"},
-     "config": {"max_tokens": 1000, "ask_before_tool_execution": False, "prompt": "你是一个代码分析专家"},
-     "stream": False, "use_tools": True},
+    {
+        "request_id": "chat_001",
+        "input": {"Text": "你好，请介绍一下 Rust 语言的特点"},
+        "stream": False,
+        "use_tools": True,
+    },
+    {
+        "request_id": "stream_001",
+        "input": {"Text": "写一个简单的 Rust Hello World 程序"},
+        "stream": True,
+        "use_tools": False,
+    },
+    {
+        "request_id": "config_001",
+        "input": {"Text": "分析这个项目的代码结构"},
+        "config": {"max_tokens": 1000, "ask_before_tool_execution": False, "prompt": "你是一个代码分析专家"},
+        "stream": False,
+        "use_tools": True,
+    },
 ]
 
 
@@ -104,38 +117,62 @@ def test_seed_examples_validate_and_responses_have_the_seed_shape():
         request = RemoteRequest.model_validate(raw)
         assert request.request_id == raw["request_id"]
         assert request.input.kind == "Text"
-    every_input = {"Multi": [
-        {"Text": "t"}, {"Image": {"data": png(2, 2), "mime_type": "image/png"}},
-        {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 2}}},
-        {"File": {"filename": "a.txt", "content_type": "text/plain", "data": b64("hi")}},
-        {"Multi": [{"Text": "nested"}]},
-    ]}
+    every_input = {
+        "Multi": [
+            {"Text": "t"},
+            {"Image": {"data": png(2, 2), "mime_type": "image/png"}},
+            {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 2}}},
+            {"File": {"filename": "a.txt", "content_type": "text/plain", "data": b64("hi")}},
+            {"Multi": [{"Text": "nested"}]},
+        ]
+    }
     request = RemoteRequest.model_validate({"request_id": "x", "input": every_input})
     assert [leaf.kind for leaf in request.input.leaves()] == ["Text", "Image", "Instruction", "File", "Text"]
     assert request.input.model_dump(mode="json") == every_input
 
     response = RemoteResponse(
-        request_id="r", response=ResponseContent(Multi=[
-            ResponseContent(Text="a"), ResponseContent(Stream=["a", "b"]),
-            ResponseContent(ToolCall={"name": "t", "arguments": {"x": 1}}),
-            ResponseContent(ToolResult={"name": "t", "result": {"y": 2}}),
-        ]),
+        request_id="r",
+        response=ResponseContent(
+            Multi=[
+                ResponseContent(Text="a"),
+                ResponseContent(Stream=["a", "b"]),
+                ResponseContent(ToolCall={"name": "t", "arguments": {"x": 1}}),
+                ResponseContent(ToolResult={"name": "t", "result": {"y": 2}}),
+            ]
+        ),
         token_usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
     )
     line = p.encode_response(response)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert json.loads(line) == {
         "request_id": "r",
-        "response": {"Multi": [{"Text": "a"}, {"Stream": ["a", "b"]}, {"ToolCall": {"name": "t", "arguments": {"x": 1}}},
-                               {"ToolResult": {"name": "t", "result": {"y": 2}}}]},
+        "response": {
+            "Multi": [
+                {"Text": "a"},
+                {"Stream": ["a", "b"]},
+                {"ToolCall": {"name": "t", "arguments": {"x": 1}}},
+                {"ToolResult": {"name": "t", "result": {"y": 2}}},
+            ]
+        },
         "error": None,
         "token_usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
     }
 
 
 def test_every_protocol_field_is_documented():
-    models = [p.ImageInput, p.InstructionInput, p.FileInput, p.InputType, p.RequestConfig, p.RemoteRequest,
-              p.ToolCallContent, p.ToolResultContent, p.ResponseContent, p.TokenUsage, p.RemoteResponse]
+    models = [
+        p.ImageInput,
+        p.InstructionInput,
+        p.FileInput,
+        p.InputType,
+        p.RequestConfig,
+        p.RemoteRequest,
+        p.ToolCallContent,
+        p.ToolResultContent,
+        p.ResponseContent,
+        p.TokenUsage,
+        p.RemoteResponse,
+    ]
     for model in models:
         assert model.__doc__, model
         for name, field in model.model_fields.items():
@@ -177,8 +214,14 @@ def test_seed_client_class_many_requests_on_one_connection(srv):
     client = AgentCLIClient("127.0.0.1", srv.port)
     try:
         replies = [client.send_request(r) for r in SEED_REQUESTS]
-        replies.append(client.send_request(
-            {"request_id": "ins", "input": {"Instruction": {"command": "add", "parameters": {"a": 2, "b": 40}}}}))
+        replies.append(
+            client.send_request(
+                {
+                    "request_id": "ins",
+                    "input": {"Instruction": {"command": "add", "parameters": {"a": 2, "b": 40}}},
+                }
+            )
+        )
     finally:
         client.close()
     assert [r["request_id"] for r in replies] == ["chat_001", "stream_001", "config_001", "ins"]
@@ -205,17 +248,35 @@ def test_image_reaches_the_model_as_an_image(serve_factory, use_tools):
     model = ta.RecordingModel(ta.respond if use_tools else ta.chat_respond)
     srv = serve_factory(ta.code_agent_factory(model))
     with srv.client() as c:
-        r = c.request({"request_id": "img", "use_tools": use_tools,
-                       "input": {"Multi": [{"Text": "IMAGE_SIZE"}, {"Image": {"data": png(7, 5), "mime_type": "image/png"}}]}})
+        r = c.request(
+            {
+                "request_id": "img",
+                "use_tools": use_tools,
+                "input": {
+                    "Multi": [
+                        {"Text": "IMAGE_SIZE"},
+                        {"Image": {"data": png(7, 5), "mime_type": "image/png"}},
+                    ]
+                },
+            }
+        )
     assert r["error"] is None
     (content,) = r["response"]["Multi"]
     assert content["Text"] == ("7x5" if use_tools else "chat(You are a helpful as): IMAGE_SIZE [image 7x5]")
     # A lone image (here as a data URL) gets a default task.
     with srv.client() as c:
-        r = c.request({"request_id": "img2", "use_tools": use_tools,
-                       "input": {"Image": {"data": "data:image/png;base64," + png(3, 4)}}})
-    expected = "echo: Describe the attached image(s)." if use_tools else "chat(You are a helpful as): " \
-        "Describe the attached image(s). [image 3x4]"
+        r = c.request(
+            {
+                "request_id": "img2",
+                "use_tools": use_tools,
+                "input": {"Image": {"data": "data:image/png;base64," + png(3, 4)}},
+            }
+        )
+    expected = (
+        "echo: Describe the attached image(s)."
+        if use_tools
+        else "chat(You are a helpful as): Describe the attached image(s). [image 3x4]"
+    )
     assert r["error"] is None and r["response"]["Text"] == expected
 
 
@@ -227,10 +288,21 @@ def test_unreadable_image_is_a_processing_error(srv):
 
 
 def test_file_is_saved_to_a_per_request_folder_named_in_the_task(serve_factory):
-    request = {"request_id": "f", "input": {"Multi": [
-        {"File": {"filename": "../../etc/notes.txt", "content_type": "text/plain", "data": b64("line one\nline two")}},
-        {"Text": "Read the file."},
-    ]}}
+    request = {
+        "request_id": "f",
+        "input": {
+            "Multi": [
+                {
+                    "File": {
+                        "filename": "../../etc/notes.txt",
+                        "content_type": "text/plain",
+                        "data": b64("line one\nline two"),
+                    }
+                },
+                {"Text": "Read the file."},
+            ]
+        },
+    }
     seen: list[str] = []
 
     def respond(messages):
@@ -254,10 +326,16 @@ def test_instruction_runs_the_tool_without_the_model(serve_factory):
     model = ta.RecordingModel()
     srv = serve_factory(ta.async_agent_factory(model))
     with srv.client() as c:
-        ok = c.request({"request_id": "i1", "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 2}}}})
+        ok = c.request(
+            {"request_id": "i1", "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 2}}}}
+        )
         unknown = c.request({"request_id": "i2", "input": {"Instruction": {"command": "nope"}}})
-        bad = c.request({"request_id": "i3", "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "c": 2}}}})
-        single = c.request({"request_id": "i4", "input": {"Instruction": {"command": "block", "parameters": 0.01}}})
+        bad = c.request(
+            {"request_id": "i3", "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "c": 2}}}}
+        )
+        single = c.request(
+            {"request_id": "i4", "input": {"Instruction": {"command": "block", "parameters": 0.01}}}
+        )
     assert ok["response"] == {"ToolResult": {"name": "add", "result": 3}} and ok["error"] is None
     assert model.messages_seen == [], "an Instruction never calls the model"
     assert unknown["error"].startswith("processing_error: Unknown tool 'nope'")
@@ -275,12 +353,21 @@ def test_multi_runs_instructions_then_the_agent_with_their_results(serve_factory
 
     srv = serve_factory(ta.code_agent_factory(ta.ScriptedModel([respond], repeat_last=True)))
     with srv.client() as c:
-        r = c.request({"request_id": "m", "input": {"Multi": [
-            {"Instruction": {"command": "add", "parameters": {"a": 20, "b": 22}}},
-            {"Text": "What did add return?"},
-        ]}})
+        r = c.request(
+            {
+                "request_id": "m",
+                "input": {
+                    "Multi": [
+                        {"Instruction": {"command": "add", "parameters": {"a": 20, "b": 22}}},
+                        {"Text": "What did add return?"},
+                    ]
+                },
+            }
+        )
     assert r["response"] == {"Multi": [{"ToolResult": {"name": "add", "result": 42}}, {"Text": "combined"}]}
-    assert 'add({"a": 20, "b": 22}) returned 42' in seen[0] and seen[0].endswith("Request:\nWhat did add return?")
+    assert 'add({"a": 20, "b": 22}) returned 42' in seen[0] and seen[0].endswith(
+        "Request:\nWhat did add return?"
+    )
 
 
 # ----------------------------------------------------------------------------------- config
@@ -291,8 +378,14 @@ def test_use_tools_false_answers_with_the_model_alone_and_prompt_replaces_it(ser
     srv = serve_factory(ta.async_agent_factory(model))
     with srv.client() as c:
         plain = c.request({"request_id": "a", "input": {"Text": "hello"}, "use_tools": False})
-        custom = c.request({"request_id": "b", "input": {"Text": "hi"}, "use_tools": False,
-                            "config": {"prompt": "You are a pirate.", "max_context_num": 0}})
+        custom = c.request(
+            {
+                "request_id": "b",
+                "input": {"Text": "hi"},
+                "use_tools": False,
+                "config": {"prompt": "You are a pirate.", "max_context_num": 0},
+            }
+        )
     assert plain["response"] == {"Text": "chat(You are a helpful as): hello"}
     assert custom["response"] == {"Text": "chat(You are a pirate.): hi"}
     first, second = model.messages_seen
@@ -305,7 +398,9 @@ def test_prompt_overrides_the_agent_instructions(serve_factory):
     model = ta.RecordingModel()
     srv = serve_factory(ta.code_agent_factory(model))
     with srv.client() as c:
-        c.request({"request_id": "a", "input": {"Text": "x"}, "config": {"prompt": "ALWAYS ANSWER IN CAPITALS"}})
+        c.request(
+            {"request_id": "a", "input": {"Text": "x"}, "config": {"prompt": "ALWAYS ANSWER IN CAPITALS"}}
+        )
         c.request({"request_id": "b", "input": {"Text": "y"}})
     with_prompt, without = (ta.message_text(m[0]) for m in model.messages_seen)
     assert "ALWAYS ANSWER IN CAPITALS" in with_prompt and "ALWAYS ANSWER IN CAPITALS" not in without
@@ -316,8 +411,14 @@ def test_max_tokens_reaches_every_model_call(serve_factory, use_tools):
     model = ta.RecordingModel(ta.respond if use_tools else ta.chat_respond)
     srv = serve_factory(ta.async_agent_factory(model))
     with srv.client() as c:
-        r = c.request({"request_id": "a", "input": {"Text": "STEPS: x = 1 ||| final_answer('two steps')"},
-                       "use_tools": use_tools, "config": {"max_tokens": 77}})
+        r = c.request(
+            {
+                "request_id": "a",
+                "input": {"Text": "STEPS: x = 1 ||| final_answer('two steps')"},
+                "use_tools": use_tools,
+                "config": {"max_tokens": 77},
+            }
+        )
         c.request({"request_id": "b", "input": {"Text": "no limit"}, "use_tools": use_tools})
     assert r["error"] is None
     limited = model.kwargs_seen[:-1]
@@ -335,7 +436,9 @@ def test_max_tool_try_bounds_the_agent_steps(serve_factory):
 
     srv = serve_factory(factory)
     with srv.client() as c:
-        r = c.request({"request_id": "s", "input": {"Text": "STEPS: x = add(1, 1)"}, "config": {"max_tool_try": 2}})
+        r = c.request(
+            {"request_id": "s", "input": {"Text": "STEPS: x = add(1, 1)"}, "config": {"max_tool_try": 2}}
+        )
     assert r["error"] is None
     # Two steps, then smolagents' one "final answer after max steps" call.
     assert len(models[0].kwargs_seen) == 3
@@ -349,7 +452,9 @@ def test_max_context_num_shows_earlier_exchanges_of_this_connection_only(serve_f
         seen.append(ta.task_text(messages))
         return "<code>\nfinal_answer('ok')\n</code>"
 
-    srv = serve_factory(ta.code_agent_factory(ta.ScriptedModel([respond], repeat_last=True)), default_context_num=0)
+    srv = serve_factory(
+        ta.code_agent_factory(ta.ScriptedModel([respond], repeat_last=True)), default_context_num=0
+    )
     with srv.client() as c:
         for i in range(3):
             c.request({"request_id": f"r{i}", "input": {"Text": f"question {i}"}})
@@ -358,7 +463,11 @@ def test_max_context_num_shows_earlier_exchanges_of_this_connection_only(serve_f
     with srv.client() as other:
         other.request({"request_id": "o", "input": {"Text": "fresh"}, "config": {"max_context_num": 5}})
     assert seen[:3] == ["question 0", "question 1", "question 2"]  # default 0: no context
-    assert "question 0" not in seen[3] and "[1] User: question 1" in seen[3] and "[2] User: question 2" in seen[3]
+    assert (
+        "question 0" not in seen[3]
+        and "[1] User: question 1" in seen[3]
+        and "[2] User: question 2" in seen[3]
+    )
     assert "[2] Assistant: ok" in seen[3] and seen[3].endswith("Request:\nq3")
     assert seen[4] == "q4"
     assert seen[5] == "fresh", "another connection has its own history"
@@ -369,8 +478,12 @@ def test_max_context_num_shows_earlier_exchanges_of_this_connection_only(serve_f
 
 def test_stream_ends_with_one_complete_stream_line_and_nothing_else(srv):
     with srv.client() as c:
-        agent = c.request({"request_id": "s1", "input": {"Text": "RUN: final_answer('one two three')"}, "stream": True})
-        model_only = c.request({"request_id": "s2", "input": {"Text": "hi there"}, "stream": True, "use_tools": False})
+        agent = c.request(
+            {"request_id": "s1", "input": {"Text": "RUN: final_answer('one two three')"}, "stream": True}
+        )
+        model_only = c.request(
+            {"request_id": "s2", "input": {"Text": "hi there"}, "stream": True, "use_tools": False}
+        )
         after = c.request({"request_id": "s3", "input": {"Text": "next"}})
     assert agent["response"] == {"Stream": ["one", " two", " three"]}
     chunks = model_only["response"]["Stream"]
@@ -380,8 +493,15 @@ def test_stream_ends_with_one_complete_stream_line_and_nothing_else(srv):
 
 def test_incremental_stream_is_opt_in(srv):
     with srv.client() as c:
-        c.send({"request_id": "inc", "input": {"Text": "a b c"}, "stream": True, "use_tools": False,
-                "config": {"incremental_stream": True}})
+        c.send(
+            {
+                "request_id": "inc",
+                "input": {"Text": "a b c"},
+                "stream": True,
+                "use_tools": False,
+                "config": {"incremental_stream": True},
+            }
+        )
         lines = []
         while True:
             line = c.read()
@@ -389,15 +509,23 @@ def test_incremental_stream_is_opt_in(srv):
             if not line.get("partial"):
                 break
     partial, final = lines[:-1], lines[-1]
-    assert len(partial) > 1 and all(m["partial"] is True and len(m["response"]["Stream"]) == 1 for m in partial)
+    assert len(partial) > 1 and all(
+        m["partial"] is True and len(m["response"]["Stream"]) == 1 for m in partial
+    )
     assert [m["response"]["Stream"][0] for m in partial] == final["response"]["Stream"]
     assert "partial" not in final and final["token_usage"]["total_tokens"] > 0
 
 
 def test_incremental_stream_of_an_agent_sends_its_steps(srv):
     with srv.client() as c:
-        c.send({"request_id": "inc", "input": {"Text": "STEPS: x = 1 ||| final_answer('done')"}, "stream": True,
-                "config": {"incremental_stream": True}})
+        c.send(
+            {
+                "request_id": "inc",
+                "input": {"Text": "STEPS: x = 1 ||| final_answer('done')"},
+                "stream": True,
+                "config": {"incremental_stream": True},
+            }
+        )
         lines = []
         while not lines or lines[-1].get("partial"):
             lines.append(c.read())
@@ -410,26 +538,53 @@ def test_incremental_stream_of_an_agent_sends_its_steps(srv):
 
 def test_ask_before_tool_execution_approve_and_deny(srv):
     with srv.client() as c:
-        c.send({"request_id": "ap", "input": {"Text": "RUN: final_answer(str(add(2, 3)))"},
-                "config": {"ask_before_tool_execution": True}})
+        c.send(
+            {
+                "request_id": "ap",
+                "input": {"Text": "RUN: final_answer(str(add(2, 3)))"},
+                "config": {"ask_before_tool_execution": True},
+            }
+        )
         question = c.read()
-        assert question == {"request_id": "ap", "response": {"ToolCall": {"name": "add", "arguments": {"a": 2, "b": 3}}},
-                            "error": None, "token_usage": None}
+        assert question == {
+            "request_id": "ap",
+            "response": {"ToolCall": {"name": "add", "arguments": {"a": 2, "b": 3}}},
+            "error": None,
+            "token_usage": None,
+        }
         assert ta.CALLS == [], "nothing runs before the client answers"
         final = c.request({"request_id": "ap", "input": {"Instruction": {"command": "approve"}}})
         assert final["response"] == {"Text": "5"} and ta.CALLS == ["add(2,3)"]
 
-        code = ("try:\n    r = add(1, 1)\nexcept Exception as e:\n    r = 'refused: ' + str(e)\nfinal_answer(r)")
-        c.send({"request_id": "dn", "input": {"Text": "RUN: " + code}, "config": {"ask_before_tool_execution": True}})
+        code = (
+            "try:\n    r = add(1, 1)\nexcept Exception as e:\n    r = 'refused: ' + str(e)\nfinal_answer(r)"
+        )
+        c.send(
+            {
+                "request_id": "dn",
+                "input": {"Text": "RUN: " + code},
+                "config": {"ask_before_tool_execution": True},
+            }
+        )
         assert c.read()["response"]["ToolCall"]["name"] == "add"
-        final = c.request({"request_id": "dn", "input": {"Instruction": {"command": "deny", "parameters": {"reason": "not now"}}}})
+        final = c.request(
+            {
+                "request_id": "dn",
+                "input": {"Instruction": {"command": "deny", "parameters": {"reason": "not now"}}},
+            }
+        )
         assert final["response"]["Text"].startswith("refused: ")
         assert "denied the call to tool 'add' (not now)" in final["response"]["Text"]
         assert ta.CALLS == ["add(2,3)"]
 
         # An Instruction asks too; denied, it is a processing_error.
-        c.send({"request_id": "in", "input": {"Instruction": {"command": "add", "parameters": {"a": 5, "b": 5}}},
-                "config": {"ask_before_tool_execution": True}})
+        c.send(
+            {
+                "request_id": "in",
+                "input": {"Instruction": {"command": "add", "parameters": {"a": 5, "b": 5}}},
+                "config": {"ask_before_tool_execution": True},
+            }
+        )
         assert c.read()["response"] == {"ToolCall": {"name": "add", "arguments": {"a": 5, "b": 5}}}
         final = c.request({"request_id": "in", "input": {"Instruction": {"command": "deny"}}})
         assert final["error"] == "processing_error: The client denied running tool 'add'"
@@ -438,8 +593,13 @@ def test_ask_before_tool_execution_approve_and_deny(srv):
 def test_seed_client_class_can_answer_approvals(srv):
     client = AgentCLIClient("127.0.0.1", srv.port)
     try:
-        question = client.send_request({"request_id": "q", "input": {"Text": "RUN: final_answer(add(1, add(2, 3)))"},
-                                        "config": {"ask_before_tool_execution": True}})
+        question = client.send_request(
+            {
+                "request_id": "q",
+                "input": {"Text": "RUN: final_answer(add(1, add(2, 3)))"},
+                "config": {"ask_before_tool_execution": True},
+            }
+        )
         assert question["response"]["ToolCall"] == {"name": "add", "arguments": {"a": 2, "b": 3}}
         second = client.send_request({"request_id": "q", "input": {"Instruction": {"command": "approve"}}})
         assert second["response"]["ToolCall"] == {"name": "add", "arguments": {"a": 1, "b": 5}}
@@ -458,9 +618,15 @@ def test_parse_errors_keep_the_connection_usable(srv):
         no_input = c.request({"request_id": "n1"})
         bad_b64 = c.request({"request_id": "n2", "input": {"File": {"filename": "x", "data": "###"}}})
         good = c.request({"request_id": "ok", "input": {"Text": "still here"}})
-    assert bad_json["request_id"] == "" and bad_json["response"] == {"Text": ""} and bad_json["token_usage"] is None
+    assert (
+        bad_json["request_id"] == ""
+        and bad_json["response"] == {"Text": ""}
+        and bad_json["token_usage"] is None
+    )
     assert bad_json["error"].startswith("parse_error: Failed to parse request: Expecting property name")
-    assert no_input["request_id"] == "n1" and no_input["error"].startswith("parse_error: Invalid request: input:")
+    assert no_input["request_id"] == "n1" and no_input["error"].startswith(
+        "parse_error: Invalid request: input:"
+    )
     assert "not valid base64" in bad_b64["error"] and bad_b64["error_code"] == "parse_error"
     assert good["response"] == {"Text": "echo: still here"}
 
@@ -505,8 +671,13 @@ def test_timeout_error_cancels_the_work(serve_factory):
     srv = serve_factory(request_timeout=30)
     with srv.client() as c:
         t0 = time.monotonic()
-        r = c.request({"request_id": "slow", "input": {"Text": "STEPS: block(20) ||| final_answer(add(1, 1))"},
-                       "config": {"timeout": 0.5}})
+        r = c.request(
+            {
+                "request_id": "slow",
+                "input": {"Text": "STEPS: block(20) ||| final_answer(add(1, 1))"},
+                "config": {"timeout": 0.5},
+            }
+        )
         elapsed = time.monotonic() - t0
         assert r["error"].startswith("timeout_error: The request ran longer than its time limit of 0.5 s")
         assert r["error_code"] == "timeout_error" and elapsed < 10
@@ -537,7 +708,12 @@ def test_client_vanishing_cancels_its_request(serve_factory):
     srv = serve_factory(factory)
     c = srv.client()
     # After block() returns, neither the add() in the same step nor a next model call may run.
-    c.send({"request_id": "gone", "input": {"Text": "STEPS: block(20)\nadd(1, 2) ||| add(3, 4) ||| final_answer('late')"}})
+    c.send(
+        {
+            "request_id": "gone",
+            "input": {"Text": "STEPS: block(20)\nadd(1, 2) ||| add(3, 4) ||| final_answer('late')"},
+        }
+    )
     assert ta.BLOCK_STARTED.wait(10)
     c.sock.shutdown(socket.SHUT_RDWR)
     c.close()
@@ -599,7 +775,9 @@ def test_one_connection_many_requests_answered_out_of_order(serve_factory):
         early = c.read_final(5)
         ta.RELEASE.set()
         late = c.read_final(1)
-    assert {k: v["response"]["Text"] for k, v in early.items()} == {f"m{i}": f"met five {i}" for i in range(5)}
+    assert {k: v["response"]["Text"] for k, v in early.items()} == {
+        f"m{i}": f"met five {i}" for i in range(5)
+    }
     assert late["slow"]["response"] == {"Text": "slow done"}
     assert len(set(instances)) == 6, "each request got its own agent instance"
 
@@ -612,7 +790,12 @@ def test_many_connections_at_once(srv):
         try:
             with srv.client() as c:
                 for i in range(5):
-                    c.send({"request_id": f"c{n}-{i}", "input": {"Text": f"RUN: final_answer(str(add({n}, {i})))"}})
+                    c.send(
+                        {
+                            "request_id": f"c{n}-{i}",
+                            "input": {"Text": f"RUN: final_answer(str(add({n}, {i})))"},
+                        }
+                    )
                 results.update(c.read_final(5))
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -636,20 +819,31 @@ def test_stray_approval_is_ignored_and_not_taken_for_the_response(srv):
         ta.RELEASE.set()
         final = c.read()
     assert probe["response"] == {"Text": "echo: still answering"}
-    assert final == {"request_id": "busy", "response": {"Text": "finished"}, "error": None,
-                     "token_usage": final["token_usage"]}
+    assert final == {
+        "request_id": "busy",
+        "response": {"Text": "finished"},
+        "error": None,
+        "token_usage": final["token_usage"],
+    }
 
 
 def test_unanswered_approval_times_out_and_the_tool_never_runs(srv):
     with srv.client() as c:
-        c.send({"request_id": "wait", "input": {"Text": "RUN: final_answer(str(add(1, 1)))"},
-                "config": {"ask_before_tool_execution": True, "timeout": 0.5}})
+        c.send(
+            {
+                "request_id": "wait",
+                "input": {"Text": "RUN: final_answer(str(add(1, 1)))"},
+                "config": {"ask_before_tool_execution": True, "timeout": 0.5},
+            }
+        )
         assert "ToolCall" in c.read()["response"]
         r = c.read()
         assert r["error"].startswith("timeout_error:")
         # A late answer is not taken for anything: the request is gone.
         late = c.request({"request_id": "wait", "input": {"Instruction": {"command": "approve"}}})
-    assert late["error"].startswith("processing_error: No tool call of request 'wait' is waiting for approval")
+    assert late["error"].startswith(
+        "processing_error: No tool call of request 'wait' is waiting for approval"
+    )
     assert srv.record("wait").status == "timeout"
     assert ta.CALLS == []
 
@@ -658,14 +852,24 @@ def test_a_tool_calling_agent_factory_works_too(serve_factory):
     from smolagents import ToolCallingAgent
 
     def respond(messages):
-        if any("Observation" in ta.message_text(m) or "5" == ta.message_text(m).strip() for m in messages[2:]):
+        if any(
+            "Observation" in ta.message_text(m) or ta.message_text(m).strip() == "5" for m in messages[2:]
+        ):
             return json.dumps({"name": "final_answer", "arguments": {"answer": "sum is 5"}})
         return json.dumps({"name": "add", "arguments": {"a": 2, "b": 3}})
 
     model = ta.ScriptedModel([respond], repeat_last=True)
-    srv = serve_factory(lambda: ToolCallingAgent(tools=ta.TOOLS, model=model, verbosity_level=-1, max_steps=4))
+    srv = serve_factory(
+        lambda: ToolCallingAgent(tools=ta.TOOLS, model=model, verbosity_level=-1, max_steps=4)
+    )
     with srv.client() as c:
-        c.send({"request_id": "tc", "input": {"Text": "add 2 and 3"}, "config": {"ask_before_tool_execution": True}})
+        c.send(
+            {
+                "request_id": "tc",
+                "input": {"Text": "add 2 and 3"},
+                "config": {"ask_before_tool_execution": True},
+            }
+        )
         assert c.read()["response"] == {"ToolCall": {"name": "add", "arguments": {"a": 2, "b": 3}}}
         final = c.request({"request_id": "tc", "input": {"Instruction": {"command": "approve"}}})
     assert final["response"] == {"Text": "sum is 5"}, final

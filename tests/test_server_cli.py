@@ -26,7 +26,11 @@ class Served:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "async_task_system", "serve", "--remote", "127.0.0.1:0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env(), cwd=TESTS,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or _env(),
+            cwd=TESTS,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -68,7 +72,9 @@ def test_serve_scripted_offline_mode(served):
     assert "scripted offline model" in s.banner
     client = AgentCLIClient("127.0.0.1", s.port)
     try:
-        agent = client.send_request({"request_id": "a", "input": {"Text": "hello"}, "stream": False, "use_tools": True})
+        agent = client.send_request(
+            {"request_id": "a", "input": {"Text": "hello"}, "stream": False, "use_tools": True}
+        )
         chat = client.send_request({"request_id": "b", "input": {"Text": "hi"}, "use_tools": False})
         tool = client.send_request({"request_id": "c", "input": {"Instruction": {"command": "list_tasks"}}})
     finally:
@@ -85,22 +91,40 @@ def test_serve_any_agent_factory_with_a_token(served):
         refused = c.request({"request_id": "x", "input": {"Text": "hi"}})
         assert c.read() is None
     with LineClient(s.port) as c:
-        ok = c.request({"request_id": "y", "input": {"Text": "RUN: final_answer(str(add(4, 5)))"}, "token": "tkn"})
+        ok = c.request(
+            {"request_id": "y", "input": {"Text": "RUN: final_answer(str(add(4, 5)))"}, "token": "tkn"}
+        )
     assert refused["error_code"] == "connection_error"
     assert ok["response"] == {"Text": "9"}
 
 
 def test_serve_refuses_without_an_llm_or_a_token_off_loopback(tmp_path):
-    no_llm = subprocess.run([sys.executable, "-m", "async_task_system", "serve", "--remote", "127.0.0.1:0"],
-                            capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60)
+    no_llm = subprocess.run(
+        [sys.executable, "-m", "async_task_system", "serve", "--remote", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert no_llm.returncode == 2 and "No LLM configured" in no_llm.stderr and "--scripted" in no_llm.stderr
     open_host = subprocess.run(
         [sys.executable, "-m", "async_task_system", "serve", "--remote", "0.0.0.0:0", "--scripted"],
-        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=60,
     )
     assert open_host.returncode == 2 and "needs a token" in open_host.stderr
-    bad = subprocess.run([sys.executable, "-m", "async_task_system", "serve", "--remote", "nonsense"],
-                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "async_task_system", "serve", "--remote", "nonsense"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "expected HOST:PORT" in bad.stderr
 
 
@@ -108,12 +132,22 @@ def test_sigterm_answers_unfinished_requests_before_closing(served):
     s = served("--factory", "clients.testagents:cli_factory")
     with LineClient(s.port) as c:
         # The tool runs in the request's own thread and ignores cancellation: the process must exit anyway.
-        c.send({"request_id": "busy", "input": {"Instruction": {"command": "block", "parameters": {"seconds": 60}}}})
+        c.send(
+            {
+                "request_id": "busy",
+                "input": {"Instruction": {"command": "block", "parameters": {"seconds": 60}}},
+            }
+        )
         ok = c.request({"request_id": "quick", "input": {"Text": "RUN: final_answer('fast')"}})
         s.proc.terminate()
         r = c.read()
         assert c.read() is None
     assert ok["response"] == {"Text": "fast"}
-    assert r == {"request_id": "busy", "response": {"Text": ""}, "error": "connection_error: The server is shutting down",
-                 "token_usage": None, "error_code": "connection_error"}
+    assert r == {
+        "request_id": "busy",
+        "response": {"Text": ""},
+        "error": "connection_error: The server is shutting down",
+        "token_usage": None,
+        "error_code": "connection_error",
+    }
     assert s.proc.wait(10) == 0

@@ -61,13 +61,32 @@ def png(width: int, height: int) -> str:
 
 def test_node_seed_client_every_input_type(port):
     requests = [
-        {"request_id": "text", "input": {"Text": "RUN: final_answer(str(add(20, 22)))"}, "stream": False,
-         "use_tools": True},
+        {
+            "request_id": "text",
+            "input": {"Text": "RUN: final_answer(str(add(20, 22)))"},
+            "stream": False,
+            "use_tools": True,
+        },
         {"request_id": "image", "input": {"Multi": [{"Text": "IMAGE_SIZE"}, {"Image": {"data": png(9, 4)}}]}},
-        {"request_id": "file", "input": {"Multi": [
-            {"File": {"filename": "data.csv", "content_type": "text/csv", "data": b64(b"a,b\n1,2\n")}},
-            {"Text": "RUN: final_answer('got file')"}]}},
-        {"request_id": "instruction", "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 1}}}},
+        {
+            "request_id": "file",
+            "input": {
+                "Multi": [
+                    {
+                        "File": {
+                            "filename": "data.csv",
+                            "content_type": "text/csv",
+                            "data": b64(b"a,b\n1,2\n"),
+                        }
+                    },
+                    {"Text": "RUN: final_answer('got file')"},
+                ]
+            },
+        },
+        {
+            "request_id": "instruction",
+            "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 1}}},
+        },
         {"request_id": "model_only", "input": {"Text": "plain"}, "use_tools": False, "stream": True},
     ]
     responses = run_node(port, {"mode": "seed", "requests": requests})
@@ -97,9 +116,12 @@ def test_node_seed_client_error_codes(port):
 
 def test_node_connection_error_without_token():
     with AgentServer(ta.async_agent_factory(), token="tok").start_in_thread() as running:
-        refused = run_node(running.port, {"mode": "seed", "requests": [{"request_id": "a", "input": {"Text": "x"}}]})
+        refused = run_node(
+            running.port, {"mode": "seed", "requests": [{"request_id": "a", "input": {"Text": "x"}}]}
+        )
         accepted = run_node(
-            running.port, {"mode": "seed", "requests": [{"request_id": "b", "input": {"Text": "x"}, "token": "tok"}]}
+            running.port,
+            {"mode": "seed", "requests": [{"request_id": "b", "input": {"Text": "x"}, "token": "tok"}]},
         )
     assert refused[0]["error"].startswith("connection_error: This server requires a token")
     assert accepted[0]["response"] == {"Text": "echo: x"}
@@ -107,19 +129,40 @@ def test_node_connection_error_without_token():
 
 def test_node_many_connections_many_requests_with_approvals(port):
     requests = [
-        {"request_id": f"r{i}", "input": {"Text": f"RUN: final_answer(str(add({i}, 1000)))"}} for i in range(40)
+        {"request_id": f"r{i}", "input": {"Text": f"RUN: final_answer(str(add({i}, 1000)))"}}
+        for i in range(40)
     ]
     requests += [
-        {"request_id": "yes", "input": {"Text": "RUN: final_answer(str(add(1, 2)))"},
-         "config": {"ask_before_tool_execution": True}},
-        {"request_id": "no", "input": {"Text": "RUN: " + "try:\n    r = add(3, 4)\nexcept Exception as e:\n    r = str(e)"
-                                       "\nfinal_answer(r)"},
-         "config": {"ask_before_tool_execution": True}},
-        {"request_id": "inc", "input": {"Text": "one two three"}, "use_tools": False, "stream": True,
-         "config": {"incremental_stream": True}},
+        {
+            "request_id": "yes",
+            "input": {"Text": "RUN: final_answer(str(add(1, 2)))"},
+            "config": {"ask_before_tool_execution": True},
+        },
+        {
+            "request_id": "no",
+            "input": {
+                "Text": "RUN: " + "try:\n    r = add(3, 4)\nexcept Exception as e:\n    r = str(e)"
+                "\nfinal_answer(r)"
+            },
+            "config": {"ask_before_tool_execution": True},
+        },
+        {
+            "request_id": "inc",
+            "input": {"Text": "one two three"},
+            "use_tools": False,
+            "stream": True,
+            "config": {"incremental_stream": True},
+        },
     ]
-    lines = run_node(port, {"mode": "mux", "connections": 5, "requests": requests,
-                            "decisions": {"yes": ["approve"], "no": ["deny:policy"]}})
+    lines = run_node(
+        port,
+        {
+            "mode": "mux",
+            "connections": 5,
+            "requests": requests,
+            "decisions": {"yes": ["approve"], "no": ["deny:policy"]},
+        },
+    )
     finals = {m["request_id"]: m for m in lines if not m.get("partial") and "ToolCall" not in m["response"]}
     assert set(finals) == {r["request_id"] for r in requests}
     assert all(finals[f"r{i}"]["response"] == {"Text": str(i + 1000)} for i in range(40))

@@ -411,7 +411,9 @@ def _default_task(prepared: _Prepared) -> str:
     return "Summarize the results of the instructions above."
 
 
-def _run_instruction(handle: AgentHandle, instruction: Any, hooks: RequestHooks, ask: bool) -> ToolResultContent:
+def _run_instruction(
+    handle: AgentHandle, instruction: Any, hooks: RequestHooks, ask: bool
+) -> ToolResultContent:
     tools = handle.tools()
     name = instruction.command
     tool = tools.get(name)
@@ -454,14 +456,17 @@ def _run_instruction(handle: AgentHandle, instruction: Any, hooks: RequestHooks,
         approved, reason = _ask(hooks, name, params)
         if not approved:
             raise RequestError(
-                ErrorCode.PROCESSING_ERROR, f"The client denied running tool {name!r}" + (f": {reason}" if reason else "")
+                ErrorCode.PROCESSING_ERROR,
+                f"The client denied running tool {name!r}" + (f": {reason}" if reason else ""),
             )
     try:
         value = tool(**params)
     except RequestCancelled:
         raise
     except Exception as exc:
-        raise RequestError(ErrorCode.PROCESSING_ERROR, f"Tool {name!r} failed: {type(exc).__name__}: {exc}") from None
+        raise RequestError(
+            ErrorCode.PROCESSING_ERROR, f"Tool {name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
     hooks.check()
     return ToolResultContent(name=name, result=to_jsonable(value))
 
@@ -482,7 +487,8 @@ def _gate(hooks: RequestHooks, ask_client: bool) -> Callable[[str, Any], None]:
         approved, reason = _ask(hooks, name, arguments)
         if not approved:
             raise ToolCallDenied(
-                f"The user denied the call to tool {name!r}" + (f" ({reason})" if reason else "")
+                f"The user denied the call to tool {name!r}"
+                + (f" ({reason})" if reason else "")
                 + ". Do not call it again; continue without it or explain what you would need."
             )
 
@@ -637,11 +643,15 @@ def execute_request(
                 if request.stream and chunks is None:
                     chunks = split_chunks(text)
             usage = request_model.usage()
-            contents.append(ResponseContent(Stream=chunks) if chunks is not None else ResponseContent(Text=text))
+            contents.append(
+                ResponseContent(Stream=chunks) if chunks is not None else ResponseContent(Text=text)
+            )
             exchange = Exchange(user=user_text, assistant=text)
 
         if not contents:
-            raise RequestError(ErrorCode.PROCESSING_ERROR, "The request has no input to process (empty Multi)")
+            raise RequestError(
+                ErrorCode.PROCESSING_ERROR, "The request has no input to process (empty Multi)"
+            )
         content = ResponseContent(Multi=contents) if request.input.Multi is not None else contents[0]
         return ExecutionResult(content=content, token_usage=usage, exchange=exchange)
     finally:
@@ -663,4 +673,3 @@ def approval_decision(request: RemoteRequest) -> tuple[bool, str]:
     assert instruction is not None
     params = instruction.parameters if isinstance(instruction.parameters, dict) else {}
     return instruction.command == "approve", str(params.get("reason", "") or "")
-

@@ -218,7 +218,10 @@ def run(args: argparse.Namespace) -> int:
 
         def factory() -> Any:
             return create_async_agent(
-                tools=tools, model=model, max_workers=args.max_workers, max_steps=args.max_steps,
+                tools=tools,
+                model=model,
+                max_workers=args.max_workers,
+                max_steps=args.max_steps,
                 verbosity_level=verbosity,
             )
 

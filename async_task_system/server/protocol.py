@@ -231,7 +231,9 @@ class RemoteRequest(BaseModel):
     request_id: str = Field(description="The client's id for this request; every response line repeats it.")
     input: InputType = Field(description="What to process.")
     config: RequestConfig | None = Field(default=None, description="Optional overrides.")
-    stream: bool = Field(default=False, description='Answer with {"Stream": [chunks]} instead of {"Text": ...}.')
+    stream: bool = Field(
+        default=False, description='Answer with {"Stream": [chunks]} instead of {"Text": ...}.'
+    )
     use_tools: bool = Field(
         default=True, description="false: the model alone answers (no agent loop, no tools)."
     )
@@ -306,7 +308,9 @@ class RemoteResponse(BaseModel):
     )
     error: str | None = Field(default=None, description="null, or '<error_code>: <what went wrong>'.")
     token_usage: TokenUsage | None = Field(default=None, description="Model token counts, when a model ran.")
-    error_code: ErrorCode | None = Field(default=None, description="Extension: the error code alone, on errors.")
+    error_code: ErrorCode | None = Field(
+        default=None, description="Extension: the error code alone, on errors."
+    )
     partial: bool | None = Field(
         default=None, description="Extension: true on incremental lines that precede the final response."
     )
@@ -339,7 +343,9 @@ def format_validation_error(exc: ValidationError) -> str:
 def parse_request(obj: Any) -> RemoteRequest:
     """Validate a decoded JSON value as a :class:`RemoteRequest`, or raise a ``parse_error``."""
     request_id = obj.get("request_id") if isinstance(obj, dict) else None
-    request_id = str(request_id) if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else ""
+    request_id = (
+        str(request_id) if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else ""
+    )
     if not isinstance(obj, dict):
         raise RequestError(
             ErrorCode.PARSE_ERROR,
@@ -349,7 +355,9 @@ def parse_request(obj: Any) -> RemoteRequest:
         return RemoteRequest.model_validate(obj)
     except ValidationError as exc:
         raise RequestError(
-            ErrorCode.PARSE_ERROR, f"Invalid request: {format_validation_error(exc)}. {_REQUEST_HINT}", request_id
+            ErrorCode.PARSE_ERROR,
+            f"Invalid request: {format_validation_error(exc)}. {_REQUEST_HINT}",
+            request_id,
         ) from None
 
 

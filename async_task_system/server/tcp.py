@@ -115,7 +115,11 @@ class _Request:
 
 class _Connection:
     def __init__(
-        self, server: AgentServer, connection_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        server: AgentServer,
+        connection_id: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
         self.server = server
         self.id = connection_id
@@ -222,7 +226,9 @@ class _Connection:
                 return
             self.authenticated = True
         if is_auth_line:
-            await self.send(RemoteResponse(request_id=request_id, response=ResponseContent(Text="authenticated")))
+            await self.send(
+                RemoteResponse(request_id=request_id, response=ResponseContent(Text="authenticated"))
+            )
             return
         try:
             request = parse_request(obj)
@@ -289,7 +295,9 @@ class _Connection:
         if config.ask_before_tool_execution:
 
             def ask_approval(name: str, arguments: Any) -> tuple[bool, str]:
-                future = asyncio.run_coroutine_threadsafe(self._ask_approval(state, name, arguments), self.loop)
+                future = asyncio.run_coroutine_threadsafe(
+                    self._ask_approval(state, name, arguments), self.loop
+                )
                 try:
                     return future.result()
                 except (concurrent.futures.CancelledError, asyncio.CancelledError):
@@ -301,7 +309,9 @@ class _Connection:
 
             def send_partial(chunk: str) -> None:
                 data = encode_response(
-                    RemoteResponse(request_id=request_id, response=ResponseContent(Stream=[chunk]), partial=True)
+                    RemoteResponse(
+                        request_id=request_id, response=ResponseContent(Stream=[chunk]), partial=True
+                    )
                 )
                 self.loop.call_soon_threadsafe(self.write_nowait, data)
 
@@ -339,7 +349,12 @@ class _Connection:
         work = asyncio.ensure_future(
             server._run_in_thread(
                 lambda: execute_request(
-                    server.agent_factory, request, history, hooks, model=server.model, temp_root=server.temp_dir
+                    server.agent_factory,
+                    request,
+                    history,
+                    hooks,
+                    model=server.model,
+                    temp_root=server.temp_dir,
                 )
             )
         )
@@ -369,7 +384,9 @@ class _Connection:
                 )
             else:
                 status = "completed"
-                response = RemoteResponse(request_id=request_id, response=result.content, token_usage=result.token_usage)
+                response = RemoteResponse(
+                    request_id=request_id, response=result.content, token_usage=result.token_usage
+                )
                 if result.exchange is not None:
                     self.history.append(result.exchange)
         except asyncio.CancelledError:
@@ -388,7 +405,13 @@ class _Connection:
                 error = response.error
                 await self.send(response)
             server._notify(
-                RequestRecord(self.id, request_id, status, error or state.cancel_reason, time.monotonic() - state.started)
+                RequestRecord(
+                    self.id,
+                    request_id,
+                    status,
+                    error or state.cancel_reason,
+                    time.monotonic() - state.started,
+                )
             )
 
 
@@ -552,7 +575,9 @@ class AgentServer:
                 loop.call_soon_threadsafe(finish, ok, value)
 
         try:
-            threading.Thread(target=target, name=f"agent-request-{next(self._thread_names)}", daemon=True).start()
+            threading.Thread(
+                target=target, name=f"agent-request-{next(self._thread_names)}", daemon=True
+            ).start()
         except BaseException:
             self._slots.release()
             raise

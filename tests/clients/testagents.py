@@ -108,7 +108,9 @@ def images_in(messages: list[Any]) -> list[Any]:
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
         if isinstance(content, list):
-            found.extend(part["image"] for part in content if isinstance(part, dict) and part.get("type") == "image")
+            found.extend(
+                part["image"] for part in content if isinstance(part, dict) and part.get("type") == "image"
+            )
     return found
 
 
@@ -150,7 +152,9 @@ class RecordingModel(Model):
         self.messages_seen: list[list[Any]] = []
         self._lock = threading.Lock()
 
-    def generate(self, messages: list[Any], stop_sequences: list[str] | None = None, **kwargs: Any) -> ChatMessage:
+    def generate(
+        self, messages: list[Any], stop_sequences: list[str] | None = None, **kwargs: Any
+    ) -> ChatMessage:
         with self._lock:
             self.kwargs_seen.append(dict(kwargs))
             self.messages_seen.append(list(messages))
