@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 test: $(STAMP) phoenix
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
