@@ -172,6 +172,7 @@ class TaskManager:
         self._delivering = False
         self._all_done = threading.Condition(self._lock)
         self._closed = False
+        self._shutdown_callbacks: list[Callable[[], None]] = []
         self._remote: Any = None  # RemoteExecutionManager, created on first use of remote_manager
         for item in tools or ():
             self.register_tool(item)
@@ -737,9 +738,23 @@ class TaskManager:
                     if remaining is not None and remaining <= 0:
                         break
                     self._all_done.wait(remaining)
+        for callback in reversed(self._shutdown_callbacks):
+            try:
+                callback()
+            except Exception:
+                logger.exception("shutdown callback failed")
+        self._shutdown_callbacks.clear()
         self._timers.close()
         if self._owns_executor:
             self._executor.shutdown(wait=wait, cancel_futures=not wait)
+
+    def add_shutdown_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the manager shuts down, after its tasks are waited for (last added runs first).
+
+        Subsystems use it to stop what they started for this manager, e.g. a remote hub.
+        """
+        with self._lock:
+            self._shutdown_callbacks.append(callback)
 
     @property
     def closed(self) -> bool:

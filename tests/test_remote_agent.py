@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -57,13 +58,13 @@ def test_coordinating_llm_starts_remote_commands_waits_and_reads_results(worker_
     )
     with create_async_agent(model=model, verbosity_level=0) as agent:
         hub = attach_remote(agent, token=TOKEN)
-        try:
-            start_worker(hub.url, worker_process)
-            assert hub.wait_for_workers(1, timeout=20)
-            completed, alpha, python_out = agent.run("Run echo alpha and a python check on the remote box.")
-            infos = agent.task_manager.list()
-        finally:
-            hub.stop()
+        start_worker(hub.url, worker_process)
+        assert hub.wait_for_workers(1, timeout=20)
+        completed, alpha, python_out = agent.run("Run echo alpha and a python check on the remote box.")
+        infos = agent.task_manager.list()
+    # Shutting the agent down stopped the hub it attached: its port no longer accepts connections.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", hub.port), timeout=2).close()
     assert alpha == "alpha\n" and python_out == "True\n"
     assert completed == [info.id for info in infos]
     assert all(info.kind.value == "remote" and info.status is TaskStatus.COMPLETED for info in infos)

@@ -151,7 +151,8 @@ def attach_remote(
     Registers the ``remote`` target (so ``submit_task`` lists it), adds the ``remote_execute``
     tool to the agent, and with ``hub=True`` starts a :class:`~async_task_system.remote.hub.RemoteHub`
     on ``host:port`` (port 0 picks a free one) that workers join with ``token``. Returns the
-    started hub (stop it before shutting the agent down), or ``None`` with ``hub=False``.
+    started hub, or ``None`` with ``hub=False``. The hub stops when the manager shuts down
+    (after its tasks are waited for); ``hub.stop()`` stops it earlier.
     """
     manager: TaskManager = getattr(target, "task_manager", target)
     if not isinstance(manager, TaskManager):
@@ -167,4 +168,6 @@ def attach_remote(
         return None
     from .hub import RemoteHub
 
-    return RemoteHub(manager, host=host, port=port, token=token, **hub_options).start()
+    started = RemoteHub(manager, host=host, port=port, token=token, **hub_options).start()
+    manager.add_shutdown_callback(started.stop)
+    return started
