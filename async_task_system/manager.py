@@ -18,7 +18,6 @@ import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
 from . import tracing
@@ -535,7 +534,7 @@ class TaskManager:
         """
         if not self._listeners:
             return []
-        info = replace(task.info, arguments=dict(task.info.arguments))
+        info = task.info.snapshot()
         self._event_queue.append(info)
         return [info]
 
@@ -633,7 +632,7 @@ class TaskManager:
         with self._lock:
             task = self._get(task_id)
             self._mark_read(task)
-            return replace(task.info, arguments=dict(task.info.arguments))
+            return task.info.snapshot()
 
     def list(self, status: TaskStatus | str | None = None) -> list[TaskInfo]:
         """Snapshots of the tasks still held, oldest first, optionally of one status."""
@@ -646,7 +645,7 @@ class TaskManager:
                 raise ValueError(f"Unknown status {status!r}: use one of {names}.") from None
         with self._lock:
             return [
-                replace(t.info, arguments=dict(t.info.arguments))
+                t.info.snapshot()
                 for t in self._tasks.values()
                 if wanted is None or t.info.status is wanted
             ]

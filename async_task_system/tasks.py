@@ -138,6 +138,13 @@ class TaskInfo:
     timeout: float | None = None
     retries: int = 0
 
+    def snapshot(self) -> TaskInfo:
+        """A copy that later changes to this record do not affect (cheaper than ``dataclasses.replace``)."""
+        clone = object.__new__(TaskInfo)
+        clone.__dict__.update(self.__dict__)
+        clone.arguments = dict(self.arguments)
+        return clone
+
     @property
     def duration(self) -> float | None:
         """Seconds from the last start to the end (or to now while it runs)."""
