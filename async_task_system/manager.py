@@ -8,6 +8,7 @@ timed out, was cancelled, or suspended on a remote result) hands it to the next 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import itertools
@@ -16,7 +17,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
@@ -171,6 +172,7 @@ class TaskManager:
         self._delivering = False
         self._all_done = threading.Condition(self._lock)
         self._closed = False
+        self._handoff = threading.local()
         self._shutdown_callbacks: list[Callable[[], None]] = []
         self._remote: Any = None  # RemoteExecutionManager, created on first use of remote_manager
         for item in tools or ():
@@ -268,15 +270,16 @@ class TaskManager:
         timeout: float | None,
         retries: int,
     ) -> str:
-        context = contextvars.copy_context()
+        # Built before taking the lock, to keep the time other threads wait for it short
+        # (next() on itertools.count is atomic).
+        task_id = f"task_{next(self._ids)}"
+        info = TaskInfo(
+            id=task_id, kind=kind, name=name, arguments=arguments, timeout=timeout, retries=retries
+        )
+        task = _Task(info, target, contextvars.copy_context())
         with self._lock:
             if self._closed:
                 raise RuntimeError("TaskManager is shut down: no new tasks are accepted")
-            task_id = f"task_{next(self._ids)}"
-            info = TaskInfo(
-                id=task_id, kind=kind, name=name, arguments=arguments, timeout=timeout, retries=retries
-            )
-            task = _Task(info, target, context)
             self._tasks[task_id] = task
             self._submitted += 1
             self._counts[TaskStatus.PENDING] += 1
@@ -308,11 +311,35 @@ class TaskManager:
         return ready
 
     def _dispatch(self, ready: list[_Task]) -> None:
+        # A worker thread that is just finishing an attempt keeps the first ready task and runs it
+        # next itself (see _work): no executor round trip, and no other thread woken for it.
+        handoff: list[_Task] | None = getattr(self._handoff, "slot", None)
         for task in ready:
+            if handoff is not None and not handoff:
+                handoff.append(task)
+                continue
             try:
-                self._executor.submit(self._run_attempt, task)
+                self._executor.submit(self._work, task)
             except Exception as exc:  # executor shut down or refusing work
                 self._finish(task, None, TaskError("executor_error", f"could not start task: {exc}"))
+
+    def _work(self, task: _Task) -> None:
+        """What the executor runs: the task's attempt, then any task handed over as it finished."""
+        next_task: _Task | None = task
+        while next_task is not None:
+            next_task = self._run_attempt(next_task, take_next=self._owns_executor)
+
+    @contextlib.contextmanager
+    def _taking_next(self, enabled: bool) -> Iterator[list[_Task]]:
+        handoff: list[_Task] = []
+        if not enabled:
+            yield handoff
+            return
+        self._handoff.slot = handoff
+        try:
+            yield handoff
+        finally:
+            self._handoff.slot = None
 
     def _release_slot(self, task: _Task) -> list[_Task]:
         """Give the task's slot back and take the next pending tasks (lock held)."""
@@ -321,7 +348,18 @@ class TaskManager:
             self._free_slots += 1
         return self._take_ready()
 
-    def _run_attempt(self, task: _Task) -> None:
+    def _reclaim_slot(self, task: _Task) -> None:
+        """Take a slot back for a task that lent it and carries on running (lock held).
+
+        If every slot was given away meanwhile the count briefly goes past ``max_workers``; no
+        pending task starts until it is back under.
+        """
+        if not task.holds_slot and not task.info.status.is_terminal:
+            task.holds_slot = True
+            self._free_slots -= 1
+
+    def _run_attempt(self, task: _Task, take_next: bool = False) -> _Task | None:
+        """Run one attempt in this thread; with ``take_next``, return a ready task to run next here."""
         with self._lock:
             info = task.info
             if info.status is not TaskStatus.PENDING:
@@ -340,21 +378,25 @@ class TaskManager:
                 ready = []
                 events = self._snapshot(task)
         if not attempt:
-            self._dispatch(ready)
-            return
+            with self._taking_next(take_next) as handoff:
+                self._dispatch(ready)
+            return handoff[0] if handoff else None
         self._notify(events)
         try:
             context = task.context if attempt == 1 else task.context.copy()
             result = context.run(self._invoke, task, attempt)
         except BaseException as exc:
-            self._attempt_failed(task, attempt, exc)
+            with self._taking_next(take_next and isinstance(exc, Exception)) as handoff:
+                self._attempt_failed(task, attempt, exc)
         else:
             if inspect.iscoroutine(result):  # an async target: it runs on the loop, holding no thread
                 background_loop().call_soon_threadsafe(
                     self._start_coroutine, task, attempt, result, context=context
                 )
-            else:
+                return None
+            with self._taking_next(take_next) as handoff:
                 self._attempt_succeeded(task, attempt, result)
+        return handoff[0] if handoff else None
 
     def _start_coroutine(self, task: _Task, attempt: int, coroutine: Any) -> None:
         # Runs on the background loop inside the task's context, which create_task copies for the coroutine.
@@ -409,7 +451,10 @@ class TaskManager:
 
     def _is_live_attempt(self, task: _Task, attempt: int) -> bool:
         info = task.info
-        return info.attempts == attempt and info.status in (TaskStatus.RUNNING, TaskStatus.WAITING_REMOTE)
+        status = info.status
+        return info.attempts == attempt and (
+            status is TaskStatus.RUNNING or status is TaskStatus.WAITING_REMOTE
+        )
 
     def _schedule_retry(
         self, task: _Task, attempt: int, error: TaskError
@@ -597,11 +642,23 @@ class TaskManager:
                 for task in pending:
                     task.waiters.append(waiter)
         if waiter is not None:
-            waiter.event.wait(timeout)
-            with self._lock:
-                for task in pending:
-                    if waiter in task.waiters:
-                        task.waiters.remove(waiter)
+            # A task waiting for other tasks of this manager lends its slot meanwhile, so that
+            # tasks it submitted can run even when every slot is taken by waiting parents.
+            current = _current.get()
+            lender = self._tasks.get(current[1]) if current is not None and current[0] is self else None
+            if lender is not None:
+                with self._lock:
+                    ready = self._release_slot(lender)
+                self._dispatch(ready)
+            try:
+                waiter.event.wait(timeout)
+            finally:
+                with self._lock:
+                    for task in pending:
+                        if waiter in task.waiters:
+                            task.waiters.remove(waiter)
+                    if lender is not None:
+                        self._reclaim_slot(lender)
         with self._lock:
             done = [t.info.id for t in tasks if t.info.status.is_terminal]
             not_done = [t.info.id for t in tasks if not t.info.status.is_terminal]
@@ -645,9 +702,7 @@ class TaskManager:
                 raise ValueError(f"Unknown status {status!r}: use one of {names}.") from None
         with self._lock:
             return [
-                t.info.snapshot()
-                for t in self._tasks.values()
-                if wanted is None or t.info.status is wanted
+                t.info.snapshot() for t in self._tasks.values() if wanted is None or t.info.status is wanted
             ]
 
     def get_statistics(self) -> dict[str, int]:

@@ -32,6 +32,8 @@ class TaskKind(str, Enum):
     FUNCTION = "function"
     REMOTE = "remote"
 
+    __hash__ = str.__hash__  # as TaskStatus: fast, and equal to the plain value's hash
+
     @classmethod
     def parse(cls, value: str | TaskKind) -> TaskKind:
         """Accept the kind names an LLM is likely to write ("managed_agent", "callable", ...)."""
@@ -76,6 +78,10 @@ class TaskStatus(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+    # The C-level string hash (consistent with ``==`` against the plain value): Enum's default
+    # hash is Python code, and the manager hashes statuses on every transition.
+    __hash__ = str.__hash__
 
     @property
     def is_terminal(self) -> bool:

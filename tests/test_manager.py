@@ -332,3 +332,21 @@ def test_context_manager_waits_for_running_tasks():
         manager.register_function(lambda: time.sleep(0.2) or "done", name="slow")
         task_id = manager.submit("function", "slow", {})
     assert manager.check(task_id).status is TaskStatus.COMPLETED
+
+
+def test_task_waiting_for_its_own_subtasks_lends_its_slot():
+    def parent(children: int) -> list:
+        manager = get_task_manager()
+        ids = [manager.submit("function", "add", {"a": i, "b": 1}) for i in range(children)]
+        manager.wait(ids, timeout=5)
+        return list(manager.results(ids).values())
+
+    # One slot, held by the parent: without lending, the children could never start.
+    with TaskManager(max_workers=1, functions=[parent, add]) as manager:
+        task_id = manager.submit("function", "parent", {"children": 3})
+        assert manager.wait([task_id], timeout=10).done == [task_id]
+        assert manager.result(task_id) == [1, 2, 3]
+        stats = manager.get_statistics()
+        assert stats["completed"] == 4 and stats["running"] == 0
+        # The slot came back exactly once: two more tasks still run one at a time.
+        assert manager._free_slots == 1

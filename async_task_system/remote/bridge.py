@@ -615,13 +615,9 @@ class RemoteExecutionManager:
             if task is None or task.info.status is not TaskStatus.WAITING_REMOTE:
                 return  # cancelled, timed out, or suspended by hand and resumed already
             if request.inline:
-                # The blocked caller continues: RUNNING again, with a slot taken back at once. If every
-                # slot is busy meanwhile the count briefly goes past max_workers; no new pending task
-                # starts until it is back under.
+                # The blocked caller continues: RUNNING again, with a slot taken back at once.
                 manager._set_status(task, TaskStatus.RUNNING)
-                if not task.holds_slot:
-                    task.holds_slot = True
-                    manager._free_slots -= 1
+                manager._reclaim_slot(task)
                 ready: list[Any] = []
                 events = manager._snapshot(task)
             elif outcome.success:
