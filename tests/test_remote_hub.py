@@ -186,7 +186,7 @@ def test_output_cap_environment_and_rlimits(setup):
 def test_at_most_max_concurrent_scripts_run_at_once(setup):
     manager, hub, workers = setup
     start_worker(hub, workers, "pair", "--max-concurrent", "2")
-    command = "echo start $(date +%s.%N); sleep 0.4; echo end $(date +%s.%N)"
+    command = "echo start $(date +%s.%N); sleep 1; echo end $(date +%s.%N)"
     ids = [manager.submit("remote", "remote_execute", {"command": command}) for _ in range(4)]
     assert manager.wait(ids, timeout=20).not_done == []
     spans = []
