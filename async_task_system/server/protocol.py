@@ -119,11 +119,10 @@ class _OneOf(_Model):
 # ----------------------------------------------------------------------------------------- inputs
 
 
-class ImageInput(_Model):
-    """``{"Image": {...}}``: an image for the agent to look at."""
+class _Base64Payload(_Model):
+    """A message whose ``data`` field is base64: decoded (and so checked) when the request is read."""
 
-    data: str = Field(description="The image file's bytes (PNG, JPEG, GIF, WebP...), base64-encoded.")
-    mime_type: str | None = Field(default=None, description="Optional MIME type such as image/png.")
+    data: str
     _bytes: bytes = PrivateAttr(default=b"")
 
     @model_validator(mode="after")
@@ -136,8 +135,15 @@ class ImageInput(_Model):
 
     @property
     def raw(self) -> bytes:
-        """The decoded image bytes."""
+        """The decoded bytes."""
         return self._bytes
+
+
+class ImageInput(_Base64Payload):
+    """``{"Image": {...}}``: an image for the agent to look at."""
+
+    data: str = Field(description="The image file's bytes (PNG, JPEG, GIF, WebP...), base64-encoded.")
+    mime_type: str | None = Field(default=None, description="Optional MIME type such as image/png.")
 
 
 class InstructionInput(_Model):
@@ -151,26 +157,12 @@ class InstructionInput(_Model):
     )
 
 
-class FileInput(_Model):
+class FileInput(_Base64Payload):
     """``{"File": {...}}``: a file, saved to the request's temporary folder for the agent."""
 
     filename: str = Field(min_length=1, description="The file's name; only its last path component is used.")
     content_type: str | None = Field(default=None, description="MIME type, e.g. text/plain.")
     data: str = Field(description="The file's bytes, base64-encoded.")
-    _bytes: bytes = PrivateAttr(default=b"")
-
-    @model_validator(mode="after")
-    def _decode(self) -> Any:
-        try:
-            self._bytes = decode_base64(self.data)
-        except ValueError as exc:
-            raise ValueError(f"data is {exc}") from None
-        return self
-
-    @property
-    def raw(self) -> bytes:
-        """The decoded file bytes."""
-        return self._bytes
 
 
 class InputType(_OneOf):
