@@ -16,14 +16,49 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._agent_runtime import copy_agent
+from .errors import TaskValidationError
 from .tasks import TaskKind
 
-__all__ = ["Target", "TaskValidationError", "tool_target", "agent_target", "function_target"]
+__all__ = [
+    "Target",
+    "TaskValidationError",
+    "CallWithKeywords",
+    "RESULT_REF",
+    "is_result_ref",
+    "tool_target",
+    "agent_target",
+    "function_target",
+]
+
+RESULT_REF = "$result"
+"""An argument ``{"$result": "<task_id>"}`` stands for that task's result (and makes it a dependency)."""
 
 
-class TaskValidationError(ValueError):
-    """A submit was refused before queueing: unknown name or bad arguments. The message says how to fix it."""
+def is_result_ref(value: Any) -> bool:
+    """True for ``{"$result": "<task_id>"}``, the one shape that refers to another task's result."""
+    return type(value) is dict and len(value) == 1 and isinstance(value.get(RESULT_REF), str)
+
+
+class CallWithKeywords:
+    """``call(arguments)`` -> ``fn(**arguments)``: picklable whenever ``fn`` is (a module-level function,
+    a Tool instance), so a target's work can go to a process pool or a Dask cluster."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, arguments: dict[str, Any]) -> Any:
+        return self.fn(**arguments)
+
+    def __getstate__(self) -> Any:
+        return self.fn
+
+    def __setstate__(self, state: Any) -> None:
+        self.fn = state
+
+    def __repr__(self) -> str:
+        return f"CallWithKeywords({self.fn!r})"
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -49,6 +84,15 @@ _PY_TO_JSON: dict[Any, str] = {
 
 @dataclass
 class Target:
+    """Something a task can run, by ``(kind, name)``.
+
+    ``call(arguments)`` does the work. It is what goes to the manager's executor, so make it
+    picklable (e.g. :class:`CallWithKeywords` around a module-level function) when the executor
+    runs work in other processes. ``runs_inline`` targets are called in the thread that starts
+    them and hold no slot: their call only hands the work to something else (a remote worker,
+    another agent) through the manager's task control, and returns at once.
+    """
+
     kind: TaskKind
     name: str
     description: str
@@ -56,6 +100,8 @@ class Target:
     call: Callable[[dict[str, Any]], Any]
     accepts_extra: bool = False
     obj: Any = field(default=None, repr=False)
+    runs_inline: bool = False
+    is_async: bool = False
 
     def signature_hint(self) -> str:
         """``{"dataset": <string>, "depth": <integer, optional>}``: how to call this target."""
@@ -99,6 +145,8 @@ class Target:
             expected = spec.get("type", "any")
             if value is None and spec.get("nullable"):
                 continue
+            if is_result_ref(value):
+                continue  # checked when the referenced task's result is known
             if not _matches(value, expected):
                 problems.append(
                     f"argument {key!r} must be {_describe(expected)}, got {type(value).__name__} {value!r:.60}"
@@ -146,8 +194,9 @@ def tool_target(tool: Any, name: str | None = None) -> Target:
         name=tool_name,
         description=getattr(tool, "description", "") or "",
         inputs=dict(getattr(tool, "inputs", {}) or {}),
-        call=lambda arguments: tool(**arguments),
+        call=CallWithKeywords(tool),
         obj=tool,
+        is_async=inspect.iscoroutinefunction(getattr(tool, "forward", None)),
     )
 
 
@@ -169,6 +218,8 @@ def agent_target(agent_or_factory: Any, name: str | None = None, description: st
         agent_name = name or getattr(template, "name", None)
 
         def build() -> Any:
+            from ._agent_runtime import copy_agent  # smolagents: loaded only when an agent runs
+
             return copy_agent(template)
     elif callable(agent_or_factory):
         template = None
@@ -236,9 +287,10 @@ def function_target(
         name=fn_name,
         description=description or doc.split("\n\n")[0],
         inputs=inputs,
-        call=lambda arguments: fn(**arguments),
+        call=CallWithKeywords(fn),
         accepts_extra=accepts_extra,
         obj=fn,
+        is_async=inspect.iscoroutinefunction(fn),
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from smolagents import CodeAgent
 
 from ._agent_runtime import install_context_executor
-from .manager import TaskManager, _active_manager
+from .manager import TaskManager, active_manager
 from .tools import DEFAULT_MAX_WAIT_SECONDS, create_task_tools
 
 __all__ = ["AsyncAgent", "create_async_agent", "ASYNC_GUIDANCE", "DEFAULT_CODE_TIMEOUT_SECONDS"]
@@ -24,8 +24,9 @@ DEFAULT_CODE_TIMEOUT_SECONDS = 600.0
 
 ASYNC_GUIDANCE = """\
 You coordinate background tasks. Tools, managed agents and functions can run in parallel through these tools:
-- submit_task(task_type, name, arguments) -> task_id: starts work in the background and returns at once.
+- submit_task(task_type, name, arguments, after=None) -> task_id: starts work in the background and returns at once.
   task_type is 'tool', 'agent' or 'function'; arguments is a dict of keyword arguments (agents take {'task': '...'}).
+  A value {'$result': task_id} in arguments is replaced by that task's result when this one starts: the task waits for it.
 - wait_for_tasks(task_ids, max_wait_time=60) -> summary dict: returns as soon as all the tasks have finished.
 - get_task_results(task_ids) -> {task_id: result}: a failed task maps to a string starting with 'ERROR:'.
 - check_task(task_id), list_tasks(status=None), cancel_task(task_id), sleep(seconds, reason).
@@ -43,6 +44,15 @@ ids = [submit_task('tool', 'analyze_dataset', {'dataset': name}) for name in ['a
 summary = wait_for_tasks(ids, max_wait_time=60)
 results = get_task_results(ids)
 final_answer({task_id: results[task_id] for task_id in ids})
+
+A pipeline of stages is one code block: each stage refers to the previous stage's task, no waiting in between:
+last = []
+for name in ['a', 'b', 'c']:
+    cleaned = submit_task('tool', 'clean', {'file': name})
+    analyzed = submit_task('tool', 'analyze', {'data': {'$result': cleaned}})
+    last.append(submit_task('tool', 'visualize', {'analysis': {'$result': analyzed}}))
+wait_for_tasks(last, max_wait_time=120)
+results = get_task_results(last)
 """
 
 _RUN_GUIDANCE = (
@@ -66,11 +76,11 @@ class AsyncAgent:
     @contextlib.contextmanager
     def _active(self) -> Iterator[None]:
         # Lets get_task_manager() find this manager in the agent's code and tools.
-        token = _active_manager.set(self.task_manager)
+        token = active_manager.set(self.task_manager)
         try:
             yield
         finally:
-            _active_manager.reset(token)
+            active_manager.reset(token)
 
     def run(self, task: str, **kwargs: Any) -> Any:
         """Run the agent on ``task``; keyword arguments go to ``CodeAgent.run``."""

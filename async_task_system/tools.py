@@ -55,12 +55,18 @@ class SubmitTaskTool(_ManagerTool):
     inputs = {
         "task_type": {
             "type": "string",
-            "description": "'tool' for a tool, 'agent' for a managed agent, 'function' for a registered function.",
+            "description": "The kind of work: 'tool', 'agent', 'function', or another kind listed below.",
         },
         "name": {"type": "string", "description": "The name of the tool, agent or function to run."},
         "arguments": {
             "type": "object",
-            "description": "Keyword arguments as a dict, e.g. {'dataset': 'sales'}. Agents take {'task': '...'}.",
+            "description": "Keyword arguments as a dict, e.g. {'dataset': 'sales'}. Agents take {'task': '...'}. "
+            "A value {'$result': task_id} is replaced by that task's result when this task starts.",
+            "nullable": True,
+        },
+        "after": {
+            "type": "array",
+            "description": "Task ids that must complete before this task starts (implied by {'$result': id}).",
             "nullable": True,
         },
     }
@@ -71,18 +77,21 @@ class SubmitTaskTool(_ManagerTool):
         lines = [
             "Starts a tool, managed agent or function in the background and returns its task id (a string) at once.",
             "Submit every independent piece of work first, then wait for all of them together with wait_for_tasks.",
+            "Chain stages without waiting: submit_task('tool', 'b', {'data': {'$result': id_of_a}}) starts b when "
+            "a completes, with a's result as `data`; if a fails, b fails with 'dependency_failed'.",
         ]
-        targets = self.manager.targets()
-        kinds = {k: [t for t in targets if t.kind is k] for k in TaskKind}
-        for kind in (TaskKind.TOOL, TaskKind.AGENT, TaskKind.FUNCTION, TaskKind.REMOTE):
-            if kinds[kind]:
-                listed = "; ".join(f"{t.name} {t.signature_hint()}" for t in kinds[kind])
-                lines.append(f"Available with task_type={kind.value!r}: {listed}")
+        by_kind: dict[TaskKind, list[str]] = {}
+        for target in self.manager.targets():
+            by_kind.setdefault(target.kind, []).append(f"{target.name} {target.signature_hint()}")
+        for kind, listed in by_kind.items():
+            lines.append(f"Available with task_type={kind.value!r}: {'; '.join(listed)}")
         lines.append("Example: task_id = submit_task('tool', 'name_of_tool', {'arg': 'value'})")
         return "\n".join(lines)
 
-    def forward(self, task_type: str, name: str, arguments: dict | None = None) -> str:
-        return self.manager.submit(task_type, name, arguments)
+    def forward(
+        self, task_type: str, name: str, arguments: dict | None = None, after: list | None = None
+    ) -> str:
+        return self.manager.submit(task_type, name, arguments, after=_as_id_list(after) if after else None)
 
 
 class WaitForTasksTool(_ManagerTool):
@@ -182,7 +191,7 @@ class CheckTaskTool(_ManagerTool):
     name = "check_task"
     description = (
         "Returns one task's status as a dict: task_id, name, status (pending, running, waiting_remote, completed, "
-        "failed, cancelled), result (shortened), error, timing and attempts."
+        "failed, cancelled), result (shortened), error, timing, attempts, depends_on and progress (0-1) with its message."
     )
     inputs = {"task_id": {"type": "string", "description": "A task id returned by submit_task."}}
     output_type = "object"
@@ -194,7 +203,7 @@ class CheckTaskTool(_ManagerTool):
 class ListTasksTool(_ManagerTool):
     name = "list_tasks"
     description = (
-        "Lists tasks as dicts (task_id, kind, name, status, error), optionally only those with one status "
+        "Lists tasks as dicts (task_id, kind, name, status, error, progress when reported), optionally only those with one status "
         "(pending, running, waiting_remote, completed, failed, cancelled)."
     )
     inputs = {"status": {"type": "string", "description": "Only tasks with this status.", "nullable": True}}
@@ -208,6 +217,8 @@ class ListTasksTool(_ManagerTool):
                 "name": info.name,
                 "status": info.status.value,
                 "error": None if info.error is None else str(info.error),
+                **({"progress": info.progress} if info.progress is not None else {}),
+                **({"progress_message": info.progress_message} if info.progress_message else {}),
             }
             for info in self.manager.list(status)
         ]

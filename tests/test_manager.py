@@ -275,19 +275,21 @@ def test_pluggable_executor_runs_the_tasks():
     executor.shutdown()
 
 
-def test_retention_drops_read_tasks_first_and_keeps_statistics():
-    with TaskManager(max_workers=2, functions=[add], retention=5) as manager:
+def test_retention_drops_only_read_tasks_oldest_first_and_keeps_statistics():
+    with TaskManager(max_workers=2, functions=[add], retention=2) as manager:
         early = [manager.submit("function", "add", {"a": i, "b": 0}) for i in range(5)]
         manager.wait(early, timeout=5)
-        manager.results(early[:2])  # read: first to go
+        manager.results(early[:3])  # three read, retention 2: the oldest read one goes
+        held = {info.id for info in manager.list()}
+        assert held == set(early[1:]), "only read tasks are dropped, the oldest first"
         later = [manager.submit("function", "add", {"a": i, "b": 0}) for i in range(3)]
         manager.wait(later, timeout=5)
-        held = {info.id for info in manager.list()}
-        assert held == set(early[2:] + later[:2]) or held == set(early[3:] + later)
-        assert len(held) == 5
-        assert not set(early[:2]) & held, "read tasks must be dropped before unread ones"
+        assert {info.id for info in manager.list()} == set(early[1:] + later), "unread results are never dropped"
+        dropped = manager.results([early[0]])[early[0]]
+        assert isinstance(dropped, TaskFailure) and dropped.startswith("EXPIRED:")
+        assert manager.wait([early[0]], timeout=0).done == [early[0]]
         stats = manager.get_statistics()
-    assert stats["total"] == 8 and stats["completed"] == 8 and stats["retained"] == 5
+    assert stats["total"] == 8 and stats["completed"] == 8 and stats["retained"] == 7
 
 
 def test_list_filters_by_status_and_rejects_unknown_status(manager):
@@ -349,4 +351,4 @@ def test_task_waiting_for_its_own_subtasks_lends_its_slot():
         stats = manager.get_statistics()
         assert stats["completed"] == 4 and stats["running"] == 0
         # The slot came back exactly once: two more tasks still run one at a time.
-        assert manager._free_slots == 1
+        assert manager.get_statistics()["free_slots"] == 1

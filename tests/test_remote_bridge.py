@@ -204,7 +204,7 @@ def test_inline_wait_lends_the_slot_and_returns_the_result_to_the_caller():
     manager.handle_websocket_response(request_id, True, {"stdout": "box-1\n"}, None)
     assert manager.wait(blocked, timeout=5).not_done == []
     assert manager.result(blocked) == "remote said box-1 in running"
-    assert manager._free_slots == 1  # the slot was taken back and returned exactly once
+    assert manager.get_statistics()["free_slots"] == 1  # the slot was taken back and returned exactly once
     manager.shutdown()
 
 

@@ -1,11 +1,13 @@
 """Remote execution (seeds 000 and 002): suspend tasks on remote results, a WebSocket hub, a worker daemon.
 
 ``bridge`` (request ids, futures, deadlines, task transitions) needs nothing beyond the core; the
-hub and the worker need the ``remote`` extra (``websockets``) and are imported on first use.
+hub and the worker need the ``remote`` extra (``websockets``), the tool needs smolagents; they
+are imported on first use, so a worker machine loads neither smolagents nor litellm.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .bridge import (
@@ -18,8 +20,6 @@ from .bridge import (
     RemoteUnavailable,
     UnknownRequestError,
 )
-from .handler import RemoteExecutionHandler
-from .tools import RemoteExecuteTool, attach_remote
 
 __all__ = [
     "REMOTE_TARGET_NAME",
@@ -37,9 +37,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "RemoteHub":
-        from .hub import RemoteHub
+_LAZY = {
+    "RemoteHub": "hub",  # needs websockets
+    "RemoteExecuteTool": "tools",  # needs smolagents
+    "attach_remote": "tools",
+    "RemoteExecutionHandler": "handler",
+}
 
-        return RemoteHub
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

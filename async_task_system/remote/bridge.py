@@ -15,9 +15,11 @@ Seed 000's API, with two ways for a task to wait:
 Responses may arrive from any thread or event loop. Unknown, late and duplicate responses are
 logged and ignored; nothing here raises into the transport that delivered them.
 
-This module reaches into :class:`~async_task_system.manager.TaskManager`'s private state
-(its lock, ``_set_status``, ``_release_slot``, ``_finish_locked``) on purpose: every status change
-still happens under the manager's one lock, through its one state machine.
+Every task transition goes through the manager's public task control: ``TaskManager.suspend``
+hands the attempt over, and the request's :class:`~async_task_system.manager.Suspension` finishes
+it (``complete``, ``fail`` with the manager's one retry rule, or ``resume`` for an inline wait).
+A task cancelled or timed out while it waits abandons its suspension, which fails the request
+and tells the executor to stop.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import tracing
-from .._targets import Target, TaskValidationError
-from .._timers import TimerHandle, TimerQueue
-from ..manager import get_current_task_id
-from ..tasks import TaskError, TaskInfo, TaskKind, TaskStatus
+from .._targets import Target
+from ..errors import AsyncTaskSystemError, TaskValidationError
+from ..manager import Suspension, TimerHandle, call_later, get_current_task_id
+from ..tasks import TaskError, TaskKind
 from .protocol import LANGUAGES
 
 if TYPE_CHECKING:
@@ -80,7 +82,7 @@ REMOTE_INPUTS: dict[str, dict[str, Any]] = {
 }
 
 
-class RemoteExecutionError(RuntimeError):
+class RemoteExecutionError(AsyncTaskSystemError, RuntimeError):
     """A remote command did not succeed. ``error_type`` is ``remote_error`` (it ran and failed, e.g. a
     non-zero exit code; ``result`` then holds exit code, stdout and stderr), ``timeout``,
     ``worker_lost``, ``hub_stopped``, ``no_worker`` or ``cancelled``."""
@@ -101,7 +103,7 @@ class RemoteUnavailable(RemoteExecutionError):
     """Raised by a transport's ``send_request`` when nothing can take the request (no worker, hub stopped)."""
 
 
-class UnknownRequestError(LookupError):
+class UnknownRequestError(AsyncTaskSystemError, LookupError):
     """A request id this manager never issued or has forgotten."""
 
     def __str__(self) -> str:
@@ -136,6 +138,7 @@ class RemoteRequest:
         "timer",
         "logs",
         "trace",
+        "suspension",
     )
 
     def __init__(
@@ -168,6 +171,7 @@ class RemoteRequest:
         # W3C trace context of the code that made the request (empty when tracing is off), so the
         # remote side can join the trace.
         self.trace: dict[str, str] = tracing.inject_context() if tracing.tracing_enabled() else {}
+        self.suspension: Suspension | None = None
 
 
 class RemoteTransport(Protocol):
@@ -217,13 +221,8 @@ class RemoteExecutionManager:
         self._recent_by_task: OrderedDict[str, str] = OrderedDict()
         self._transport: RemoteTransport | None = None
         self._log_listeners: list[LogListener] = []
-        # Deadlines share the task manager's timer thread (closed by its shutdown); standalone, our own.
-        self._timers = (
-            task_manager._timers if task_manager is not None else TimerQueue("async-task-remote-deadlines")
-        )
         self.ignored_responses = 0
         if task_manager is not None:
-            task_manager.add_listener(self._on_task_change)
             task_manager.register_target(self._remote_target())
 
     # ------------------------------------------------------------------ transport
@@ -367,10 +366,8 @@ class RemoteExecutionManager:
         return sum(self.fail_request(request_id, error_type, message) for request_id in ids)
 
     def close(self) -> None:
-        """Fail what is pending and stop the deadline thread."""
+        """Fail what is pending."""
         self.fail_all("cancelled", "remote execution manager closed")
-        if self._manager is None:
-            self._timers.close()
 
     # ------------------------------------------------------------------ task side
 
@@ -429,17 +426,8 @@ class RemoteExecutionManager:
             request = self._by_task.get(task_id)
         if request is not None:
             return self.complete(request.request_id, True, result, None, None)
-        manager = self._require_manager()
-        with manager._lock:
-            task = manager._get(task_id)
-            if task.info.status is not TaskStatus.WAITING_REMOTE:
-                return False
-            manager._set_status(task, TaskStatus.RUNNING)
-            events = manager._snapshot(task)
-            ready, final = manager._finish_locked(task, TaskStatus.COMPLETED, result, None)
-        manager._dispatch(ready)
-        manager._notify(events + final)
-        return True
+        suspension = self._require_manager().suspension(task_id)
+        return suspension is not None and suspension.complete(result)
 
     # ------------------------------------------------------------------ internals
 
@@ -448,7 +436,8 @@ class RemoteExecutionManager:
             raise RuntimeError("this RemoteExecutionManager is not attached to a TaskManager")
         return self._manager
 
-    def _check(self, command: Any, timeout: Any, language: Any, worker: Any) -> float:
+    def validate_command(self, command: Any, timeout: Any, language: Any, worker: Any) -> float:
+        """Check a command's fields; returns its timeout in seconds or raises ``TaskValidationError`` saying how to fix it."""
         if not isinstance(command, str) or not command.strip():
             raise TaskValidationError("command must be a non-empty string, e.g. remote_execute('uname -a')")
         if language not in LANGUAGES:
@@ -479,7 +468,7 @@ class RemoteExecutionManager:
         inline: bool,
     ) -> RemoteRequest:
         language = language or "shell"
-        seconds = self._check(command, timeout, language, worker)
+        seconds = self.validate_command(command, timeout, language, worker)
         request = RemoteRequest(
             uuid.uuid4().hex,
             task_id,
@@ -497,7 +486,7 @@ class RemoteExecutionManager:
                 self._by_task[task_id] = request
         deadline = seconds + self.response_grace
         request_id = request.request_id
-        request.timer = self._timers.call_later(deadline, lambda: self._expire(request_id, seconds))
+        request.timer = call_later(deadline, lambda: self._expire(request_id, seconds))
         return request
 
     def _expire(self, request_id: str, seconds: float) -> None:
@@ -542,22 +531,29 @@ class RemoteExecutionManager:
         manager = self._require_manager()
         if task_id is None:
             raise RuntimeError("no current task: suspend_task_for_remote must be called for a running task")
-        with manager._lock:
-            task = manager._get(task_id)
-            status = task.info.status
-            if status is not TaskStatus.RUNNING:
-                raise RuntimeError(
-                    f"task {task_id} is {status.value}: only a running task can wait for a remote result"
-                )
-            # Lock order: manager, then bridge (the bridge never takes the manager's lock while holding its own).
-            request = self._register(task_id, command, timeout, language, worker, env, inline)
-            manager._set_status(task, TaskStatus.WAITING_REMOTE)
-            ready = manager._release_slot(task)
-            events = manager._snapshot(task)
-        manager._dispatch(ready)
-        manager._notify(events)
+        self.validate_command(command, timeout, language or "shell", worker)
+        holder: list[RemoteRequest] = []
+        suspension = manager.suspend(task_id, on_abandon=lambda error: self._abandoned(holder, error))
+        request = self._register(task_id, command, timeout, language, worker, env, inline)
+        request.suspension = suspension
+        holder.append(request)
+        if not suspension.active:  # cancelled or timed out between the two steps
+            self._abandoned(
+                holder, TaskError("cancelled", f"task {task_id} ended before its command was sent")
+            )
+            return request
         self._send(request)
         return request
+
+    def _abandoned(self, holder: list[RemoteRequest], error: TaskError) -> None:
+        """The manager ended a waiting task (cancel, timeout, shutdown): fail its request, stop the command."""
+        if not holder:
+            return
+        request = holder[0]
+        error_type = "cancelled" if error.type == "cancelled" else error.type
+        message = f"task {request.task_id} ended while waiting for the remote result: {error.message}"
+        if self.fail_request(request.request_id, error_type, message):
+            self._cancel_remote(request, error_type)
 
     def _future_for(self, request_id: str) -> Future[RemoteOutcome]:
         with self._lock:
@@ -600,58 +596,26 @@ class RemoteExecutionManager:
         try:
             # The task's transition comes first: an inline waiter woken by the future must find its
             # task RUNNING again, or its return would look like a detached suspension.
-            if request.task_id is not None and self._manager is not None:
-                self._apply(request, outcome)
+            self._apply(request, outcome)
         finally:
             request.future.set_result(outcome)
         return True
 
     def _apply(self, request: RemoteRequest, outcome: RemoteOutcome) -> None:
-        """What the outcome does to the task (manager lock held inside)."""
-        manager = self._manager
-        assert manager is not None
-        with manager._lock:
-            task = manager._tasks.get(request.task_id)  # type: ignore[arg-type]
-            if task is None or task.info.status is not TaskStatus.WAITING_REMOTE:
-                return  # cancelled, timed out, or suspended by hand and resumed already
-            if request.inline:
-                # The blocked caller continues: RUNNING again, with a slot taken back at once.
-                manager._set_status(task, TaskStatus.RUNNING)
-                manager._reclaim_slot(task)
-                ready: list[Any] = []
-                events = manager._snapshot(task)
-            elif outcome.success:
-                manager._set_status(task, TaskStatus.RUNNING)
-                events = manager._snapshot(task)
-                ready, final = manager._finish_locked(task, TaskStatus.COMPLETED, outcome.result, None)
-                events += final
-            else:
-                error = TaskError(outcome.error_type or "remote_error", _failure_message(outcome))
-                attempt = task.info.attempts
-                if attempt <= task.info.retries and not manager._closed and outcome.error_type != "cancelled":
-                    manager._set_status(task, TaskStatus.RUNNING)
-                    ready, events = manager._schedule_retry(task, attempt, error)
-                else:
-                    ready, events = manager._finish_locked(task, TaskStatus.FAILED, None, error)
-        manager._dispatch(ready)
-        manager._notify(events)
-
-    def _on_task_change(self, info: TaskInfo) -> None:
-        """Task listener: a task that ends while waiting (cancelled, timed out) drops its request."""
-        if not info.status.is_terminal:
+        """What the outcome does to the waiting task (a no-op if it no longer waits)."""
+        suspension = request.suspension
+        if suspension is None:
             return
-        with self._lock:
-            request = self._by_task.get(info.id)
-        if request is None:
-            return
-        reason = (
-            "cancelled"
-            if info.status is TaskStatus.CANCELLED
-            else (info.error.type if info.error else "ended")
-        )
-        message = f"task {info.id} was {info.status.value} while waiting for the remote result"
-        self.fail_request(request.request_id, "cancelled" if reason == "cancelled" else reason, message)
-        self._cancel_remote(request, reason)
+        if request.inline:
+            suspension.resume()  # the blocked caller continues with the outcome
+        elif outcome.success:
+            suspension.complete(outcome.result)
+        else:
+            suspension.fail(
+                outcome.error_type or "remote_error",
+                _failure_message(outcome),
+                retryable=outcome.error_type != "cancelled",
+            )
 
     def _remote_target(self) -> Target:
         def run(arguments: dict[str, Any]) -> None:
@@ -673,6 +637,7 @@ class RemoteExecutionManager:
             "exit_code, stdout and stderr.",
             inputs=dict(REMOTE_INPUTS),
             call=run,
+            runs_inline=True,  # it only sends the request and suspends: no slot, no thread while it waits
         )
 
     def __repr__(self) -> str:

@@ -76,7 +76,9 @@ class RemoteExecuteTool(Tool):
     ) -> dict:
         manager = self._manager()
         remote = manager.remote_manager
-        remote._check(command, timeout, language or "shell", worker)  # raises with a how-to-fix message
+        remote.validate_command(
+            command, timeout, language or "shell", worker
+        )  # raises with a how-to-fix message
         task_id = get_current_task_id()
         in_task = task_id is not None and get_task_manager() is manager
         if self._wait is not False and in_task:

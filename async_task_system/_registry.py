@@ -1,0 +1,101 @@
+"""What a manager can run, by ``(kind, name)``, and the subsystems plugged into it.
+
+Targets are registered per manager. Extensions are registered per process, by name, with a
+factory (``"module:attribute"`` or a callable) that builds the subsystem for a manager on first
+use: this is how the package's ``__init__`` wires the remote bridge to ``TaskManager`` without
+the core importing a subsystem.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .errors import TaskValidationError
+from .tasks import TaskKind
+
+if TYPE_CHECKING:
+    from ._targets import Target
+
+__all__ = ["TargetRegistry", "Extensions", "register_extension"]
+
+_factories: dict[str, tuple[str | Callable[[Any], Any], tuple[str, ...]]] = {}
+
+
+def register_extension(name: str, factory: str | Callable[[Any], Any], kinds: Iterable[str] = ()) -> None:
+    """Make ``manager.extension(name)`` build ``factory(manager)`` on first use.
+
+    ``factory`` is a callable or ``"module:attribute"`` (imported only then). ``kinds`` are the
+    task kinds whose targets the extension registers, so that submitting one builds it first.
+    """
+    _factories[name] = (factory, tuple(kinds))
+
+
+class TargetRegistry:
+    """The targets of one manager, with the lookup errors an LLM can act on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._targets: dict[tuple[TaskKind, str], Target] = {}
+
+    def add(self, target: Target) -> str:
+        with self._lock:
+            self._targets[(target.kind, target.name)] = target
+        return target.name
+
+    def list(self, kind: TaskKind | str | None = None) -> list[Target]:
+        wanted = None if kind is None else TaskKind.parse(kind)
+        with self._lock:
+            return [t for (k, _), t in self._targets.items() if wanted is None or k is wanted]
+
+    def has_kind(self, kind: TaskKind) -> bool:
+        with self._lock:
+            return any(k is kind for k, _ in self._targets)
+
+    def resolve(self, kind: TaskKind, name: str) -> Target:
+        """The target, or ``TaskValidationError`` saying what exists and how to call it."""
+        with self._lock:
+            target = self._targets.get((kind, name))
+            if target is not None:
+                return target
+            elsewhere = [t for (k, n), t in self._targets.items() if n == name]
+            names = sorted(n for (k, n) in self._targets if k is kind)
+        if elsewhere:
+            other = elsewhere[0]
+            raise TaskValidationError(
+                f"{name!r} is a {other.kind.value}, not a {kind.value}: "
+                f"call submit_task({other.kind.value!r}, {name!r}, {other.signature_hint()})."
+            )
+        available = ", ".join(names) if names else "none are registered"
+        raise TaskValidationError(f"Unknown {kind.value} {name!r}. Available {kind.value}s: {available}.")
+
+
+class Extensions:
+    """The extensions built for one manager."""
+
+    def __init__(self, owner: Any) -> None:
+        self._owner = owner
+        self._lock = threading.Lock()
+        self._built: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        instance = self._built.get(name)
+        if instance is not None:
+            return instance
+        if name not in _factories:
+            known = ", ".join(sorted(_factories)) or "none"
+            raise LookupError(f"no extension {name!r} is registered (known: {known})")
+        factory = _factories[name][0]
+        if isinstance(factory, str):
+            module, _, attribute = factory.partition(":")
+            factory = getattr(importlib.import_module(module), attribute)
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = factory(self._owner)
+            return self._built[name]
+
+    def providing(self, kind: TaskKind) -> list[str]:
+        """Names of the registered extensions that register targets of ``kind``."""
+        return [name for name, (_, kinds) in _factories.items() if kind.value in kinds]

@@ -1,0 +1,103 @@
+"""The layering rules DESIGN.md sets, enforced: the core imports no subsystem, nothing outside the
+manager touches its private members, and a worker machine loads neither smolagents nor litellm."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "async_task_system"
+CORE = [
+    "tasks", "errors", "manager", "tools", "agent", "tracing", "testing",
+    "_attempt", "_context", "_dependencies", "_listeners", "_loop", "_registry", "_targets", "_timers",
+]  # fmt: skip
+SUBSYSTEMS = ("remote", "server", "platform", "runtimes", "scheduler", "collaboration")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_core_modules_import_no_subsystem():
+    for module in CORE:
+        for name in _imported_modules(PACKAGE / f"{module}.py"):
+            parts = name.lstrip(".").split(".")
+            assert not (
+                parts[0] in SUBSYSTEMS or (parts[0] == "async_task_system" and parts[1:2] and parts[1] in SUBSYSTEMS)
+            ), f"{module}.py imports the subsystem {name}"
+
+
+def test_importing_the_core_loads_no_subsystem():
+    code = (
+        "import sys, async_task_system.manager, async_task_system.tools, async_task_system.agent\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[1:2] and m.split('.')[0] == 'async_task_system'))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for subsystem in SUBSYSTEMS:
+        assert f"async_task_system.{subsystem}" not in loaded, loaded
+
+
+def _private_members_of_task_manager() -> set[str]:
+    tree = ast.parse((PACKAGE / "manager.py").read_text())
+    manager = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TaskManager")
+    names = set()
+    for node in ast.walk(manager):
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("_") and not node.name.startswith("__"):
+            names.add(node.name)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            if node.attr.startswith("_") and not node.attr.startswith("__"):
+                names.add(node.attr)
+    return names
+
+
+def _own_members(path: Path) -> set[str]:
+    """Names a file's own classes use for their members (``self._lock``, ``def _notify``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            names.add(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+    return names
+
+
+def test_no_module_touches_a_private_member_of_task_manager():
+    private = _private_members_of_task_manager()
+    assert {"_lock", "_set_status", "_finish_locked", "_release_slot"} <= private
+    files = [p for p in PACKAGE.rglob("*.py") if p.name != "manager.py"]
+    files += list((PACKAGE.parent / "tests").rglob("*.py")) + list((PACKAGE.parent / "benchmarks").rglob("*.py"))
+    # A name other classes use for their own members (``_lock``) counts only on an object named like a manager.
+    shared = set().union(*(_own_members(path) for path in files))
+    offenders = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute) or node.attr not in private:
+                continue
+            owner = ast.unparse(node.value)
+            if owner in ("self", "cls") or (node.attr in shared and "manager" not in owner.lower()):
+                continue
+            offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {owner}.{node.attr}")
+    assert offenders == []
+
+
+def test_a_worker_loads_neither_smolagents_nor_litellm():
+    code = (
+        "import sys\n"
+        "import async_task_system.remote.worker\n"
+        "from async_task_system import cli\n"
+        "try:\n"
+        "    cli.main(['worker', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('LOADED', sorted(m for m in ('smolagents', 'litellm') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out, out
