@@ -1,10 +1,14 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
+# Another Python: `make test PYTHON=python3.12 VENV=.venv-3.12`; all supported ones: `make test-pythons`.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The Pythons pyproject.toml supports (requires-python >= 3.10), for `make test-pythons`.
+PYTHONS ?= 3.10 3.11 3.12 3.13
+SKIP_PYTHONS ?=
 
-.PHONY: demo test lint format bench clean phoenix
+.PHONY: demo test pytest test-pythons lint format bench clean phoenix
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +36,16 @@ test: $(STAMP) phoenix
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
+# The suite alone (no lint), in $(VENV): what test-pythons runs per Python.
+pytest: $(STAMP) phoenix
+	$(BIN)/python -m pytest -q
+
+# The suite on each of $(PYTHONS) (except $(SKIP_PYTHONS)), each in its own cached .venv-<version>,
+# all sharing the one Phoenix server venv. A Python not installed is skipped with a note, and is an
+# error under CI=true.
+test-pythons: phoenix
+	.ci/test-pythons $(filter-out $(SKIP_PYTHONS),$(PYTHONS))
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -43,4 +57,4 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache

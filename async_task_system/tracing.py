@@ -381,15 +381,22 @@ def setup_tracing(
     batch: bool = False,
     instrument_smolagents: bool = True,
     verbose: bool = False,
-    **register_kwargs: Any,
+    headers: Mapping[str, str] | None = None,
+    protocol: str | None = None,
+    api_key: str | None = None,
+    auto_instrument: bool = False,
+    **provider_kwargs: Any,
 ) -> Any:
     """Send traces to Phoenix: seed 004's two-step snippet as one call. Returns the tracer provider.
 
-    Wraps ``phoenix.otel.register(project_name=..., endpoint=...)`` and
-    ``SmolagentsInstrumentor().instrument(tracer_provider=...)``, and makes this package's task
-    spans use the same provider. Then an ``AsyncAgent`` run, its steps, model calls, async tool
-    calls, each background task, the tools it runs and managed agents running in the background
-    arrive in Phoenix as one trace.
+    Does what ``phoenix.otel.register(project_name=..., endpoint=...)`` does, from the public
+    pieces ``phoenix.otel`` exports for that (``TracerProvider``, ``SimpleSpanProcessor`` /
+    ``BatchSpanProcessor``), then ``SmolagentsInstrumentor().instrument(tracer_provider=...)``, and
+    makes this package's task spans use the same provider. Then an ``AsyncAgent`` run, its steps,
+    model calls, async tool calls, each background task, the tools it runs and managed agents
+    running in the background arrive in Phoenix as one trace. (``register`` itself is not called:
+    the arize-phoenix-otel release that still supports Python 3.10 reads a private attribute of the
+    OTLP exporter that opentelemetry-exporter-otlp-proto-http 1.45 removed, and fails.)
 
     Args:
         project_name: the Phoenix project the spans go to.
@@ -399,32 +406,70 @@ def setup_tracing(
         batch: export in a background batch (production) instead of span by span.
         instrument_smolagents: instrument smolagents (agent runs, steps, model and tool calls).
             If it was instrumented already, it is re-instrumented with the new provider.
-        verbose: let Phoenix print its configuration banner.
-        **register_kwargs: passed to ``phoenix.otel.register`` (``headers``, ``protocol``, ...).
+        verbose: print where the spans go.
+        headers: sent with every export; without them Phoenix's ``PHOENIX_CLIENT_HEADERS`` and
+            ``PHOENIX_API_KEY`` environment variables apply.
+        protocol: ``"http/protobuf"`` or ``"grpc"``; inferred from ``endpoint`` when ``None``.
+        api_key: sent as ``authorization: Bearer <api_key>`` (Phoenix Cloud, auth-enabled servers).
+        auto_instrument: also instrument every installed OpenInference instrumentor.
+        **provider_kwargs: passed to the tracer provider (``resource``, ``sampler``, ...); the
+            project name is merged into a given ``resource``.
 
     Raises ``ImportError`` naming the extra to install when the telemetry packages are missing.
     Call ``provider.force_flush()`` before a short script exits, and ``provider.shutdown()`` at the end.
     """
     try:
-        from phoenix.otel import register
+        from opentelemetry.sdk.resources import Resource
+        from phoenix.otel import PROJECT_NAME, BatchSpanProcessor, SimpleSpanProcessor, TracerProvider
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "setup_tracing needs the telemetry extra: pip install 'async_task_system[telemetry]' "
             f"(arize-phoenix-otel, opentelemetry-sdk, openinference-instrumentation-smolagents). {exc}"
         ) from exc
+    export_headers = dict(headers) if headers else None
+    if api_key:
+        export_headers = {**(export_headers or {}), "authorization": f"Bearer {api_key}"}
+    resource = provider_kwargs.pop("resource", None)
+    if resource is None:
+        resource = Resource.create({PROJECT_NAME: project_name})
+    else:
+        resource = resource.merge(Resource({PROJECT_NAME: project_name}))
+    processor_type = BatchSpanProcessor if batch else SimpleSpanProcessor
     with _setup_lock:
-        provider = register(
-            project_name=project_name,
-            endpoint=endpoint,
-            batch=batch,
-            set_global_tracer_provider=set_global,
-            verbose=verbose,
-            **register_kwargs,
+        # The provider's own default processor (no headers, span by span) is replaced by ours.
+        provider = TracerProvider(
+            endpoint=endpoint, protocol=protocol, verbose=False, resource=resource, **provider_kwargs
         )
+        provider.add_span_processor(
+            processor_type(endpoint=endpoint, headers=export_headers, protocol=protocol)
+        )
+        if set_global:
+            trace.set_tracer_provider(provider)
         set_tracer_provider(provider)
         if instrument_smolagents:
             instrument_smolagents_with(provider)
+        if auto_instrument:
+            _instrument_installed_openinference(provider)
+    if verbose:
+        print(
+            f"async_task_system tracing: project {project_name!r} -> {endpoint} "
+            f"({protocol or 'protocol from the URL'}, {processor_type.__name__}"
+            f"{', headers ' + ', '.join(sorted(export_headers)) if export_headers else ''})"
+            f"{'; set as the global OpenTelemetry tracer provider' if set_global else ''}"
+        )
     return provider
+
+
+def _instrument_installed_openinference(provider: Any) -> None:
+    """Instrument every OpenInference instrumentor installed (their ``openinference_instrumentor``
+    entry points), as ``phoenix.otel.register(auto_instrument=True)`` does."""
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group="openinference_instrumentor"):
+        instrumentor = entry_point.load()()
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
+        instrumentor.instrument(tracer_provider=provider)
 
 
 def instrument_smolagents_with(provider: Any) -> Any:

@@ -141,11 +141,13 @@ def test_wait_for_remote_result_async_blocking_and_after_the_fact():
         with pytest.raises(RemoteExecutionError) as failure:
             await remote.wait_for_remote_result(bad, timeout=5)
         pending = remote.create_remote_request(None, "sleep 1", 10)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError, match="no result for remote request"):
             await remote.wait_for_remote_result(pending, timeout=0.05)
         return first, failure.value, pending
 
     first, failure, pending = asyncio.run(scenario())
+    with pytest.raises(TimeoutError, match="no result for remote request"):  # the blocking twin too
+        remote.wait_result(pending, timeout=0.05)
     assert first == {"stdout": "hi\n"}
     assert failure.error_type == "remote_error" and failure.result == {"exit_code": 1}
     # A waiter giving up does not cancel the request: it can still be answered and read.

@@ -678,6 +678,7 @@ class _OTLPReceiver(BaseHTTPRequestHandler):
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
                         server.received.append((self.path, resource, span))
+            server.headers.append({k.lower(): v for k, v in self.headers.items()})
             server.cond.notify_all()
         payload = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
@@ -690,12 +691,17 @@ class _OTLPReceiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_setup_tracing_exports_task_spans_over_otlp_http():
+def _otlp_receiver() -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _OTLPReceiver)
     server.received = []
+    server.headers = []
     server.cond = threading.Condition()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_setup_tracing_exports_task_spans_over_otlp_http():
+    server = _otlp_receiver()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
     provider = tracing.setup_tracing("unit-project", endpoint=endpoint, set_global=False)
     try:
@@ -731,3 +737,38 @@ def test_setup_tracing_exports_task_spans_over_otlp_http():
     attrs = {a.key: a.value for a in task.attributes}
     assert attrs["task.id"].string_value == task_id
     assert attrs["task.status"].string_value == "completed"
+
+
+def test_setup_tracing_sends_headers_and_api_key_in_batches_with_a_custom_resource():
+    from opentelemetry.sdk.resources import Resource
+
+    server = _otlp_receiver()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    provider = tracing.setup_tracing(
+        "batch-project",
+        endpoint=endpoint,
+        set_global=False,
+        batch=True,
+        instrument_smolagents=False,
+        headers={"X-Team": "agents"},
+        api_key="secret-key",
+        resource=Resource({"service.name": "batch-service"}),
+    )
+    try:
+        with provider.get_tracer("tests").start_as_current_span("batched"):
+            pass
+        assert provider.force_flush(10_000)
+        with server.cond:
+            assert server.cond.wait_for(lambda: server.received, 10)
+            received, headers = list(server.received), list(server.headers)
+    finally:
+        tracing.set_tracer_provider(None)
+        provider.shutdown()
+        server.shutdown()
+        server.server_close()
+    assert [span.name for _, _, span in received] == ["batched"]
+    _, resource, _ = received[0]
+    assert resource["openinference.project.name"] == "batch-project"
+    assert resource["service.name"] == "batch-service"
+    assert headers[0]["x-team"] == "agents"
+    assert headers[0]["authorization"] == "Bearer secret-key"

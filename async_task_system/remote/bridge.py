@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import tracing
+from .._compat import TIMEOUT_ERRORS
 from .._targets import Target
 from ..errors import AsyncTaskSystemError, TaskValidationError
 from ..manager import Suspension, TimerHandle, call_later, get_current_task_id
@@ -331,7 +332,10 @@ class RemoteExecutionManager:
         """Await a request's result (seed 000). Raises :class:`RemoteExecutionError` if it failed and
         ``TimeoutError`` if ``timeout`` seconds pass first (the request itself stays pending)."""
         future = self._future_for(request_id)
-        outcome = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        try:
+            outcome = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TIMEOUT_ERRORS:  # asyncio.TimeoutError before 3.11
+            raise TimeoutError(f"no result for remote request {request_id} within {timeout:g} s") from None
         return _unwrap(outcome)
 
     def wait_result(self, request_id: str, timeout: float | None = None) -> Any:
@@ -339,7 +343,7 @@ class RemoteExecutionManager:
         future = self._future_for(request_id)
         try:
             outcome = future.result(timeout)
-        except TimeoutError:
+        except TIMEOUT_ERRORS:  # concurrent.futures.TimeoutError before 3.11
             raise TimeoutError(f"no result for remote request {request_id} within {timeout:g} s") from None
         return _unwrap(outcome)
 

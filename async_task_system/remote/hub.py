@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "the remote hub needs the websockets library (>= 15): pip install 'async_task_system[remote]'"
     ) from exc
 
+from .._compat import TIMEOUT_ERRORS
 from .bridge import RemoteExecutionManager, RemoteRequest, RemoteUnavailable
 from .protocol import (
     ProtocolError,
@@ -438,7 +439,7 @@ class RemoteHub:
     async def _register(self, ws: ServerConnection) -> _Worker | None:
         try:
             raw = await asyncio.wait_for(ws.recv(), self.register_timeout)
-        except TimeoutError:
+        except TIMEOUT_ERRORS:
             await ws.close(1008, "send a register frame first")
             return None
         try:

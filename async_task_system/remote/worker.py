@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._compat import TIMEOUT_ERRORS
 from .protocol import (
     LANGUAGES,
     ProtocolError,
@@ -214,7 +215,7 @@ class ScriptRunner:
         try:
             try:
                 await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
+            except TIMEOUT_ERRORS:
                 flags["timed_out"] = True
                 _kill_group(process)
                 await process.wait()
@@ -349,7 +350,7 @@ class WorkerDaemon:
             except InvalidURI as exc:
                 logger.error("bad --hub address: %s", exc)
                 return 2
-            except (OSError, ConnectionClosed, TimeoutError) as exc:
+            except (OSError, ConnectionClosed, *TIMEOUT_ERRORS) as exc:
                 logger.warning("connection to %s failed or ended: %s", config.hub, exc or type(exc).__name__)
             except Exception:  # a daemon keeps serving: log it, back off, reconnect
                 logger.exception("unexpected error in the connection to %s", config.hub)
@@ -361,7 +362,7 @@ class WorkerDaemon:
                 break
             wait = delay * (0.5 + random.random() / 2)
             logger.info("reconnecting in %.2f s", wait)
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(*TIMEOUT_ERRORS):
                 await asyncio.wait_for(self._stop.wait(), wait)
             delay = min(delay * 2, config.reconnect_max)
         await self._drain_jobs()

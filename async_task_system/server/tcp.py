@@ -477,6 +477,7 @@ class AgentServer:
         self._connection_ids = itertools.count(1)
         self._listeners: list[Callable[[RequestRecord], None]] = []
         self._closing = False
+        self._closed: asyncio.Future[None] | None = None  # done once close() starts (start() makes it)
 
     # ------------------------------------------------------------------------------------ public
 
@@ -498,21 +499,31 @@ class AgentServer:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         self._slots = asyncio.Semaphore(self.max_concurrent_requests)
+        self._closed = asyncio.get_running_loop().create_future()
         self._server = await asyncio.start_server(
             self._on_connection, self.host, self.requested_port, limit=self.max_line_bytes
         )
         logger.info("serving on %s", self.address)
 
     async def serve_forever(self) -> None:
+        """Serve until cancelled or :meth:`close` is called; then returns (call :meth:`close` after it).
+
+        Not ``asyncio.Server.serve_forever()``: from Python 3.12.1 on, that one, when cancelled,
+        waits for every connection to close before it returns, and a connection with a request
+        still running closes only in :meth:`close`, which runs after it: SIGTERM or Ctrl-C would
+        hang until the request ended. The server accepts connections from :meth:`start` on.
+        """
         if self._server is None:
             await self.start()
-        assert self._server is not None
+        assert self._closed is not None
         with contextlib.suppress(asyncio.CancelledError):
-            await self._server.serve_forever()
+            await asyncio.shield(self._closed)
 
     async def close(self) -> None:
         """Stop accepting, answer in-flight requests with ``connection_error``, close connections."""
         self._closing = True
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         if self._server is not None:
             self._server.close()
         tasks = []
