@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTHONS ?= 3.10 3.11 3.12 3.13
 SKIP_PYTHONS ?=
 
-.PHONY: demo test pytest test-pythons lint format bench clean phoenix
+.PHONY: demo test pytest test-pythons lint format bench clean phoenix peer-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,23 @@ phoenix:
 	  { test -x $(PHOENIX_VENV)/bin/python || $(PYTHON) -m venv $(PHOENIX_VENV); } && \
 	  $(PHOENIX_VENV)/bin/python -m pip install -q '$(PHOENIX_SPEC)' && touch $(PHOENIX_VENV)/.installed; } || \
 	  echo "warning: could not install Phoenix into $(PHOENIX_VENV); its end-to-end test will skip (fail under CI)."
+
+# smolagents' own CodeAgent and executor tests, run with and without our executor installed on
+# every CodeAgent: the same tests must pass (tests/peer/run_smolagents_suite.py). Their test
+# dependencies live in their own venv, set up once per smolagents version (the one in .venv).
+# Without the package registry it skips with the reason; under CI=true it fails instead.
+PEER_VENV ?= .venv-peer
+PEER_DEPS ?= pytest pytest-timeout pytest-datadir pandas numpy pillow mcp
+peer-test: $(STAMP)
+	@version=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("smolagents"))'); \
+	test -f $(PEER_VENV)/.installed-$$version || { \
+	  echo "Setting up $(PEER_VENV) for the smolagents $$version tests (one time)..."; \
+	  { test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV); } && \
+	  $(PEER_VENV)/bin/python -m pip install -q -e . "smolagents==$$version" $(PEER_DEPS) && \
+	  touch $(PEER_VENV)/.installed-$$version; } || { \
+	  if [ "$$CI" = true ]; then echo "peer suite FAILED (CI=true): could not install its test dependencies"; exit 1; fi; \
+	  echo "peer suite SKIPPED: could not install its test dependencies (no package registry?)"; exit 0; }; \
+	$(PEER_VENV)/bin/python tests/peer/run_smolagents_suite.py
 
 demo: $(STAMP)
 	$(BIN)/async-agent demo
@@ -57,4 +74,4 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) .venv-* build *.egg-info .pytest_cache

@@ -153,8 +153,8 @@ def create_async_agent(
         manager.register_agent(sub_agent)
 
     executor_kwargs = dict(codeagent_kwargs.pop("executor_kwargs", None) or {})
-    if "timeout_seconds" in executor_kwargs:
-        code_timeout = executor_kwargs.pop("timeout_seconds")
+    if "timeout_seconds" in executor_kwargs:  # kept in executor_kwargs: agent.executor_kwargs, to_dict()
+        code_timeout = executor_kwargs["timeout_seconds"]
     if code_timeout is not None and max_wait_cap >= code_timeout:
         raise ValueError(
             f"max_wait_cap ({max_wait_cap:g} s) must be below code_timeout ({code_timeout:g} s), "
