@@ -31,7 +31,8 @@ def test_core_modules_import_no_subsystem():
         for name in _imported_modules(PACKAGE / f"{module}.py"):
             parts = name.lstrip(".").split(".")
             assert not (
-                parts[0] in SUBSYSTEMS or (parts[0] == "async_task_system" and parts[1:2] and parts[1] in SUBSYSTEMS)
+                parts[0] in SUBSYSTEMS
+                or (parts[0] == "async_task_system" and parts[1:2] and parts[1] in SUBSYSTEMS)
             ), f"{module}.py imports the subsystem {name}"
 
 
@@ -52,9 +53,11 @@ def _private_members_of_task_manager() -> set[str]:
     for node in ast.walk(manager):
         if isinstance(node, ast.FunctionDef) and node.name.startswith("_") and not node.name.startswith("__"):
             names.add(node.name)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
-            if node.attr.startswith("_") and not node.attr.startswith("__"):
-                names.add(node.attr)
+        is_self = (
+            isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+        )
+        if is_self and node.attr.startswith("_") and not node.attr.startswith("__"):
+            names.add(node.attr)
     return names
 
 
@@ -73,7 +76,9 @@ def test_no_module_touches_a_private_member_of_task_manager():
     private = _private_members_of_task_manager()
     assert {"_lock", "_set_status", "_finish_locked", "_release_slot"} <= private
     files = [p for p in PACKAGE.rglob("*.py") if p.name != "manager.py"]
-    files += list((PACKAGE.parent / "tests").rglob("*.py")) + list((PACKAGE.parent / "benchmarks").rglob("*.py"))
+    files += list((PACKAGE.parent / "tests").rglob("*.py")) + list(
+        (PACKAGE.parent / "benchmarks").rglob("*.py")
+    )
     # A name other classes use for their own members (``_lock``) counts only on an object named like a manager.
     shared = set().union(*(_own_members(path) for path in files))
     offenders = []

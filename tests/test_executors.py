@@ -52,7 +52,9 @@ def test_trace_context_travels_as_a_w3c_carrier(pool):
             manager.wait(task_id, timeout=60)
             carrier = manager.result(task_id)["carrier"]
         trace_id = format(parent.get_span_context().trace_id, "032x")
-        assert carrier["traceparent"].split("-")[1] == trace_id, "the pool process joined the coordinator's trace"
+        assert carrier["traceparent"].split("-")[1] == trace_id, (
+            "the pool process joined the coordinator's trace"
+        )
     finally:
         tracing.set_tracer_provider(None)
 

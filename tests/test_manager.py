@@ -284,7 +284,9 @@ def test_retention_drops_only_read_tasks_oldest_first_and_keeps_statistics():
         assert held == set(early[1:]), "only read tasks are dropped, the oldest first"
         later = [manager.submit("function", "add", {"a": i, "b": 0}) for i in range(3)]
         manager.wait(later, timeout=5)
-        assert {info.id for info in manager.list()} == set(early[1:] + later), "unread results are never dropped"
+        assert {info.id for info in manager.list()} == set(early[1:] + later), (
+            "unread results are never dropped"
+        )
         dropped = manager.results([early[0]])[early[0]]
         assert isinstance(dropped, TaskFailure) and dropped.startswith("EXPIRED:")
         assert manager.wait([early[0]], timeout=0).done == [early[0]]

@@ -164,7 +164,9 @@ def test_call_later_fires_on_the_shared_timer_and_can_be_cancelled():
 
 def test_a_subsystem_registers_a_new_kind_without_editing_the_core():
     kind = TaskKind.register("scheduled_run", "a run of a schedule", aliases=("schedule",))
-    assert TaskKind.parse("schedule") is kind and TaskKind("scheduled_run") is kind and kind == "scheduled_run"
+    assert (
+        TaskKind.parse("schedule") is kind and TaskKind("scheduled_run") is kind and kind == "scheduled_run"
+    )
     handles: list = []
     with TaskManager() as manager:
 
