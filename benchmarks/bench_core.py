@@ -6,14 +6,21 @@
 (b) how long wait() takes to return after the last task finishes, p50/p99 (target p99 <= 1 ms)
 (c) 32 tasks x 100 ms sleep with max_workers=32, wall time (target <= 115 ms)
 (d) seed 004's demo: AsyncAgent vs a plain CodeAgent calling the same tools one by one (target >= 3.5x)
+(e) seed 004's pipeline (10 files x clean -> analyze -> visualize, varied durations) submitted in one
+    go with {"$result": id} references: wall time vs its critical path (target <= 1.1x) and vs
+    stage-by-stage barriers
+(f) CPU-bound function tasks on a ProcessPoolExecutor through the manager vs the raw process pool
+    and vs the default thread pool (the GIL serializes those)
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import random
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 from async_task_system import ScriptedModel, TaskManager, create_async_agent
 
@@ -132,9 +139,90 @@ def bench_demo() -> None:
     print(f"    speedup                     : {sequential / parallel:.2f}x   (target >= 3.5x)")
 
 
+STAGES = ("clean", "analyze", "visualize")
+
+
+def _stage(seconds: float, data: object = None) -> str:
+    time.sleep(seconds)
+    return f"done after {seconds:.3f}"
+
+
+def bench_pipeline(files: int = 10, rounds: int = 3) -> None:
+    rng = random.Random(4)
+    durations = [[rng.uniform(0.05, 0.3) for _ in STAGES] for _ in range(files)]
+    critical = max(sum(row) for row in durations)
+    barrier_ideal = sum(max(row[i] for row in durations) for i in range(len(STAGES)))
+    chained, barriers = [], []
+    for _ in range(rounds):
+        with TaskManager(max_workers=files, functions=[_stage], retention=10 * files) as manager:
+            started = time.perf_counter()
+            last = []
+            for row in durations:
+                previous = None
+                for seconds in row:
+                    arguments = {
+                        "seconds": seconds,
+                        "data": None if previous is None else {"$result": previous},
+                    }
+                    previous = manager.submit("function", "_stage", arguments)
+                last.append(previous)
+            manager.wait(last)
+            chained.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            for stage in range(len(STAGES)):
+                ids = [manager.submit("function", "_stage", {"seconds": row[stage]}) for row in durations]
+                manager.wait(ids)
+            barriers.append(time.perf_counter() - started)
+    ours, barrier = statistics.median(chained), statistics.median(barriers)
+    print(
+        f"(e) pipeline: {files} files x {len(STAGES)} stages, 50-300 ms each, max_workers={files}, median of {rounds}"
+    )
+    print(f"    critical path (ideal)     : {critical * 1e3:7.1f} ms")
+    print(
+        f"    chained with $result refs : {ours * 1e3:7.1f} ms  = {ours / critical:.3f}x the critical path (target <= 1.1x)"
+    )
+    print(
+        f"    stage-by-stage barriers   : {barrier * 1e3:7.1f} ms  (ideal {barrier_ideal * 1e3:.1f} ms): "
+        f"chaining is {barrier / ours:.2f}x faster"
+    )
+
+
+def spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def bench_process_pool(tasks: int = 8, n: int = 2_000_000) -> None:
+    workers = 2
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        wait([pool.submit(spin, 10) for _ in range(workers)])  # start the processes first
+        started = time.perf_counter()
+        wait([pool.submit(spin, n) for _ in range(tasks)])
+        raw = time.perf_counter() - started
+        with TaskManager(max_workers=workers, executor=pool, functions=[spin]) as manager:
+            started = time.perf_counter()
+            manager.wait([manager.submit("function", "spin", {"n": n}) for _ in range(tasks)])
+            ours = time.perf_counter() - started
+    with TaskManager(max_workers=workers, functions=[spin]) as manager:
+        started = time.perf_counter()
+        manager.wait([manager.submit("function", "spin", {"n": n}) for _ in range(tasks)])
+        threads = time.perf_counter() - started
+    print(f"(f) {tasks} CPU-bound tasks ({n:,}-step loop), {workers} workers")
+    print(f"    raw ProcessPoolExecutor         : {raw * 1e3:7.1f} ms")
+    print(f"    TaskManager on that process pool: {ours * 1e3:7.1f} ms  ({ours / raw:.2f}x the raw pool)")
+    print(
+        f"    TaskManager on its thread pool  : {threads * 1e3:7.1f} ms  (process pool is {threads / ours:.2f}x faster)"
+    )
+
+
 if __name__ == "__main__":
     print(f"Python {sys.version.split()[0]}")
     bench_overhead()
     bench_wait_latency()
     bench_sleepers()
     bench_demo()
+    bench_pipeline()
+    bench_process_pool()
