@@ -28,7 +28,8 @@ class ListenerQueue:
         self._queue: deque[TaskInfo] = deque()
         self._delivering = False
 
-    def __bool__(self) -> bool:
+    @property
+    def active(self) -> bool:
         """True when someone listens: the manager makes snapshots only then."""
         return bool(self._listeners)
 

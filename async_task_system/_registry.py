@@ -39,10 +39,12 @@ class TargetRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._targets: dict[tuple[TaskKind, str], Target] = {}
+        self._kinds: frozenset[TaskKind] = frozenset()
 
     def add(self, target: Target) -> str:
         with self._lock:
             self._targets[(target.kind, target.name)] = target
+            self._kinds = self._kinds | {target.kind}
         return target.name
 
     def list(self, kind: TaskKind | str | None = None) -> list[Target]:
@@ -51,8 +53,7 @@ class TargetRegistry:
             return [t for (k, _), t in self._targets.items() if wanted is None or k is wanted]
 
     def has_kind(self, kind: TaskKind) -> bool:
-        with self._lock:
-            return any(k is kind for k, _ in self._targets)
+        return kind in self._kinds  # a frozenset replaced whole: no lock needed
 
     def resolve(self, kind: TaskKind, name: str) -> Target:
         """The target, or ``TaskValidationError`` saying what exists and how to call it."""

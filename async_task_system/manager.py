@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future
 from functools import partial
 from typing import Any, Literal, NamedTuple
 
@@ -40,6 +40,7 @@ from ._context import (
 from ._dependencies import DependencyGraph, dependency_failure
 from ._listeners import ListenerQueue
 from ._loop import background_loop, spawn
+from ._pool import ChainingThreadPool
 from ._registry import Extensions, TargetRegistry, register_extension
 from ._targets import Target, agent_target, function_target, tool_target
 from .errors import ManagerClosedError, TaskValidationError, UnknownTaskError
@@ -199,9 +200,7 @@ class TaskManager:
         self.retention = retention
         self.retry_backoff = retry_backoff
         self._owns_executor = executor is None
-        self._executor: Executor = executor or ThreadPoolExecutor(
-            max_workers=max_workers + max(4, max_workers), thread_name_prefix="async-task"
-        )
+        self._executor: Executor = executor or ChainingThreadPool(max_workers + max(4, max_workers))
         self._lock = threading.Lock()
         self._registry = TargetRegistry()
         self._tasks: dict[str, _Task] = {}
@@ -294,11 +293,11 @@ class TaskManager:
             or math.isinf(timeout)
         ):
             raise TaskValidationError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        if retries and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
             raise TaskValidationError(f"retries must be a non-negative integer, got {retries!r}")
         target = self._registry.resolve(task_kind, name)
         checked = target.validate(arguments)
-        depends_on = self._graph.collect(checked, after)
+        depends_on = self._graph.collect(checked, after) if (after or checked) else ()
         number = next(self._ids)
         task_id = f"{self.id_prefix}{number}"
         info = TaskInfo(
@@ -309,9 +308,10 @@ class TaskManager:
         with self._lock:
             if self._closed:
                 raise ManagerClosedError("TaskManager is shut down: no new tasks are accepted")
-            unfinished, failure = self._check_dependencies(task, depends_on)
+            unfinished, failure = self._check_dependencies(task, depends_on) if depends_on else ((), None)
             self._tasks[task_id] = task
-            self._last_id = max(self._last_id, number)
+            if number > self._last_id:
+                self._last_id = number
             self._submitted += 1
             self._counts[TaskStatus.PENDING] += 1
             self._snapshot(task)
@@ -417,22 +417,20 @@ class TaskManager:
             self._attempt_ended(task, call.attempt, None, result)
 
     def _on_future_done(self, task: _Task, call: AttemptCall, future: Future[Any]) -> None:
-        if future.cancelled():
+        try:
+            result = future.result(0)  # one look at the future (each of its methods takes its lock)
+        except CancelledError:
             self._attempt_ended(
                 task, call.attempt, TaskError("cancelled", "the executor cancelled the task"), final=True
             )
-            return
-        exc = future.exception()
-        if exc is not None:
+        except BaseException as exc:
             self._attempt_ended(task, call.attempt, TaskError.from_exception(exc))
-            return
-        result = future.result()
-        if _is_coroutine(result):  # an async target: it runs on the loop, holding no thread
-            background_loop().call_soon_threadsafe(
-                self._start_coroutine, task, call, result, context=call.context
-            )
         else:
-            self._attempt_ended(task, call.attempt, None, result)
+            if _is_coroutine(result):  # an async target: it runs on the loop, holding no thread
+                loop = background_loop()
+                loop.call_soon_threadsafe(self._start_coroutine, task, call, result, context=call.context)
+            else:
+                self._attempt_ended(task, call.attempt, None, result)
 
     def _start_coroutine(self, task: _Task, call: AttemptCall, coroutine: Any) -> None:
         # On the loop, inside the attempt's context, which create_task copies for the coroutine.
@@ -692,8 +690,9 @@ class TaskManager:
 
     def _snapshot(self, task: _Task) -> None:
         """Queue a copy of the task's record for the listeners (lock held); ``_notify`` delivers it."""
-        if self._listeners:
-            self._listeners.put(task.info.snapshot())
+        listeners = self._listeners
+        if listeners.active:
+            listeners.put(task.info.snapshot())
 
     def _notify(self) -> None:
         """After a change, outside the lock: deferred actions (cancel a future, tell a suspension's owner), then listeners."""
@@ -739,7 +738,7 @@ class TaskManager:
             raise ValueError("return_when must be 'all' or 'first'")
         ids = [task_ids] if isinstance(task_ids, str) else list(dict.fromkeys(task_ids))
         with self._lock:
-            tasks = [None if self._is_evicted(i) else self._get(i) for i in ids]
+            tasks = [self._tasks.get(i) or (None if self._is_evicted(i) else self._get(i)) for i in ids]
             pending = [task for task in tasks if task is not None and not task.info.status.is_terminal]
             satisfied = not pending or (return_when == "first" and len(pending) < len(tasks))
             waiter = None
