@@ -22,7 +22,7 @@ from rich.table import Table
 
 from .agent import create_async_agent
 from .config import llm_settings_from_env, model_from_env
-from .manager import TaskManager
+from .manager import TaskManager, report_progress
 from .tasks import TaskInfo, TaskStatus
 from .testing import ScriptedModel
 
@@ -65,7 +65,10 @@ def _make_analyze_dataset() -> Any:
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
         seconds = DATASETS[dataset]
-        time.sleep(seconds)
+        for step, stage in enumerate(("loading", "cleaning", "computing", "checking"), start=1):
+            report_progress((step - 1) / 4, stage)  # shown in check_task, list_tasks and the live table
+            time.sleep(seconds / 4)
+        report_progress(1.0, "done")
         seed = sum(map(ord, dataset))
         return {
             "dataset": dataset,
@@ -107,6 +110,14 @@ def demo_script() -> list[str]:
     ]
 
 
+def _progress_cell(info: TaskInfo) -> str:
+    if info.progress is None:
+        return ""
+    filled = round(info.progress * 5)
+    message = "" if info.status.is_terminal else f" {(info.progress_message or '')[:9]}"
+    return f"{'█' * filled}{'░' * (5 - filled)} {info.progress:4.0%}{message}"
+
+
 class TaskProgress:
     """A live rich table of the manager's tasks, redrawn on every status change (no polling)."""
 
@@ -128,7 +139,7 @@ class TaskProgress:
 
     def _render(self) -> Table:
         table = Table(title="Background tasks", expand=False)
-        for column in ("task", "target", "arguments", "status", "seconds"):
+        for column in ("task", "target", "arguments", "status", "progress", "seconds"):
             table.add_column(column)
         for info in self._tasks.values():
             style = self._STYLE[info.status]
@@ -138,6 +149,7 @@ class TaskProgress:
                 info.name,
                 ", ".join(f"{k}={v}" for k, v in info.arguments.items())[:40],
                 f"[{style}]{info.status.value}[/{style}]",
+                _progress_cell(info),
                 "" if duration is None else f"{duration:.2f}",
             )
         return table

@@ -23,12 +23,14 @@ from typing import Any
 from smolagents.models import ChatMessage, ChatMessageStreamDelta, MessageRole, Model
 from smolagents.monitoring import TokenUsage
 
+from .errors import AsyncTaskSystemError
+
 __all__ = ["ScriptedModel", "ScriptExhaustedError", "message_text"]
 
 Response = str | ChatMessage | Callable[[list[Any]], str]
 
 
-class ScriptExhaustedError(RuntimeError):
+class ScriptExhaustedError(AsyncTaskSystemError, RuntimeError):
     """The script has no response left for another model call."""
 
 

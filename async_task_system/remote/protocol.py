@@ -16,6 +16,8 @@ import json
 import math
 from typing import Any
 
+from ..errors import AsyncTaskSystemError
+
 __all__ = [
     "PROTOCOL_VERSION",
     "LANGUAGES",
@@ -43,7 +45,7 @@ LANGUAGES = ("shell", "python")
 _NAME_MAX = 64
 
 
-class ProtocolError(ValueError):
+class ProtocolError(AsyncTaskSystemError, ValueError):
     """A frame that is not valid JSON, not an object, or misses or mistypes a field."""
 
 
