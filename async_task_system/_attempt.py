@@ -60,12 +60,14 @@ class AttemptCall:
             return result
 
     def __reduce__(self) -> tuple[Any, ...]:
-        carrier: dict[str, str] = {}
-        if self.context is not None and tracing.tracing_enabled():
-            carrier = self.context.run(tracing.inject_context)
+        # Pickled for another process: no context, no manager; the trace context goes as a carrier.
         info = self.info.snapshot()
         info.result = None
-        return (_run_elsewhere, (self.call, self.arguments, info, self.attempt, carrier))
+        detached = (AttemptCall, (self.call, self.arguments, info, self.attempt, None, None))
+        if self.context is None:
+            return detached
+        carrier = self.context.run(tracing.inject_context) if tracing.tracing_enabled() else {}
+        return (_RemoteAttempt, (AttemptCall(*detached[1]), carrier))
 
     def __repr__(self) -> str:
         return (
@@ -76,15 +78,8 @@ class AttemptCall:
 class _RemoteAttempt:
     """An attempt unpickled in another process: runs under the carried trace context."""
 
-    def __init__(
-        self,
-        call: Callable[[dict[str, Any]], Any],
-        arguments: dict[str, Any],
-        info: TaskInfo,
-        attempt: int,
-        carrier: dict[str, str],
-    ) -> None:
-        self.attempt_call = AttemptCall(call, arguments, info, attempt, None, None)
+    def __init__(self, attempt_call: AttemptCall, carrier: dict[str, str]) -> None:
+        self.attempt_call = attempt_call
         self.carrier = carrier
 
     def __call__(self) -> Any:
@@ -93,13 +88,3 @@ class _RemoteAttempt:
                 return self.attempt_call.run_in_current_context()
 
         return contextvars.copy_context().run(run)
-
-
-def _run_elsewhere(
-    call: Callable[[dict[str, Any]], Any],
-    arguments: dict[str, Any],
-    info: TaskInfo,
-    attempt: int,
-    carrier: dict[str, str],
-) -> _RemoteAttempt:
-    return _RemoteAttempt(call, arguments, info, attempt, carrier)
