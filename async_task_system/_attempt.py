@@ -26,7 +26,7 @@ __all__ = ["AttemptCall"]
 class AttemptCall:
     """``call(arguments)`` for attempt ``attempt`` of a task; callable with no arguments."""
 
-    __slots__ = ("call", "arguments", "info", "attempt", "context", "manager")
+    __slots__ = ("call", "arguments", "info", "attempt", "context", "manager", "turn")
 
     def __init__(
         self,
@@ -36,8 +36,10 @@ class AttemptCall:
         attempt: int,
         context: contextvars.Context | None,
         manager: Any,
+        turn: int = 0,
     ) -> None:
         self.call = call
+        self.turn = turn  # 0 for the attempt itself, n for its n-th continuation after a suspension
         self.arguments = arguments
         self.info = info  # the live record in this process: the span reads how the attempt ended
         self.attempt = attempt

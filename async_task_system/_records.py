@@ -56,7 +56,7 @@ class TaskRecord:
 
     __slots__ = (
         "info", "target", "context", "waiters", "timer", "cancel_requested", "holds_slot",
-        "read", "future", "suspension", "resolved",
+        "read", "future", "suspension", "resolved", "turn", "continuation",
     )  # fmt: skip
 
     def __init__(self, info: TaskInfo, target: Target, context: contextvars.Context | None) -> None:
@@ -71,6 +71,8 @@ class TaskRecord:
         self.future: Future[Any] | None = None
         self.suspension: Suspension | None = None
         self.resolved: dict[str, Any] = {}  # results of the tasks its arguments refer to
+        self.turn = 0  # how often the current attempt was continued after a suspension
+        self.continuation: Callable[[], Any] | None = None  # queued by Suspension.resume_later
 
 
 class TaskRecords:

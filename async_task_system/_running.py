@@ -70,6 +70,12 @@ class TaskRunner(TaskRecords):
         starts = []
         while self._free_slots > 0 and self._queue:
             task = self._queue.popleft()
+            continuation = task.continuation
+            if continuation is not None and task.info.status is TaskStatus.WAITING_REMOTE:
+                self._free_slots -= 1
+                task.holds_slot = True
+                starts.append(self._continue_locked(task, continuation))
+                continue
             if task.info.status is not TaskStatus.PENDING:
                 continue  # cancelled while queued
             self._free_slots -= 1
@@ -91,6 +97,17 @@ class TaskRunner(TaskRecords):
         self._snapshot(task)
         return AttemptCall(task.target.call, arguments, info, attempt, context, self)
 
+    def _continue_locked(self, task: TaskRecord, continuation: Callable[[], Any]) -> AttemptCall:
+        """A suspended attempt got its slot back: RUNNING again, its continuation goes to the executor."""
+        task.continuation = None
+        task.turn += 1
+        self._set_status(task, TaskStatus.RUNNING)
+        self._snapshot(task)
+        context = task.context.copy()  # type: ignore[union-attr]
+        return AttemptCall(
+            _Continuation(continuation), {}, task.info, task.info.attempts, context, self, task.turn
+        )
+
     def _launch(self, starts: list[AttemptCall]) -> None:
         """Hand started attempts to where they run (outside the lock)."""
         for call in starts:
@@ -108,7 +125,7 @@ class TaskRunner(TaskRecords):
                     future = self._executor.submit(call)
                 except Exception as exc:  # executor shut down or refusing work
                     self._attempt_ended(
-                        task, call.attempt, TaskError("executor_error", f"could not start task: {exc}")
+                        task, call, TaskError("executor_error", f"could not start task: {exc}")
                     )
                     continue
                 task.future = future
@@ -118,25 +135,25 @@ class TaskRunner(TaskRecords):
         try:
             result = call()
         except Exception as exc:
-            self._attempt_ended(task, call.attempt, TaskError.from_exception(exc))
+            self._attempt_ended(task, call, TaskError.from_exception(exc))
         else:
-            self._attempt_ended(task, call.attempt, None, result)
+            self._attempt_ended(task, call, None, result)
 
     def _on_future_done(self, task: TaskRecord, call: AttemptCall, future: Future[Any]) -> None:
         try:
             result = future.result(0)  # one look at the future (each of its methods takes its lock)
         except CancelledError:
             self._attempt_ended(
-                task, call.attempt, TaskError("cancelled", "the executor cancelled the task"), final=True
+                task, call, TaskError("cancelled", "the executor cancelled the task"), final=True
             )
         except BaseException as exc:
-            self._attempt_ended(task, call.attempt, TaskError.from_exception(exc))
+            self._attempt_ended(task, call, TaskError.from_exception(exc))
         else:
             if _is_coroutine(result):  # an async target: it runs on the loop, holding no thread
                 loop = background_loop()
                 loop.call_soon_threadsafe(self._start_coroutine, task, call, result, context=call.context)
             else:
-                self._attempt_ended(task, call.attempt, None, result)
+                self._attempt_ended(task, call, None, result)
 
     def _start_coroutine(self, task: TaskRecord, call: AttemptCall, coroutine: Any) -> None:
         # On the loop, inside the attempt's context, which create_task copies for the coroutine.
@@ -146,22 +163,31 @@ class TaskRunner(TaskRecords):
         try:
             result = await (coroutine if coroutine is not None else call.run_in_current_context())
         except Exception as exc:
-            self._attempt_ended(task, call.attempt, TaskError.from_exception(exc))
+            self._attempt_ended(task, call, TaskError.from_exception(exc))
         except BaseException as exc:  # the loop's own cancellation: record it, then let it through
-            self._attempt_ended(task, call.attempt, TaskError.from_exception(exc), final=True)
+            self._attempt_ended(task, call, TaskError.from_exception(exc), final=True)
             raise
         else:
-            self._attempt_ended(task, call.attempt, None, result)
+            self._attempt_ended(task, call, None, result)
 
     def _attempt_ended(
-        self, task: TaskRecord, attempt: int, error: TaskError | None, result: Any = None, final: bool = False
+        self,
+        task: TaskRecord,
+        call: AttemptCall,
+        error: TaskError | None,
+        result: Any = None,
+        final: bool = False,
     ) -> None:
         """The attempt's code returned or raised: complete, retry or fail, unless it was already ended."""
         with self._lock:
             info = task.info
-            if info.attempts != attempt or info.status is not TaskStatus.RUNNING:
+            if (
+                info.attempts != call.attempt
+                or task.turn != call.turn
+                or info.status is not TaskStatus.RUNNING
+            ):
                 # Ended already (timed out, cancelled), or suspended: the Suspension finishes it.
-                if info.attempts == attempt and info.status is TaskStatus.WAITING_REMOTE:
+                if info.attempts == call.attempt and info.status is TaskStatus.WAITING_REMOTE:
                     task.future = None
                 return
             task.future = None
@@ -218,6 +244,7 @@ class TaskRunner(TaskRecords):
             task.timer.cancel()
             task.timer = None
         task.cancel_requested = True
+        task.continuation = None
         suspension, task.suspension = task.suspension, None
         # Both run by _notify, outside the lock: cancelling a future runs its done callbacks at once.
         if suspension is not None and suspension.on_abandon is not None:
@@ -280,6 +307,18 @@ class TaskRunner(TaskRecords):
 
 def _is_coroutine(value: Any) -> bool:
     return hasattr(value, "__await__") and hasattr(value, "send")
+
+
+class _Continuation:
+    """The rest of a suspended attempt, run as an attempt's call (it takes no arguments)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, _arguments: dict[str, Any]) -> Any:
+        return self.fn()
 
 
 def call_quietly(callback: Callable[..., Any], *args: Any) -> None:

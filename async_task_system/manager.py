@@ -108,6 +108,14 @@ class Suspension:
         """RUNNING again, with a slot: the code that suspended carries on and its return ends the attempt."""
         return self._manager._settle(self, None, None, False, resume=True)
 
+    def resume_later(self, continuation: Callable[[], Any]) -> bool:
+        """Continue the attempt on the next free slot: the task waits in the queue (still
+        WAITING_REMOTE, holding nothing), then is RUNNING again while ``continuation()`` runs on the
+        executor in the task's context. Its return completes the task, an exception fails it (through
+        the retry rule), and it may suspend again. For work whose code has already returned, such as
+        an agent conversation that resumes when a remote answer arrives."""
+        return self._manager._settle(self, None, None, False, later=continuation)
+
     def __repr__(self) -> str:
         return f"<Suspension {self.task_id} attempt {self.attempt} active={self.active}>"
 
@@ -327,25 +335,32 @@ class TaskManager(TaskRunner):
         error: TaskError | None,
         retryable: bool,
         resume: bool = False,
+        later: Callable[[], Any] | None = None,
     ) -> bool:
         with self._lock:
             if not suspension.active:
                 return False
             task = suspension._task
             task.suspension = None
-            self._set_status(task, TaskStatus.RUNNING)
-            self._snapshot(task)  # seed 000: the task resumes, then finishes
-            if resume:
-                if (
-                    not task.holds_slot
-                ):  # may briefly exceed max_workers: no new task starts until it is back under
+            starts: list[AttemptCall] = []
+            if later is not None:  # stays WAITING_REMOTE until a slot is free (see _take_ready)
+                task.continuation = later
+                self._queue.append(task)
+                starts = self._take_ready()
+            elif resume:
+                self._set_status(task, TaskStatus.RUNNING)
+                self._snapshot(task)
+                # May briefly exceed max_workers: no new task starts until it is back under.
+                if not task.holds_slot:
                     task.holds_slot = True
                     self._free_slots -= 1
-                starts: list[AttemptCall] = []
-            elif error is None:
-                starts = self._finish_locked(task, TaskStatus.COMPLETED, result, None)
             else:
-                starts = self._end_attempt_locked(task, error, retryable)
+                self._set_status(task, TaskStatus.RUNNING)
+                self._snapshot(task)  # seed 000: the task resumes, then finishes
+                if error is None:
+                    starts = self._finish_locked(task, TaskStatus.COMPLETED, result, None)
+                else:
+                    starts = self._end_attempt_locked(task, error, retryable)
         self._launch(starts)
         self._notify()
         return True

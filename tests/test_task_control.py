@@ -186,3 +186,53 @@ def test_a_subsystem_registers_a_new_kind_without_editing_the_core():
         handles[0][1].complete("backed up")
         assert manager.result(task_id) == "backed up"
         assert manager.check(task_id).kind is kind
+
+
+def test_resume_later_waits_for_a_slot_then_continues_and_may_suspend_again():
+    handles: list = []
+    seen: list[str] = []
+    release = threading.Event()
+    with TaskManager(max_workers=1) as manager:
+        _handing_off(manager, handles)
+        manager.register_function(lambda: release.wait(5), name="hold")
+        task_id = manager.submit("function", "hand_off")
+        manager.add_listener(lambda info: seen.append(info.status.value) if info.id == task_id else None)
+        manager.wait(task_id, timeout=0.2)
+        holder = manager.submit("function", "hold")  # takes the only slot
+
+        def second_turn() -> str:
+            handles.append(manager.suspend())  # suspends again from the continuation
+            return "ignored"
+
+        assert handles[0].resume_later(second_turn) is True
+        assert handles[0].resume_later(second_turn) is False, "a suspension is settled once"
+        time.sleep(0.1)
+        assert manager.check(task_id).status is TaskStatus.WAITING_REMOTE, "it waits for a free slot"
+        release.set()
+        manager.wait(holder, timeout=5)
+        deadline = time.monotonic() + 5
+        while len(handles) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert handles[1].resume_later(lambda: "answer built on two turns") is True
+        manager.wait(task_id, timeout=5)
+        info = manager.check(task_id)
+    assert info.status is TaskStatus.COMPLETED and manager.result(task_id) == "answer built on two turns"
+    assert info.attempts == 1, "continuations are the same attempt, not retries"
+    assert seen == ["running", "waiting_remote", "running", "completed"]  # listener added while it waited
+
+
+def test_cancel_while_queued_to_resume_drops_the_continuation():
+    handles: list = []
+    ran: list[str] = []
+    release = threading.Event()
+    with TaskManager(max_workers=1) as manager:
+        _handing_off(manager, handles)
+        manager.register_function(lambda: release.wait(5), name="hold")
+        task_id = manager.submit("function", "hand_off")
+        manager.wait(task_id, timeout=0.2)
+        manager.submit("function", "hold")
+        handles[0].resume_later(lambda: ran.append("continued"))
+        assert manager.cancel(task_id) is True
+        release.set()
+    assert ran == [] and manager.check(task_id).status is TaskStatus.CANCELLED
