@@ -96,6 +96,8 @@ class RequestRecord:
     error: str | None
     duration: float
     """Seconds from the request line being read to the end of its work."""
+    task_id: str | None = None
+    """The id of the request's task in the server's ``task_manager`` (kind ``request``)."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -526,6 +528,7 @@ class _Connection:
                     status,
                     error or state.cancel_reason,
                     time.monotonic() - state.started,
+                    state.task_id,
                 )
             )
 
