@@ -874,3 +874,93 @@ def test_a_tool_calling_agent_factory_works_too(serve_factory):
         final = c.request({"request_id": "tc", "input": {"Instruction": {"command": "approve"}}})
     assert final["response"] == {"Text": "sum is 5"}, final
     assert ta.CALLS == ["add(2,3)"]
+
+
+# ----------------------------------------------------------------- requests are manager tasks
+
+
+@pytest.fixture
+def manager():
+    from async_task_system import TaskManager
+
+    managers = []
+
+    def make(max_workers: int = 2):
+        managers.append(TaskManager(max_workers=max_workers))
+        return managers[-1]
+
+    yield make
+    ta.RELEASE.set()
+    for m in managers:
+        m.shutdown(wait=False, cancel_pending=True)
+
+
+def test_a_request_is_a_task_of_the_given_manager(serve_factory, manager):
+    from async_task_system import TaskStatus
+
+    tasks = manager()
+    srv = serve_factory(ta.code_agent_factory(), task_manager=tasks)
+    with srv.client() as c:
+        assert c.request({"request_id": "r1", "input": {"Text": "hello"}})["response"] == {
+            "Text": "echo: hello"
+        }
+    record = srv.record("r1")
+    info = tasks.check(record.task_id)
+    assert (info.kind.value, info.name, info.status) == ("request", "serve_request", TaskStatus.COMPLETED)
+    assert info.arguments["request_id"] == "r1" and info.timeout == 300 and record.status == "completed"
+    assert info.result.content.Text == "echo: hello"
+    srv.stop()
+    assert not tasks.closed, "a manager the server was given keeps running after close()"
+
+    own = serve_factory(max_concurrent_requests=3)
+    assert own.server.task_manager.max_workers == 3
+    own.stop()
+    assert own.server.task_manager.closed, "the manager the server created is shut down with it"
+
+
+def test_timed_out_and_cancelled_requests_are_failed_and_cancelled_tasks(serve_factory, manager):
+    from async_task_system import TaskStatus
+
+    tasks = manager()
+    srv = serve_factory(ta.code_agent_factory(), task_manager=tasks)
+    slow = {"Text": "STEPS: block(20) ||| final_answer(add(1, 1))"}
+    with srv.client() as c:
+        r = c.request({"request_id": "slow", "input": slow, "config": {"timeout": 0.5}})
+    assert r["error_code"] == "timeout_error"
+    info = tasks.check(srv.record("slow").task_id)
+    assert info.status is TaskStatus.FAILED and info.error.type == "timeout" and info.timeout == 0.5
+
+    c = srv.client()
+    c.send({"request_id": "gone", "input": slow})
+    c.sock.shutdown(socket.SHUT_RDWR)
+    c.close()
+    record = srv.record("gone")
+    assert record.status == "cancelled" and tasks.check(record.task_id).status is TaskStatus.CANCELLED
+
+
+def test_the_concurrency_limit_is_max_workers_and_waiting_requests_are_pending(serve_factory, manager):
+    from async_task_system import TaskStatus
+
+    tasks = manager(max_workers=1)
+    srv = serve_factory(ta.code_agent_factory(), task_manager=tasks)
+    assert srv.server.max_concurrent_requests == 1
+    seen = {"pending": threading.Event(), "ended": threading.Event()}
+
+    def watch(info) -> None:
+        if info.arguments.get("request_id") == "second":
+            seen["ended" if info.status.is_terminal else "pending"].set()
+
+    tasks.add_listener(watch)
+    with srv.client() as c:
+        c.send({"request_id": "first", "input": {"Text": "STEPS: block(20) ||| final_answer('first done')"}})
+        assert ta.BLOCK_STARTED.wait(10)
+        c.send({"request_id": "second", "input": {"Text": "queued"}, "config": {"timeout": 0.3}})
+        assert seen["pending"].wait(10)
+        # Its time limit counts from the start of its task, not while it waits for the slot.
+        assert not seen["ended"].wait(0.6)
+        statuses = {t.arguments["request_id"]: t.status for t in tasks.list()}
+        assert statuses == {"first": TaskStatus.RUNNING, "second": TaskStatus.PENDING}
+        ta.RELEASE.set()
+        answers = c.read_final(2)
+    assert answers["first"]["response"] == {"Text": "first done"}
+    assert answers["second"]["response"] == {"Text": "echo: queued"}

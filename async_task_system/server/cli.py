@@ -59,7 +59,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-workers", type=int, default=3, help="Background tasks per agent (default 3).")
     parser.add_argument("--max-steps", type=int, default=20, help="Agent steps per request by default (20).")
     parser.add_argument(
-        "--request-timeout", type=float, default=300.0, help="Seconds a request may run (default 300)."
+        "--request-timeout",
+        type=float,
+        default=300.0,
+        help="Seconds a request may run once started (default 300).",
     )
     parser.add_argument(
         "--max-line-bytes",
@@ -68,7 +71,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="Longest request line accepted; longer lines close the connection (default 16 MiB).",
     )
     parser.add_argument(
-        "--max-concurrent-requests", type=int, default=64, help="Requests running at once (default 64)."
+        "--max-concurrent-requests",
+        type=int,
+        default=64,
+        help="Requests running at once; the rest wait (default 64).",
     )
     parser.add_argument(
         "--context",

@@ -1,9 +1,12 @@
 """The asyncio TCP server speaking seed 003's JSON-lines protocol.
 
-One connection carries many requests; each runs in a worker thread on a fresh agent from the
-factory, and its response line is written as soon as it is ready (any order, tagged with its
-``request_id``). The event loop only reads lines, validates them and writes responses, so a
-slow agent never blocks another request or connection.
+One connection carries many requests; each runs as a task of the server's
+:class:`~async_task_system.TaskManager` (kind ``request``) on a fresh agent from the factory, and
+its response line is written as soon as the task finishes (any order, tagged with its
+``request_id``). The manager owns the lifecycle: the concurrency limit is its ``max_workers``
+(waiting requests are PENDING tasks), a request's time limit is its task's ``timeout``, and
+cancelling a request cancels its task. The event loop only reads lines, validates them, submits
+tasks and writes responses, so a slow agent never blocks another request or connection.
 
 Rules a client can rely on (see ``docs/protocol.md``):
 
@@ -26,16 +29,23 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from .._targets import CallWithKeywords, Target
+from ..errors import ManagerClosedError
+from ..manager import TaskManager
+from ..tasks import TaskInfo, TaskKind, TaskStatus
 from .agents import (
     AgentFactory,
     AgentHandle,
     Exchange,
+    ExecutionResult,
     RequestCancelled,
     RequestHooks,
     approval_decision,
@@ -54,12 +64,25 @@ from .protocol import (
     parse_request,
 )
 
-__all__ = ["AgentServer", "RequestRecord", "ServerThread", "parse_address", "serve"]
+__all__ = [
+    "AgentServer",
+    "REQUEST_KIND",
+    "REQUEST_TARGET",
+    "RequestRecord",
+    "ServerThread",
+    "parse_address",
+    "serve",
+]
 
 logger = logging.getLogger("async_task_system.server")
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 300.0
+
+REQUEST_KIND = TaskKind.register("request", "a JSON-lines request")
+"""The task kind of the server's requests."""
+REQUEST_TARGET = "serve_request"
+"""The name of the target a server registers on its manager; its tasks run one request each."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,8 @@ class RequestRecord:
     error: str | None
     duration: float
     """Seconds from the request line being read to the end of its work."""
+    task_id: str | None = None
+    """The id of the request's task in the server's ``task_manager`` (kind ``request``)."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -88,29 +113,124 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-class _Request:
-    """State of one in-flight request on a connection."""
+_REQUEST_INPUTS: dict[str, dict[str, Any]] = {
+    "job": {"type": "integer", "description": "The server's number for this request (internal)."},
+    "connection": {"type": "integer", "description": "The connection the request came on."},
+    "request_id": {"type": "string", "description": "The client's request_id."},
+}
 
-    def __init__(self, request: RemoteRequest, started: float) -> None:
+# Requests submitted and not yet answered, by job number, over all servers of the process: a
+# manager may be shared by several servers, and one target (the same call) serves them all.
+_jobs: dict[int, _Request] = {}
+_job_numbers = itertools.count(1)
+
+
+def _serve_request(job: int, connection: int = 0, request_id: str = "") -> ExecutionResult:
+    """The call of a ``request`` task: run the request submitted as ``job`` (in a worker thread)."""
+    state = _jobs.get(job)
+    if state is None:
+        raise RequestCancelled(
+            f"request {request_id!r} of connection {connection} is no longer waiting to run"
+        )
+    return state.execute()
+
+
+def request_target() -> Target:
+    """The target a server registers on its manager: one task per request."""
+    return Target(
+        kind=REQUEST_KIND,
+        name=REQUEST_TARGET,
+        description="Runs one request of the JSON-lines server on a fresh agent; the result is its response.",
+        inputs=dict(_REQUEST_INPUTS),
+        call=CallWithKeywords(_serve_request),
+    )
+
+
+class _DaemonThreadExecutor(concurrent.futures.Executor):
+    """Runs each call in a new daemon thread; the manager's slots bound how many run at once.
+
+    Daemon threads, not a pool: a tool that never returns must not keep the process from
+    exiting after :meth:`AgentServer.close` (a pool's threads are joined at exit).
+    """
+
+    def __init__(self) -> None:
+        self._names = itertools.count(1)
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        if self._shutdown:
+            raise RuntimeError("cannot run new requests after the server closed")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # handed to the manager through the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=run, name=f"agent-request-{next(self._names)}", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+
+
+class _Request:
+    """One in-flight request of a connection: its task, and what the connection needs to answer it."""
+
+    def __init__(self, connection: _Connection, request: RemoteRequest, started: float) -> None:
+        self.connection = connection
         self.request = request
         self.started = started
         self.hooks = RequestHooks()
+        self.job = next(_job_numbers)
+        self.task_id: str | None = None
+        self.timeout = 0.0
+        self.work: Callable[[], ExecutionResult] | None = None
+        self.raised: BaseException | None = None
+        self.done: asyncio.Future[None] = connection.loop.create_future()
         self.task: asyncio.Task[None] | None = None
         self.handle: AgentHandle | None = None
         self.approvals: collections.deque[asyncio.Future[tuple[bool, str]]] = collections.deque()
         self.cancel_reason: str | None = None
 
+    def execute(self) -> ExecutionResult:
+        """The task's work (worker thread); what it raised is kept for the error response."""
+        assert self.work is not None
+        try:
+            return self.work()
+        except BaseException as exc:
+            self.raised = exc
+            raise
+
     def cancel(self, reason: str) -> None:
-        """Stop the work: flag checked at every model call and tool gate, agent interrupted."""
+        """Cancel the request's task (on the loop); :meth:`stop` follows from its status change."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
+        if self.task_id is not None:
+            self.connection.server.task_manager.cancel(self.task_id)
+
+    def stop(self) -> None:
+        """The task ended without completing: stop the work (any thread).
+
+        The flag is checked at every model call and tool gate; the agent is interrupted.
+        """
         self.hooks.cancel_event.set()
         if self.handle is not None:
             self.handle.interrupt()
+
+    def finished(self) -> None:
+        """The task reached a terminal status (on the loop): no question waits any more."""
         while self.approvals:
             future = self.approvals.popleft()
             if not future.done():
                 future.cancel()
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class _Connection:
@@ -159,8 +279,6 @@ class _Connection:
         self.closed = True
         for request in list(self.requests.values()):
             request.cancel(reason)
-            if request.task is not None:
-                request.task.cancel()
         with contextlib.suppress(Exception):
             self.writer.close()
 
@@ -275,7 +393,19 @@ class _Connection:
                 )
             )
             return
-        state = _Request(request, started)
+        state = _Request(self, request, started)
+        try:
+            self._submit(state)
+        except ManagerClosedError:
+            await self.send(
+                error_response(request.request_id, ErrorCode.CONNECTION_ERROR, "The server is shutting down")
+            )
+            return
+        except Exception as exc:  # the manager refused the task: say why
+            await self.send(
+                error_response(request.request_id, ErrorCode.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
+            )
+            return
         self.requests[request.request_id] = state
         state.task = asyncio.create_task(self._run_request(state))
 
@@ -319,7 +449,7 @@ class _Connection:
         return hooks
 
     async def _ask_approval(self, state: _Request, name: str, arguments: Any) -> tuple[bool, str]:
-        if state.hooks.cancel_event.is_set():
+        if state.hooks.cancel_event.is_set() or state.done.done():
             raise asyncio.CancelledError
         future: asyncio.Future[tuple[bool, str]] = self.loop.create_future()
         state.approvals.append(future)
@@ -331,14 +461,15 @@ class _Connection:
         )
         return await future
 
-    async def _run_request(self, state: _Request) -> None:
+    def _submit(self, state: _Request) -> None:
+        """Submit the request as a task of the server's manager (on the loop, right after it is read)."""
         server = self.server
         request = state.request
-        request_id = request.request_id
         config = request.effective_config()
         timeout = server.request_timeout
         if config.timeout is not None:
             timeout = min(timeout, config.timeout) if timeout else config.timeout
+        state.timeout = timeout
         hooks = self._hooks_for(state)
         history = list(self.history)
         if config.max_context_num is None:
@@ -346,59 +477,45 @@ class _Connection:
             request = request.model_copy(
                 update={"config": config.model_copy(update={"max_context_num": config_context})}
             )
-        work = asyncio.ensure_future(
-            server._run_in_thread(
-                lambda: execute_request(
-                    server.agent_factory,
-                    request,
-                    history,
-                    hooks,
-                    model=server.model,
-                    temp_root=server.temp_dir,
-                )
-            )
+        state.work = partial(
+            execute_request,
+            server.agent_factory,
+            request,
+            history,
+            hooks,
+            model=server.model,
+            temp_root=server.temp_dir,
         )
-        # After a timeout the thread may still finish later: consume its outcome so nothing is logged.
-        work.add_done_callback(lambda f: f.cancelled() or f.exception())
+        limit = timeout if math.isfinite(timeout) else None
+        arguments = {"job": state.job, "connection": self.id, "request_id": request.request_id}
+        _jobs[state.job] = state
+        try:
+            state.task_id = server.task_manager.submit(REQUEST_KIND, REQUEST_TARGET, arguments, timeout=limit)
+        except BaseException:
+            del _jobs[state.job]
+            raise
+
+    async def _run_request(self, state: _Request) -> None:
+        """Wait (without blocking the loop) for the request's task to end, then answer from its record."""
+        server = self.server
+        request_id = state.request.request_id
         status, response, error = "failed", None, None
         try:
-            try:
-                result = await asyncio.wait_for(asyncio.shield(work), timeout)
-            except asyncio.TimeoutError:
-                state.cancel("timeout")
-                status = "timeout"
-                response = error_response(
-                    request_id,
-                    ErrorCode.TIMEOUT_ERROR,
-                    f"The request ran longer than its time limit of {timeout:g} s and was cancelled; simplify "
-                    "the request or raise config.timeout (the server caps it with --request-timeout).",
-                )
-            except RequestCancelled:
-                status = "cancelled"
-            except RequestError as exc:
-                response = error_response(request_id, exc.code, exc.message)
-            except Exception as exc:  # a bug or an unexpected failure: still one clear answer
-                logger.exception("request %r failed", request_id)
-                response = error_response(
-                    request_id, ErrorCode.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"
-                )
-            else:
-                status = "completed"
-                response = RemoteResponse(
-                    request_id=request_id, response=result.content, token_usage=result.token_usage
-                )
-                if result.exchange is not None:
-                    self.history.append(result.exchange)
-        except asyncio.CancelledError:
-            # The connection is gone, or the server is closing: stop the work, answer if we still can.
-            state.cancel(state.cancel_reason or "cancelled")
-            status = "cancelled"
-            if server._closing and not self.closed:
+            await asyncio.shield(state.done)
+            assert state.task_id is not None
+            info = server.task_manager.check(state.task_id)
+            status, response = self._outcome(state, info)
+            if status == "cancelled" and server._closing and not self.closed:
                 with contextlib.suppress(Exception):
                     await self.send(
                         error_response(request_id, ErrorCode.CONNECTION_ERROR, "The server is shutting down")
                     )
+        except asyncio.CancelledError:
+            # The loop itself is going away: stop the work.
+            state.cancel(state.cancel_reason or "cancelled")
+            status = "cancelled"
         finally:
+            _jobs.pop(state.job, None)
             if self.requests.get(request_id) is state:
                 del self.requests[request_id]
             if response is not None:
@@ -411,8 +528,44 @@ class _Connection:
                     status,
                     error or state.cancel_reason,
                     time.monotonic() - state.started,
+                    state.task_id,
                 )
             )
+
+    def _outcome(self, state: _Request, info: TaskInfo) -> tuple[str, RemoteResponse | None]:
+        """The record's status and the response line of a request whose task ended as ``info`` says."""
+        request_id = state.request.request_id
+        if info.status is TaskStatus.COMPLETED:
+            result: ExecutionResult = info.result
+            if result.exchange is not None:
+                self.history.append(result.exchange)
+            return "completed", RemoteResponse(
+                request_id=request_id, response=result.content, token_usage=result.token_usage
+            )
+        if info.status is TaskStatus.FAILED and info.error is not None and info.error.type == "timeout":
+            if state.cancel_reason is None:
+                state.cancel_reason = "timeout"
+            return "timeout", error_response(
+                request_id,
+                ErrorCode.TIMEOUT_ERROR,
+                f"The request ran longer than its time limit of {state.timeout:g} s and was cancelled; simplify "
+                "the request or raise config.timeout (the server caps it with --request-timeout).",
+            )
+        exc = state.raised
+        if info.status is TaskStatus.CANCELLED or isinstance(exc, RequestCancelled):
+            return "cancelled", None
+        if isinstance(exc, RequestError):
+            return "failed", error_response(request_id, exc.code, exc.message)
+        # A bug or an unexpected failure: still one clear answer.
+        task_error = info.error
+        if exc is not None:
+            message = f"{type(exc).__name__}: {exc}"
+        else:
+            message = str(task_error) if task_error is not None else "the request failed"
+        logger.error(
+            "request %r failed: %s", request_id, (task_error.traceback if task_error else None) or message
+        )
+        return "failed", error_response(request_id, ErrorCode.PROCESSING_ERROR, message)
 
 
 class AgentServer:
@@ -426,11 +579,21 @@ class AgentServer:
         model: the model for ``use_tools=false`` answers; by default the agent's own model.
         request_timeout: seconds one request may take (its ``config.timeout`` may only shorten it).
         max_line_bytes: longest accepted line; a longer one closes the connection.
-        max_concurrent_requests: worker threads, i.e. requests running at once over all connections.
+        max_concurrent_requests: requests running at once over all connections: the ``max_workers``
+            of the manager the server creates (ignored when ``task_manager`` is given).
         max_requests_per_connection: requests in flight on one connection before new ones are refused.
         default_context_num: earlier exchanges shown to a request that sets no ``max_context_num``.
         max_history: exchanges remembered per connection (the cap of ``max_context_num``).
         temp_dir: where per-request file folders are created (system temp dir by default).
+        task_manager: the :class:`~async_task_system.TaskManager` whose tasks run the requests
+            (kind ``request``, target ``serve_request``); by default the server creates one with
+            ``max_workers=max_concurrent_requests`` and shuts it down in :meth:`close`. A manager
+            you pass is left running; its executor must run calls in this process (threads), and
+            its ``max_workers`` is then the concurrency limit.
+
+    Every request is a task: PENDING while it waits for a free slot, RUNNING with the request's
+    time limit as its ``timeout``, then COMPLETED, FAILED (an error response; error type
+    ``timeout`` for ``timeout_error``) or CANCELLED (client gone, server shutting down).
 
     Use it from asyncio (``await server.start()``, ``await server.serve_forever()``,
     ``await server.close()``), from blocking code with :func:`serve`, or in a background thread
@@ -452,6 +615,7 @@ class AgentServer:
         default_context_num: int = 5,
         max_history: int = 50,
         temp_dir: str | None = None,
+        task_manager: TaskManager | None = None,
     ) -> None:
         if not callable(agent_factory):
             raise TypeError("agent_factory must be a callable returning a fresh agent for each request")
@@ -464,20 +628,25 @@ class AgentServer:
         self.model = model
         self.request_timeout = float(request_timeout)
         self.max_line_bytes = int(max_line_bytes)
-        self.max_concurrent_requests = int(max_concurrent_requests)
+        self._owns_manager = task_manager is None
+        if task_manager is None:
+            task_manager = TaskManager(
+                max_workers=int(max_concurrent_requests), executor=_DaemonThreadExecutor()
+            )
+        self.task_manager = task_manager
+        self.max_concurrent_requests = task_manager.max_workers
         self.max_requests_per_connection = int(max_requests_per_connection)
         self.default_context_num = int(default_context_num)
         self.max_history = int(max_history)
         self.temp_dir = temp_dir
-        # Created on the server's loop (start()): bounds the request threads running at once.
-        self._slots: asyncio.Semaphore | None = None
-        self._thread_names = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._connection_ids = itertools.count(1)
         self._listeners: list[Callable[[RequestRecord], None]] = []
         self._closing = False
         self._closed: asyncio.Future[None] | None = None  # done once close() starts (start() makes it)
+        task_manager.register_target(request_target())
+        self._remove_task_listener = task_manager.add_listener(self._on_task_change)
 
     # ------------------------------------------------------------------------------------ public
 
@@ -498,7 +667,6 @@ class AgentServer:
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
-        self._slots = asyncio.Semaphore(self.max_concurrent_requests)
         self._closed = asyncio.get_running_loop().create_future()
         self._server = await asyncio.start_server(
             self._on_connection, self.host, self.requested_port, limit=self.max_line_bytes
@@ -531,7 +699,6 @@ class AgentServer:
             for state in list(connection.requests.values()):
                 state.cancel("server shutting down")
                 if state.task is not None:
-                    state.task.cancel()
                     tasks.append(state.task)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -542,6 +709,10 @@ class AgentServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        self._remove_task_listener()
+        if self._owns_manager:
+            # Every request task has ended; threads of stopped ones end at their next check.
+            self.task_manager.shutdown(wait=False, cancel_pending=True)
 
     def start_in_thread(self) -> ServerThread:
         """Run the server on its own event loop in a daemon thread; returns once it is listening."""
@@ -557,42 +728,17 @@ class AgentServer:
         finally:
             self._connections.discard(connection)
 
-    async def _run_in_thread(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` in a daemon thread once one of the ``max_concurrent_requests`` slots is free.
-
-        Daemon threads, not a pool: a tool that never returns must not keep the process from
-        exiting after :meth:`close`. The slot is held until the thread really ends (also when the
-        request timed out and nobody waits for it any more), so the bound is a true one.
-        """
-        assert self._slots is not None, "start() the server first"
-        await self._slots.acquire()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-
-        def finish(ok: bool, value: Any) -> None:
-            self._slots.release()  # type: ignore[union-attr]
-            if not future.done():
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-
-        def target() -> None:
-            try:
-                value, ok = fn(), True
-            except BaseException as exc:  # handed to the awaiting coroutine
-                value, ok = exc, False
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(finish, ok, value)
-
-        try:
-            threading.Thread(
-                target=target, name=f"agent-request-{next(self._thread_names)}", daemon=True
-            ).start()
-        except BaseException:
-            self._slots.release()
-            raise
-        return await future
+    def _on_task_change(self, info: TaskInfo) -> None:
+        """A task of the manager changed (any thread): hand this server's finished requests to the loop."""
+        if info.kind is not REQUEST_KIND or not info.status.is_terminal:
+            return
+        state = _jobs.get(info.arguments.get("job"))  # type: ignore[arg-type]
+        if state is None or state.connection.server is not self or state.task_id not in (None, info.id):
+            return
+        if info.status is not TaskStatus.COMPLETED:
+            state.stop()  # timed out or cancelled: the agent stops at its next model call or tool
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            state.connection.loop.call_soon_threadsafe(state.finished)
 
     def _notify(self, record: RequestRecord) -> None:
         for callback in list(self._listeners):
