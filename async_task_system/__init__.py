@@ -19,10 +19,14 @@ __version__ = "0.1.0"
 
 # Subsystems plug into TaskManager by name; the core never imports them.
 register_extension("remote", "async_task_system.remote.bridge:RemoteExecutionManager", kinds=("remote",))
+register_extension("conversations", "async_task_system.conversation:Conversations", kinds=("conversation",))
 
 _EXPORTS: dict[str, str] = {
     "ASYNC_GUIDANCE": "agent",
     "AsyncAgent": "agent",
+    "ChatAgent": "agent",
+    "ConversationSuspended": "conversation",
+    "current_conversation": "conversation",
     "create_async_agent": "agent",
     "model_from_env": "config",
     "AsyncTaskSystemError": "errors",
@@ -57,6 +61,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "ASYNC_GUIDANCE",
     "AsyncAgent",
+    "ChatAgent",
+    "ConversationSuspended",
     "AsyncTaskSystemError",
     "InvalidTransition",
     "ManagerClosedError",
@@ -78,6 +84,7 @@ __all__ = [
     "cancellation_requested",
     "create_async_agent",
     "create_task_tools",
+    "current_conversation",
     "extract_context",
     "get_current_task_id",
     "get_task_manager",
@@ -105,8 +112,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._targets import Target
-    from .agent import ASYNC_GUIDANCE, AsyncAgent, create_async_agent
+    from .agent import ASYNC_GUIDANCE, AsyncAgent, ChatAgent, create_async_agent
     from .config import model_from_env
+    from .conversation import ConversationSuspended, current_conversation
     from .errors import (
         AsyncTaskSystemError,
         InvalidTransition,

@@ -17,7 +17,7 @@ from ._agent_runtime import install_context_executor
 from .manager import TaskManager, active_manager
 from .tools import DEFAULT_MAX_WAIT_SECONDS, create_task_tools
 
-__all__ = ["AsyncAgent", "create_async_agent", "ASYNC_GUIDANCE", "DEFAULT_CODE_TIMEOUT_SECONDS"]
+__all__ = ["AsyncAgent", "ChatAgent", "create_async_agent", "ASYNC_GUIDANCE", "DEFAULT_CODE_TIMEOUT_SECONDS"]
 
 DEFAULT_CODE_TIMEOUT_SECONDS = 600.0
 """How long one code step of the coordinating agent may run; above the wait cap so waits fit."""
@@ -170,4 +170,18 @@ def create_async_agent(
         **codeagent_kwargs,
     )
     install_context_executor(agent, code_timeout)
+    manager.extension("conversations").default_model = model  # create_task's conversations use it too
     return AsyncAgent(agent, manager, owns_task_manager=owns_manager)
+
+
+class ChatAgent(AsyncAgent):
+    """Seed 000's ``ChatAgent``: an :class:`AsyncAgent` whose ``task_manager.create_task(prompt, tools)``
+    runs agent conversations as background tasks that wait for remote work without holding a thread.
+
+    ``ChatAgent(tools=[...], model=...)`` takes :func:`create_async_agent`'s arguments; with no model
+    it reads ``.env``.
+    """
+
+    def __init__(self, tools: Sequence[Any] | None = None, model: Any | None = None, **kwargs: Any) -> None:
+        built = create_async_agent(tools=tools, model=model, **kwargs)
+        super().__init__(built.agent, built.task_manager, owns_task_manager=built._owns_task_manager)

@@ -19,7 +19,7 @@ import contextvars
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Any, Literal
 
@@ -460,6 +460,34 @@ class TaskManager(TaskRunner):
         self._launch(starts)
         self._notify()
         return True
+
+    def create_task(
+        self,
+        prompt: str,
+        tools: Sequence[Any] | None = None,
+        *,
+        model: Any = None,
+        agent_factory: Callable[[], Any] | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        after: Sequence[str] | None = None,
+    ) -> str:
+        """Run a fresh agent conversation on ``prompt`` as a background task (seed 000); returns its id.
+
+        A ``CodeAgent`` with ``tools`` (tool objects or registered tool names) on ``model`` (default:
+        the ``AsyncAgent``'s, else ``.env``), or ``agent_factory()``. When one of its tools hands work
+        away (``remote_execute``), the conversation waits in WAITING_REMOTE holding no thread and
+        no slot, and goes on when the answer comes; its final answer is the task's result.
+        """
+        return self.extension("conversations").create_task(
+            prompt,
+            tools,
+            model=model,
+            agent_factory=agent_factory,
+            timeout=timeout,
+            retries=retries,
+            after=after,
+        )
 
     # ------------------------------------------------------------------ seed 000's remote API (the "remote" extension)
 
