@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -228,38 +229,29 @@ def test_a_send_that_raises_loses_that_worker_only(bridge):
 def test_many_threads_route_and_answer_concurrently(bridge):
     """Requests from 6 threads, answered from another thread: each completes once, no slot leaks."""
     remote, router = bridge
-    inbox: queue.Queue[tuple[Worker, dict] | None] = queue.Queue()
-    endpoints = []
-    for name in ("a", "b", "c"):
-        worker = Worker(name, ["shell"], 2, lambda frame, name=name: inbox.put((workers[name], frame)))
-        endpoints.append(worker)
-    workers = {w.name: w for w in endpoints}
-    for worker in endpoints:
+    inbox: queue.Queue[tuple[str, dict] | None] = queue.Queue()
+    workers = {
+        name: Worker(name, ["shell"], 2, lambda frame, name=name: inbox.put((name, frame))) for name in "abc"
+    }
+    for worker in workers.values():
         router.join(worker)
     peak: dict[str, int] = {}
 
     def respond() -> None:
         while (item := inbox.get()) is not None:
-            worker, frame = item
+            name, frame = item
+            worker = workers[name]
             peak[worker.name] = max(peak.get(worker.name, 0), len(worker.in_flight))
             router.result(worker, frame["request_id"], True, {"stdout": frame["command"]}, None)
 
     responder = threading.Thread(target=respond)
     responder.start()
-    ids: list[str] = []
-    lock = threading.Lock()
 
-    def submit(n: int) -> None:
-        for i in range(50):
-            request_id = send(remote, f"echo {n}-{i}")
-            with lock:
-                ids.append(request_id)
+    def submit(n: int) -> list[str]:
+        return [send(remote, f"echo {n}-{i}") for i in range(50)]
 
-    threads = [threading.Thread(target=submit, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(6) as pool:
+        ids = [request_id for batch in pool.map(submit, range(6)) for request_id in batch]
     results = {remote.wait_result(request_id, 10)["stdout"] for request_id in ids}
     inbox.put(None)
     responder.join(5)
