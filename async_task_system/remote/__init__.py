@@ -1,8 +1,10 @@
 """Remote execution (seeds 000 and 002): suspend tasks on remote results, a WebSocket hub, a worker daemon.
 
-``bridge`` (request ids, futures, deadlines, task transitions) needs nothing beyond the core; the
-hub and the worker need the ``remote`` extra (``websockets``), the tool needs smolagents; they
-are imported on first use, so a worker machine loads neither smolagents nor litellm.
+``bridge`` (request ids, futures, deadlines, task transitions), ``protocol``, ``router`` (worker
+registry and routing, no I/O) and ``runner`` (sandboxed scripts) need nothing beyond the core; the
+hub (the WebSocket transport) and the worker daemon need the ``remote`` extra (``websockets``),
+the tool needs smolagents; they are imported on first use, so a worker machine loads neither
+smolagents nor litellm.
 """
 
 from __future__ import annotations

@@ -1,15 +1,14 @@
 """The worker daemon (seed 002's executor): ``async-agent worker --hub ws://HOST:PORT --token T --name N``.
 
 It connects to a :class:`~async_task_system.remote.hub.RemoteHub`, registers, sends heartbeats,
-and runs the shell and Python scripts it is sent as subprocesses:
+and runs the shell and Python scripts it is sent through :class:`~.runner.ScriptRunner` (own
+process group killed on timeout or cancel, rlimits, clean environment, capped output; see
+:mod:`.runner`). This module is the daemon around it:
 
-* argument lists, never a shell string built by us: ``/bin/sh -c SCRIPT`` or ``python -u -c SCRIPT``;
-* each in a new session (its own process group); on timeout or cancel the whole group is killed;
-* rlimits on CPU seconds and address space (memory), set by ``ulimit`` just before ``exec``;
-* a clean environment: only the variables on an allow-list, plus those the request sets;
-* stdout and stderr streamed back line by line while the script runs, and captured up to a byte
-  cap each (the result says when output was truncated);
-* at most ``--max-concurrent`` scripts at once (default 5); the rest wait their turn;
+* output lines are streamed back to the hub while a script runs, then its result;
+* at most ``--max-concurrent`` scripts at once (default 5); the rest wait their turn, and a
+  cancel for one still waiting means it never starts;
+* a result frame is shortened to fit the hub's frame limit rather than be refused;
 * when the hub goes away, running scripts are killed (the hub has failed them already) and the
   worker reconnects with exponential back-off. A refused token is fatal (exit code 3).
 """
@@ -25,8 +24,6 @@ import random
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +39,7 @@ from .protocol import (
     register_frame,
     result_frame,
 )
+from .runner import DEFAULT_ALLOW_ENV, RunLimits, ScriptRunner
 
 __all__ = ["WorkerConfig", "ScriptRunner", "WorkerDaemon", "configure_parser", "run", "EXIT_TOKEN_REFUSED"]
 
@@ -49,9 +47,6 @@ logger = logging.getLogger("async_task_system.remote.worker")
 
 EXIT_TOKEN_REFUSED = 3
 EXIT_REGISTRATION_FAILED = 4
-DEFAULT_ALLOW_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
-_CHUNK = 65536
-_MAX_LINE = 8192
 
 
 @dataclass
@@ -74,221 +69,18 @@ class WorkerConfig:
     reconnect_max: float = 30.0
     once: bool = False
 
-
-# ---------------------------------------------------------------------------------------------- runner
-
-
-def _limit_prefix(cpu_seconds: float | None, memory_bytes: int | None) -> list[str]:
-    """An argv prefix that sets the script's rlimits with ``ulimit`` in ``/bin/sh``, then execs it.
-
-    Why not ``resource.setrlimit`` in a ``preexec_fn``: a ``preexec_fn`` forces a full ``fork`` of
-    the worker (measured 4-5 ms per script here) where Python otherwise uses ``vfork`` (~1 ms).
-    Limits are clamped to the worker's own hard limits, which a child cannot raise.
-    """
-    import resource
-
-    def clamp(kind: int, value: int, unit: int = 1) -> int:
-        hard = resource.getrlimit(kind)[1]
-        return value if hard == resource.RLIM_INFINITY else min(value, hard // unit)
-
-    steps = ["ulimit -c 0"]
-    if cpu_seconds is not None:
-        seconds = max(1, int(cpu_seconds + 0.999))
-        top = clamp(resource.RLIMIT_CPU, seconds + 1)
-        # soft limit -> SIGXCPU, hard limit a second later -> SIGKILL
-        steps += [f"ulimit -S -t {min(seconds, top)}", f"ulimit -H -t {top}"]
-    if memory_bytes is not None:
-        steps.append(f"ulimit -v {clamp(resource.RLIMIT_AS, max(1, memory_bytes // 1024), 1024)}")
-    return ["/bin/sh", "-c", " && ".join(steps) + ' && exec "$@"', "rlimits"]
-
-
-class _Capture:
-    """Collects one stream up to a byte cap and splits it into lines for streaming."""
-
-    def __init__(self, name: str, cap: int, on_line: Callable[[str, str], None] | None) -> None:
-        self.name = name
-        self.cap = cap
-        self.on_line = on_line
-        self.data = bytearray()
-        self.truncated = False
-        self.streamed = 0
-        self._partial = b""
-
-    def feed(self, chunk: bytes) -> None:
-        room = self.cap - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
-        if len(chunk) > room:
-            self.truncated = True
-        if self.on_line is None or self.streamed >= self.cap:
-            return
-        pending = self._partial + chunk
-        lines = pending.split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > _MAX_LINE:
-            lines.append(self._partial)
-            self._partial = b""
-        for line in lines:
-            self._emit(line)
-
-    def close(self) -> None:
-        if self._partial and self.on_line is not None and self.streamed < self.cap:
-            self._emit(self._partial)
-        self._partial = b""
-
-    def _emit(self, line: bytes) -> None:
-        if self.streamed >= self.cap or self.on_line is None:
-            return
-        self.streamed += len(line) + 1
-        self.on_line(self.name, line.decode("utf-8", errors="replace"))
-
-    def text(self) -> str:
-        return bytes(self.data).decode("utf-8", errors="replace")
-
-
-class ScriptRunner:
-    """Runs one script at a time per call; ``cancel`` and ``kill_all`` stop running ones."""
-
-    def __init__(self, config: WorkerConfig) -> None:
-        self.config = config
-        self._running: dict[str, tuple[asyncio.subprocess.Process, dict[str, bool]]] = {}
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
-    def _argv(self, language: str, command: str) -> list[str]:
-        if language == "python":
-            return [self.config.python, "-u", "-c", command]
-        return ["/bin/sh", "-c", command]
-
-    def _env(self, extra: dict[str, str], trace: dict[str, str]) -> dict[str, str]:
-        env = {key: os.environ[key] for key in self.config.allow_env if key in os.environ}
-        env.setdefault("PATH", os.defpath)
-        env.update(extra)
-        # The requester's trace context, as the TRACEPARENT/TRACESTATE environment carriers that
-        # OpenTelemetry SDKs and tools read, so an instrumented script joins the agent's trace.
-        for key in ("traceparent", "tracestate"):
-            if trace.get(key):
-                env[key.upper()] = trace[key]
-        return env
-
-    async def run(
-        self, request: dict[str, Any], on_line: Callable[[str, str], None] | None = None
-    ) -> tuple[bool, dict[str, Any], str | None, str | None]:
-        """Run a checked ``execute`` request; returns ``(success, result, error, error_type)``."""
-        config = self.config
-        request_id = request["request_id"]
-        timeout = float(request.get("timeout") or config.default_timeout)
-        language = request["language"]
-        started = time.monotonic()
-        if language not in config.capabilities:
-            return False, {"exit_code": None}, f"this worker does not run {language} commands", "remote_error"
-        memory = None if config.memory_mb is None else int(config.memory_mb) * 1024 * 1024
-        argv = _limit_prefix(config.cpu_seconds, memory) + self._argv(language, request["command"])
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self._env(request.get("env") or {}, request.get("trace") or {}),
-                cwd=config.workdir,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return (
-                False,
-                {"exit_code": None},
-                f"could not start the {language} process: {exc}",
-                "remote_error",
-            )
-        flags = {"timed_out": False, "cancelled": False}
-        self._running[request_id] = (process, flags)
-        out = _Capture("stdout", config.max_output_bytes, on_line)
-        err = _Capture("stderr", config.max_output_bytes, on_line)
-        assert process.stdout is not None and process.stderr is not None
-        pumps = [
-            asyncio.ensure_future(_pump(process.stdout, out)),
-            asyncio.ensure_future(_pump(process.stderr, err)),
-        ]
-        try:
-            try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TIMEOUT_ERRORS:
-                flags["timed_out"] = True
-                _kill_group(process)
-                await process.wait()
-            # Output still buffered in the pipes; bounded, because a grandchild that left the
-            # process group could keep a pipe open forever.
-            _done, pending = await asyncio.wait(pumps, timeout=2.0)
-            for pump in pending:
-                pump.cancel()
-        except asyncio.CancelledError:
-            _kill_group(process)
-            for pump in pumps:
-                pump.cancel()
-            raise
-        finally:
-            self._running.pop(request_id, None)
-        out.close()
-        err.close()
-        code = process.returncode
-        result: dict[str, Any] = {
-            "exit_code": code,
-            "stdout": out.text(),
-            "stderr": err.text(),
-            "timed_out": flags["timed_out"],
-            "cancelled": flags["cancelled"],
-            "truncated": out.truncated or err.truncated,
-            "duration": round(time.monotonic() - started, 6),
-        }
-        if flags["timed_out"]:
-            return False, result, f"timed out after {timeout:g} s; the process group was killed", "timeout"
-        if flags["cancelled"]:
-            return False, result, "cancelled; the process group was killed", "cancelled"
-        if code == 0:
-            return True, result, None, None
-        if code is not None and code < 0:
-            name = _signal_name(-code)
-            hint = " (CPU time limit)" if name in ("SIGXCPU", "SIGKILL") and config.cpu_seconds else ""
-            return False, result, f"killed by {name}{hint}", "remote_error"
-        return False, result, f"exit code {code}", "remote_error"
-
-    def cancel(self, request_id: str) -> bool:
-        entry = self._running.get(request_id)
-        if entry is None:
-            return False
-        process, flags = entry
-        flags["cancelled"] = True
-        _kill_group(process)
-        return True
-
-    def kill_all(self) -> int:
-        ids = list(self._running)
-        for request_id in ids:
-            self.cancel(request_id)
-        return len(ids)
-
-
-async def _pump(stream: asyncio.StreamReader, capture: _Capture) -> None:
-    while True:
-        chunk = await stream.read(_CHUNK)
-        if not chunk:
-            return
-        capture.feed(chunk)
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    def limits(self) -> RunLimits:
+        """The runner's share of the configuration."""
+        return RunLimits(
+            timeout=self.default_timeout,
+            max_output_bytes=self.max_output_bytes,
+            cpu_seconds=self.cpu_seconds,
+            memory_mb=self.memory_mb,
+            allow_env=tuple(self.allow_env),
+            languages=tuple(self.capabilities),
+            python=self.python,
+            workdir=self.workdir,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- daemon
@@ -299,7 +91,7 @@ class WorkerDaemon:
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.runner = ScriptRunner(config)
+        self.runner = ScriptRunner(config.limits())
         self._slots = asyncio.Semaphore(config.max_concurrent)
         self._stop = asyncio.Event()
         self._queued = 0
@@ -465,7 +257,15 @@ class WorkerDaemon:
                         result = {"exit_code": None, "cancelled": True}
                         success, error, error_type = False, "cancelled before it started", "cancelled"
                     else:
-                        success, result, error, error_type = await self.runner.run(request, on_line)
+                        success, result, error, error_type = await self.runner.run(
+                            request["command"],
+                            request["language"],
+                            key=request_id,
+                            timeout=request.get("timeout"),
+                            env=request.get("env"),
+                            trace=request.get("trace"),
+                            on_line=on_line,
+                        )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # never leave the hub without an answer

@@ -1,0 +1,452 @@
+"""WorkerRouter: the registry of connected workers and the routing of requests to them, with no I/O.
+
+Why apart from the hub: the WebSocket hub is one transport, gRPC is the next, and both must feed
+one registry and one router (the way ``websockets`` keeps its protocol logic apart from I/O). A
+transport authenticates connections, reads and writes frames (:mod:`.protocol`), enforces sizes,
+and turns what happens into calls here:
+
+=====================================  ==========================================================
+transport event                        router call
+=====================================  ==========================================================
+a worker registered                    ``join(Worker(name, capabilities, max_concurrent, send))``
+any frame received / a heartbeat       ``seen(worker)`` / ``heartbeat(worker, running)``
+a log or result frame                  ``log(worker, ...)`` / ``result(worker, ...)``
+connection closed, or silent too long  ``leave(worker, reason)``
+a frame could not be delivered later   ``send_failed(worker, request_id, error)``
+the bridge sends / cancels a request   ``send_request(request)`` / ``cancel_request(request, ...)``
+the transport starts / stops           ``open()`` / ``close(error_type, message)``
+=====================================  ==========================================================
+
+The router answers through each worker's ``send(frame)`` callable (frames are :mod:`.protocol`
+dicts: ``execute`` and ``cancel``; the transport encodes them) and through the bridge's public
+methods ``complete``, ``fail_request`` and ``handle_remote_log``.
+
+Routing: the named worker when a request names one (if it is busy, the request waits in that
+worker's own queue); otherwise the least loaded worker offering the language with a free slot.
+When all of those are busy the request waits here, oldest first, for the first slot that frees
+(or the first worker that joins); if no worker able to run it is left, it fails with
+``no_worker``.
+
+Threads: one lock guards the registry, and every method is safe from any thread (the bridge calls
+``send_request`` / ``cancel_request`` from task threads and timers, a transport calls the rest
+from its own loop). Sends and bridge callbacks are always made outside the lock, so a ``send``
+must not block (a transport queues the frame on its loop). If it raises, the connection counts as
+broken: the request fails with ``worker_lost`` and the worker leaves. A failure found later
+(after the frame was queued) is reported with ``send_failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .bridge import RemoteRequest, RemoteUnavailable
+from .protocol import ProtocolError, cancel_frame, execute_frame
+
+__all__ = ["RequestOutcomes", "SendFrame", "Worker", "WorkerRouter"]
+
+logger = logging.getLogger(__name__)
+
+SendFrame = Callable[[dict[str, Any]], None]
+"""Hands one protocol frame (a dict) to a worker's connection; must not block."""
+
+_REMEMBERED_CANCELS = 1000
+
+
+class RequestOutcomes(Protocol):
+    """What the router reports to: ``RemoteExecutionManager``'s public methods for transports."""
+
+    def complete(
+        self, request_id: str, success: bool, result: Any, error: str | None, error_type: str | None
+    ) -> bool: ...
+
+    def fail_request(self, request_id: str, error_type: str, message: str) -> bool: ...
+
+    def handle_remote_log(self, request_id: str, stream: str, line: str) -> bool: ...
+
+
+class Worker:
+    """One connected worker as the router sees it; ``connection`` is the transport's own (opaque)."""
+
+    __slots__ = (
+        "name",
+        "capabilities",
+        "max_concurrent",
+        "send",
+        "connection",
+        "in_flight",
+        "assigned",
+        "completed",
+        "connected_at",
+        "last_seen",
+        "running",
+        "dropped",
+        "cancelled",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        capabilities: list[str],
+        max_concurrent: int,
+        send: SendFrame,
+        connection: Any = None,
+    ) -> None:
+        self.name = name
+        self.capabilities = list(capabilities)
+        self.max_concurrent = max_concurrent
+        self.send = send
+        self.connection = connection
+        self.in_flight: dict[str, RemoteRequest] = {}
+        self.assigned = 0
+        self.completed = 0
+        self.connected_at = time.time()
+        self.last_seen = time.time()
+        self.running = 0
+        self.dropped = False
+        # recently cancelled request ids: their late log lines and results are expected
+        self.cancelled: dict[str, None] = {}
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name!r} in_flight={len(self.in_flight)}/{self.max_concurrent}>"
+
+
+def _default_no_worker_message() -> str:
+    return "no remote worker is connected"
+
+
+class WorkerRouter:
+    """Worker registry and request routing for one bridge; no I/O (see the module docstring).
+
+    Args:
+        remote: where outcomes go, normally the ``RemoteExecutionManager``.
+        no_worker_message: builds the error text when no worker at all is connected (a transport
+            says how to start one for its own address).
+    """
+
+    def __init__(
+        self, remote: RequestOutcomes, *, no_worker_message: Callable[[], str] = _default_no_worker_message
+    ) -> None:
+        self.remote = remote
+        self.no_worker_message = no_worker_message
+        self._lock = threading.Lock()
+        self._workers_changed = threading.Condition(self._lock)
+        self._workers: dict[str, Worker] = {}
+        self._routes: dict[str, Worker] = {}
+        self._backlog: dict[str, RemoteRequest] = {}  # waiting for a free worker slot, oldest first
+        self._open = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Start accepting workers and requests (a transport calls this once it listens)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this router was closed; create a new one")
+            self._open = True
+
+    @property
+    def accepting(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._open
+
+    def close(self, error_type: str = "hub_stopped", message: str = "the transport stopped") -> int:
+        """Refuse workers and requests from now on and fail every request routed here; returns how many."""
+        with self._lock:
+            if self._closed:
+                return 0
+            self._closed = True
+            self._open = False
+            routed = list(self._routes) + list(self._backlog)
+            self._routes.clear()
+            self._backlog.clear()
+            for worker in self._workers.values():
+                worker.in_flight.clear()
+            self._workers_changed.notify_all()
+        for request_id in routed:
+            self.remote.fail_request(request_id, error_type, message)
+        return len(routed)
+
+    # ------------------------------------------------------------------ registry
+
+    def join(self, worker: Worker) -> Worker | None:
+        """Register ``worker``; returns the worker it replaced (same name), already dropped, if any.
+
+        Raises :class:`RemoteUnavailable` (``hub_stopped``) when not accepting.
+        """
+        with self._lock:
+            if not self._open:
+                raise RemoteUnavailable("hub_stopped", "not accepting workers")
+            replaced = self._workers.get(worker.name)
+            self._workers[worker.name] = worker
+            self._workers_changed.notify_all()
+        logger.info("worker %r joined (%s)", worker.name, ", ".join(worker.capabilities))
+        if replaced is not None:
+            logger.warning("worker %r reconnected; dropping its previous connection", worker.name)
+            self.leave(replaced, "replaced by a new connection with the same name")
+        self.pump()  # requests waiting for a free slot may go to the newcomer
+        return replaced
+
+    def leave(self, worker: Worker, reason: str) -> list[str]:
+        """Forget ``worker`` and fail its in-flight requests with ``worker_lost``; idempotent."""
+        with self._lock:
+            if worker.dropped:
+                return []
+            worker.dropped = True
+            if self._workers.get(worker.name) is worker:
+                del self._workers[worker.name]
+            lost = list(worker.in_flight)
+            worker.in_flight.clear()
+            for request_id in lost:
+                self._routes.pop(request_id, None)
+            self._workers_changed.notify_all()
+        for request_id in lost:
+            self.remote.fail_request(
+                request_id,
+                "worker_lost",
+                f"worker {worker.name!r} was lost ({reason}) while running the command",
+            )
+        self.pump()  # waiting requests nobody can run any more fail now
+        logger.info("worker %r left: %s", worker.name, reason)
+        return lost
+
+    @staticmethod
+    def seen(worker: Worker) -> None:
+        """Note a sign of life (any frame)."""
+        worker.last_seen = time.time()
+
+    @staticmethod
+    def heartbeat(worker: Worker, running: int) -> None:
+        """Note the number of scripts the worker says it runs."""
+        worker.running = running
+
+    def connected(self) -> list[Worker]:
+        """The workers registered now."""
+        with self._lock:
+            return list(self._workers.values())
+
+    @property
+    def routed(self) -> int:
+        """Requests sent to a worker or waiting here, not yet answered."""
+        with self._lock:
+            return len(self._routes) + len(self._backlog)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The connected workers: name, capabilities, max_concurrent, in_flight, assigned, completed, times."""
+        with self._lock:
+            return [
+                {
+                    "name": w.name,
+                    "capabilities": list(w.capabilities),
+                    "max_concurrent": w.max_concurrent,
+                    "in_flight": len(w.in_flight),
+                    "assigned": w.assigned,
+                    "completed": w.completed,
+                    "running": w.running,
+                    "connected_at": w.connected_at,
+                    "last_seen": w.last_seen,
+                }
+                for w in self._workers.values()
+            ]
+
+    def wait_for_workers(self, count: int = 1, timeout: float | None = 10.0) -> bool:
+        """Block until at least ``count`` workers are registered (True) or ``timeout`` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._workers_changed:
+            while len(self._workers) < count and not self._closed:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._workers_changed.wait(remaining)
+            return len(self._workers) >= count
+
+    # ------------------------------------------------------------------ frames from workers
+
+    def log(self, worker: Worker, request_id: str, stream: str, line: str) -> bool:
+        """Pass one output line on; False for a request just cancelled; ProtocolError if not ``worker``'s."""
+        with self._lock:
+            if request_id in worker.cancelled:
+                return False
+            known = request_id in worker.in_flight
+        if not known:
+            raise ProtocolError(f"log for request {request_id!r}, which this worker is not running")
+        self.remote.handle_remote_log(request_id, stream, line)
+        return True
+
+    def result(
+        self,
+        worker: Worker,
+        request_id: str,
+        success: bool,
+        result: Any,
+        error: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """Complete a request from ``worker``'s answer and free its slot.
+
+        Returns False for the expected answer to a request that was cancelled; raises
+        :class:`ProtocolError` (and changes nothing) for a request this worker was not given.
+        """
+        with self._lock:
+            request = worker.in_flight.pop(request_id, None)
+            if request is not None:
+                self._routes.pop(request_id, None)
+                worker.completed += 1
+            elif worker.cancelled.pop(request_id, 0) is None:
+                return False
+        if request is None:
+            raise ProtocolError(f"result for request {request_id!r}, which this worker is not running")
+        self.pump()  # a slot on this worker is free again
+        self.remote.complete(request_id, success, result, error, error_type)
+        return True
+
+    def send_failed(self, worker: Worker, request_id: str, error: BaseException) -> None:
+        """An ``execute`` frame could not be delivered: fail the request with ``worker_lost``."""
+        if self._undeliverable(worker, request_id, error):
+            self.pump()
+
+    # ------------------------------------------------------------------ requests from the bridge
+
+    def send_request(self, request: RemoteRequest) -> None:
+        """Route ``request`` to a worker, or raise :class:`RemoteUnavailable` (``no_worker``/``hub_stopped``)."""
+        with self._lock:
+            if not self._open:
+                raise RemoteUnavailable("hub_stopped", "the remote hub is not running")
+            worker = self._choose(request)
+            if worker is None:  # every capable worker is busy: wait here for the first free slot
+                self._backlog[request.request_id] = request
+                return
+            self._assign(worker, request)
+        self._dispatch([(worker, request)], [])
+
+    def cancel_request(self, request: RemoteRequest, reason: str) -> None:
+        """Drop a waiting request, or tell the worker running it to kill it (best effort)."""
+        with self._lock:
+            if self._backlog.pop(request.request_id, None) is not None:
+                return  # never sent
+            worker = self._routes.pop(request.request_id, None)
+            if worker is not None:
+                worker.in_flight.pop(request.request_id, None)
+                worker.cancelled[request.request_id] = None
+                if len(worker.cancelled) > _REMEMBERED_CANCELS:
+                    worker.cancelled.pop(next(iter(worker.cancelled)))
+        if worker is not None:
+            try:
+                worker.send(cancel_frame(request.request_id, reason))
+            except Exception:  # best effort: a worker that cannot be told will be lost anyway
+                logger.debug("could not send a cancel to worker %r", worker.name, exc_info=True)
+            self.pump()
+
+    def pump(self) -> None:
+        """Send waiting requests to free slots, oldest first; fail those no connected worker can run."""
+        with self._lock:
+            if not self._backlog:
+                return
+            assigned, failed = self._pump_locked()
+        self._dispatch(assigned, failed)
+
+    # ------------------------------------------------------------------ internals
+
+    def _assign(self, worker: Worker, request: RemoteRequest) -> None:
+        """Book ``request`` on ``worker`` (lock held)."""
+        worker.in_flight[request.request_id] = request
+        worker.assigned += 1
+        self._routes[request.request_id] = worker
+
+    def _pump_locked(
+        self,
+    ) -> tuple[list[tuple[Worker, RemoteRequest]], list[tuple[str, RemoteUnavailable]]]:
+        """Book waiting requests on free slots (lock held): what to send and what can no longer run."""
+        assigned: list[tuple[Worker, RemoteRequest]] = []
+        failed: list[tuple[str, RemoteUnavailable]] = []
+        blocked: set[str] = set()
+        for request_id, request in list(self._backlog.items()):
+            if request.language in blocked:
+                continue
+            try:
+                worker = self._choose(request)
+            except RemoteUnavailable as exc:
+                del self._backlog[request_id]
+                failed.append((request_id, exc))
+                continue
+            if worker is None:
+                blocked.add(request.language)
+                continue
+            del self._backlog[request_id]
+            self._assign(worker, request)
+            assigned.append((worker, request))
+        return assigned, failed
+
+    def _dispatch(
+        self, assigned: list[tuple[Worker, RemoteRequest]], failed: list[tuple[str, RemoteUnavailable]]
+    ) -> None:
+        """Send booked requests and fail the ones that cannot run (lock not held)."""
+        broken: dict[Worker, str] = {}
+        for worker, request in assigned:
+            frame = execute_frame(
+                request.request_id,
+                request.command,
+                request.language,
+                request.timeout,
+                request.env,
+                request.trace,
+            )
+            try:
+                worker.send(frame)
+            except Exception as exc:  # its connection is broken: nothing more goes there
+                self._undeliverable(worker, request.request_id, exc)
+                broken.setdefault(worker, str(exc))
+        for request_id, exc in failed:
+            self.remote.fail_request(request_id, exc.error_type, str(exc.args[0]))
+        for worker, error in broken.items():
+            self.leave(worker, f"could not send to it: {error}")
+
+    def _undeliverable(self, worker: Worker, request_id: str, error: BaseException) -> bool:
+        """Fail a request whose ``execute`` frame never reached ``worker``; False if it was answered already."""
+        with self._lock:
+            known = worker.in_flight.pop(request_id, None) is not None
+            if known:
+                self._routes.pop(request_id, None)
+        if known:
+            self.remote.fail_request(
+                request_id, "worker_lost", f"could not send the command to worker {worker.name!r}: {error}"
+            )
+        return known
+
+    def _choose(self, request: RemoteRequest) -> Worker | None:
+        """The worker for ``request``: the named one (its own queue holds it if busy), else the least
+        loaded capable worker with a free slot; ``None`` when all of those are busy (lock held)."""
+        language = request.language
+        if request.worker:
+            worker = self._workers.get(request.worker)
+            if worker is None:
+                names = ", ".join(sorted(self._workers)) or "none"
+                raise RemoteUnavailable(
+                    "no_worker",
+                    f"no worker named {request.worker!r} is connected (connected workers: {names})",
+                )
+            if language not in worker.capabilities:
+                raise RemoteUnavailable(
+                    "no_worker",
+                    f"worker {worker.name!r} cannot run {language} commands (it offers {', '.join(worker.capabilities)})",
+                )
+            return worker
+        candidates = [w for w in self._workers.values() if language in w.capabilities]
+        if not candidates:
+            if not self._workers:
+                raise RemoteUnavailable("no_worker", self.no_worker_message())
+            offered = "; ".join(f"{w.name} ({', '.join(w.capabilities)})" for w in self._workers.values())
+            raise RemoteUnavailable(
+                "no_worker", f"no connected worker can run {language} commands (workers: {offered})"
+            )
+        free = [w for w in candidates if len(w.in_flight) < w.max_concurrent]
+        if not free:
+            return None
+        return min(free, key=lambda w: (len(w.in_flight) / w.max_concurrent, w.assigned))
+
+    def __repr__(self) -> str:
+        return f"<WorkerRouter workers={len(self._workers)} routed={len(self._routes)}>"

@@ -1,0 +1,116 @@
+"""The script runner on its own: real subprocesses, no hub, no worker daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from async_task_system.remote.runner import RunLimits, ScriptRunner, run_script
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process groups and rlimits are POSIX")
+
+
+def run(command: str, language: str = "shell", limits: RunLimits | None = None, **kw):
+    return asyncio.run(run_script(command, language, limits, **kw))
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True  # no /proc: signal 0 succeeded
+
+
+def test_success_with_stdout_and_streamed_lines():
+    lines: list[tuple[str, str]] = []
+    outcome = run("echo one; echo two >&2; echo three", on_line=lambda s, line: lines.append((s, line)))
+    assert outcome.success and outcome.error is None and outcome.error_type is None
+    assert outcome.result["exit_code"] == 0
+    assert outcome.result["stdout"] == "one\nthree\n"
+    assert outcome.result["stderr"] == "two\n"
+    assert outcome.result["truncated"] is False and outcome.result["timed_out"] is False
+    assert sorted(lines) == [("stderr", "two"), ("stdout", "one"), ("stdout", "three")]
+
+    python = run("import sys; print(sys.argv[0], 6 * 7)", "python")
+    assert python.success and python.result["stdout"] == "-c 42\n"
+
+
+def test_non_zero_exit_and_a_language_not_allowed():
+    outcome = run("echo failing >&2; exit 3")
+    assert not outcome.success
+    assert (outcome.error, outcome.error_type) == ("exit code 3", "remote_error")
+    assert outcome.result["exit_code"] == 3 and outcome.result["stderr"] == "failing\n"
+
+    refused = run("print(1)", "python", RunLimits(languages=("shell",)))
+    assert (refused.success, refused.error_type) == (False, "remote_error")
+    assert "does not run python" in refused.error
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path):
+    pid_file = tmp_path / "child.pid"
+    started = time.monotonic()
+    outcome = run(f"sleep 30 & echo $! > {pid_file}; wait", timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert not outcome.success and outcome.error_type == "timeout"
+    assert outcome.result["timed_out"] is True and "process group was killed" in outcome.error
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the background child survived the timeout"
+
+
+def test_output_cap_truncates_capture_and_streaming():
+    lines: list[str] = []
+    limits = RunLimits(max_output_bytes=1000)
+    outcome = run(
+        "for i in $(seq 1 500); do echo line-$i; done", limits=limits, on_line=lambda s, x: lines.append(x)
+    )
+    assert outcome.success
+    assert len(outcome.result["stdout"].encode()) == 1000
+    assert outcome.result["truncated"] is True
+    assert outcome.result["stdout"].startswith("line-1\nline-2\n")
+    assert 0 < sum(len(line) + 1 for line in lines) <= 1000 + 16  # streaming stops at the cap too
+
+
+def test_environment_is_cleaned(monkeypatch):
+    monkeypatch.setenv("RUNNER_SECRET", "do-not-pass")
+    monkeypatch.setenv("RUNNER_ALLOWED", "yes")
+    limits = RunLimits(allow_env=("PATH", "RUNNER_ALLOWED"))
+    script = 'echo "${RUNNER_SECRET:-unset} $RUNNER_ALLOWED $EXTRA $TRACEPARENT"'
+    runner = ScriptRunner(limits)
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    outcome = asyncio.run(runner.run(script, env={"EXTRA": "given"}, trace=trace))
+    assert outcome.result["stdout"].split() == ["unset", "yes", "given", trace["traceparent"]]
+
+
+def test_cancel_kills_a_running_script_by_its_key():
+    runner = ScriptRunner()
+
+    async def main():
+        job = asyncio.ensure_future(runner.run("sleep 30", key="job-1"))
+        while runner.running == 0:
+            await asyncio.sleep(0.01)
+        assert runner.cancel("nope") is False
+        assert runner.cancel("job-1") is True
+        return await asyncio.wait_for(job, 10)
+
+    outcome = asyncio.run(main())
+    assert (outcome.success, outcome.error_type) == (False, "cancelled")
+    assert outcome.result["cancelled"] is True and runner.running == 0
+
+
+def test_cpu_limit_kills_a_busy_loop():
+    outcome = run("while :; do :; done", limits=RunLimits(cpu_seconds=1), timeout=20)
+    assert not outcome.success and outcome.error_type == "remote_error"
+    assert "CPU time limit" in outcome.error
