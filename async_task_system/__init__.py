@@ -18,7 +18,12 @@ from ._registry import register_extension
 __version__ = "0.1.0"
 
 # Subsystems plug into TaskManager by name; the core never imports them.
-register_extension("remote", "async_task_system.remote.bridge:RemoteExecutionManager", kinds=("remote",))
+register_extension(
+    "remote",
+    "async_task_system.remote.bridge:RemoteExecutionManager",
+    kinds=("remote",),
+    tools=("remote_execute",),
+)
 register_extension("conversations", "async_task_system.conversation:Conversations", kinds=("conversation",))
 
 _EXPORTS: dict[str, str] = {

@@ -22,15 +22,21 @@ if TYPE_CHECKING:
 __all__ = ["TargetRegistry", "Extensions", "register_extension"]
 
 _factories: dict[str, tuple[str | Callable[[Any], Any], tuple[str, ...]]] = {}
+_tool_providers: dict[str, str] = {}
 
 
-def register_extension(name: str, factory: str | Callable[[Any], Any], kinds: Iterable[str] = ()) -> None:
+def register_extension(
+    name: str, factory: str | Callable[[Any], Any], kinds: Iterable[str] = (), tools: Iterable[str] = ()
+) -> None:
     """Make ``manager.extension(name)`` build ``factory(manager)`` on first use.
 
     ``factory`` is a callable or ``"module:attribute"`` (imported only then). ``kinds`` are the
-    task kinds whose targets the extension registers, so that submitting one builds it first.
+    task kinds whose targets the extension registers, so that submitting one builds it first;
+    ``tools`` the tool names it provides to agent conversations (``remote_execute``).
     """
     _factories[name] = (factory, tuple(kinds))
+    for tool in tools:
+        _tool_providers[tool] = name
 
 
 class TargetRegistry:
@@ -78,7 +84,7 @@ class Extensions:
 
     def __init__(self, owner: Any) -> None:
         self._owner = owner
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # an extension may build another one while it is built
         self._built: dict[str, Any] = {}
 
     def get(self, name: str) -> Any:
@@ -96,6 +102,10 @@ class Extensions:
             if name not in self._built:
                 self._built[name] = factory(self._owner)
             return self._built[name]
+
+    def providing_tool(self, tool: str) -> str | None:
+        """The name of the extension that provides tool ``tool`` to conversations, if any."""
+        return _tool_providers.get(tool)
 
     def providing(self, kind: TaskKind) -> list[str]:
         """Names of the registered extensions that register targets of ``kind``."""

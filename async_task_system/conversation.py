@@ -174,6 +174,7 @@ class Conversations:
         self.default_model: Any = None
         self.agent_kwargs: dict[str, Any] = {"verbosity_level": 0}
         self._setups: dict[str, tuple[Any, Callable[[], Any] | None]] = {}
+        self._providers: dict[str, Callable[[Any], Any]] = {}
         self._lock = threading.Lock()
         manager.register_target(
             Target(
@@ -197,6 +198,12 @@ class Conversations:
                 call=self._run,
             )
         )
+
+    def add_tool_provider(self, name: str, factory: Callable[[Any], Any]) -> None:
+        """Make tool ``name`` available to conversations as ``factory(manager)`` (subsystems bind their
+        tools to the manager this way, e.g. the remote bridge's ``remote_execute``)."""
+        with self._lock:
+            self._providers[name] = factory
 
     def create_task(
         self,
@@ -240,16 +247,18 @@ class Conversations:
 
     def _resolve_tools(self, names: Sequence[str]) -> list[Any]:
         tools = []
+        for name in names:
+            provider = self.manager.tool_provider(name)
+            if name not in self._providers and provider is not None:
+                self.manager.extension(provider)  # it adds its tool with add_tool_provider
         by_name = {t.name: t.obj for t in self.manager.targets("tool")}
         for name in names:
-            if name == "remote_execute":
-                from .remote.tools import RemoteExecuteTool
-
-                tools.append(RemoteExecuteTool(self.manager))
+            if name in self._providers:
+                tools.append(self._providers[name](self.manager))
             elif name in by_name:
                 tools.append(by_name[name])
             else:
-                known = ", ".join(sorted([*by_name, "remote_execute"]))
+                known = ", ".join(sorted([*by_name, *self._providers]))
                 raise TaskValidationError(f"Unknown tool {name!r} for a conversation. Known tools: {known}.")
         return tools
 

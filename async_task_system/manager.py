@@ -195,6 +195,10 @@ class TaskManager(TaskRunner):
         """The subsystem registered as ``name`` for this manager, built on first use (see ``register_extension``)."""
         return self._extensions.get(name)
 
+    def tool_provider(self, tool: str) -> str | None:
+        """The extension that provides tool ``tool`` to agent conversations (``"remote"`` for ``remote_execute``)."""
+        return self._extensions.providing_tool(tool)
+
     # ------------------------------------------------------------------ submitting
 
     def submit(

@@ -57,7 +57,8 @@ class ScriptedModel(Model):
     """A smolagents ``Model`` that replays written responses, one per ``generate`` call.
 
     Args:
-        responses: texts, ``ChatMessage`` objects, or callables ``(messages) -> str``, used in order.
+        responses: texts, ``ChatMessage`` objects (their ``tool_calls`` are kept, for a
+            ``ToolCallingAgent``), or callables ``(messages) -> str``, used in order.
         model_id: the id reported to smolagents and telemetry.
         repeat_last: keep answering with the last response instead of failing when the script ends.
 
@@ -123,6 +124,8 @@ class ScriptedModel(Model):
         return ChatMessage(
             role=MessageRole.ASSISTANT,
             content=text,
+            # A scripted tool call (for a ToolCallingAgent) is passed on as it is.
+            tool_calls=response.tool_calls if isinstance(response, ChatMessage) else None,
             raw={"scripted": True, "call": call_number},
             token_usage=TokenUsage(
                 input_tokens=_estimate_tokens(prompt_text), output_tokens=_estimate_tokens(text)

@@ -225,6 +225,9 @@ class RemoteExecutionManager:
         self.ignored_responses = 0
         if task_manager is not None:
             task_manager.register_target(self._remote_target())
+            task_manager.extension("conversations").add_tool_provider(
+                REMOTE_TARGET_NAME, _remote_execute_tool
+            )
 
     # ------------------------------------------------------------------ transport
 
@@ -290,6 +293,19 @@ class RemoteExecutionManager:
         except Exception:  # the caller is a transport's receive loop: never break it
             logger.exception("handling the response to remote request %r failed", request_id)
             return False
+
+    def add_done_callback(self, request_id: str, callback: Callable[[RemoteOutcome], None]) -> None:
+        """Call ``callback(outcome)`` once the request ends (at once if it already has), in the thread that ends it."""
+        self._future_for(request_id).add_done_callback(lambda future: callback(future.result()))
+
+    def cancel(self, request_id: str, reason: str = "cancelled") -> bool:
+        """End a pending request as ``cancelled`` and tell the executor running it to stop; False if not pending."""
+        with self._lock:
+            request = self._requests.get(request_id)
+        if request is None or not self.fail_request(request_id, "cancelled", f"remote request {reason}"):
+            return False
+        self._cancel_remote(request, reason)
+        return True
 
     def fail_request(self, request_id: str, error_type: str, message: str) -> bool:
         """End a pending request with a failure (worker lost, hub stopped, ...); False if it was not pending."""
@@ -646,6 +662,12 @@ class RemoteExecutionManager:
 
     def __repr__(self) -> str:
         return f"<RemoteExecutionManager pending={len(self._requests)} transport={type(self._transport).__name__}>"
+
+
+def _remote_execute_tool(manager: TaskManager) -> Any:
+    from .tools import RemoteExecuteTool  # smolagents: loaded only when a conversation uses the tool
+
+    return RemoteExecuteTool(manager)
 
 
 def _failure_message(outcome: RemoteOutcome) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from smolagents import Tool
 
+from ..conversation import current_conversation
 from ..manager import TaskManager, get_current_task_id, get_task_manager
 from ..tasks import TaskStatus
 from .bridge import REMOTE_INPUTS, REMOTE_TARGET_NAME, RemoteExecutionError
@@ -81,6 +82,9 @@ class RemoteExecuteTool(Tool):
         )  # raises with a how-to-fix message
         task_id = get_current_task_id()
         in_task = task_id is not None and get_task_manager() is manager
+        conversation = current_conversation()
+        if conversation is not None and conversation.manager is manager and self._wait is not True:
+            self._hand_off(conversation, remote, command, timeout, worker, language)  # ends the step
         if self._wait is not False and in_task:
             return self._inline(remote, task_id, command, timeout, worker, language)
         if self._wait:  # blocking outside any task: a plain request, no task to suspend
@@ -111,6 +115,31 @@ class RemoteExecuteTool(Tool):
         }
 
     @staticmethod
+    def _hand_off(
+        conversation: Any,
+        remote: Any,
+        command: str,
+        timeout: float | None,
+        worker: str | None,
+        language: str | None,
+    ) -> None:
+        """Inside a conversation task: suspend it (no thread, no slot) until the command's answer comes."""
+        requests: list[str] = []
+
+        def start(answer: Any) -> None:
+            request_id = remote.create_remote_request(
+                conversation.task_id, command, timeout, language=language or "shell", worker=worker
+            )
+            requests.append(request_id)
+            remote.add_done_callback(request_id, lambda outcome: answer(_outcome_value(outcome)))
+
+        def abandon(error: Any) -> None:  # the conversation was cancelled or timed out while waiting
+            for request_id in requests:
+                remote.cancel(request_id, error.type)
+
+        conversation.hand_off(start, describe=f"remote_execute({command!r})", on_abandon=abandon)
+
+    @staticmethod
     def _inline(
         remote: Any,
         task_id: str | None,
@@ -137,6 +166,20 @@ class RemoteExecuteTool(Tool):
         if isinstance(result, dict):
             return {**result, "success": True}
         return {"success": True, "result": result}
+
+
+def _outcome_value(outcome: Any) -> Any:
+    """What the agent sees of a finished request: the output dict (also for a non-zero exit), or the error."""
+    result = outcome.result
+    if outcome.success:
+        return (
+            {**result, "success": True} if isinstance(result, dict) else {"success": True, "result": result}
+        )
+    if outcome.error_type == "remote_error" and isinstance(result, dict):
+        return {**result, "success": False, "error": outcome.error}
+    return RemoteExecutionError(
+        outcome.error_type or "remote_error", outcome.error or "failed", result, outcome.request_id
+    )
 
 
 def attach_remote(
