@@ -56,7 +56,7 @@ class TaskRecord:
 
     __slots__ = (
         "info", "target", "context", "waiters", "timer", "cancel_requested", "holds_slot",
-        "read", "future", "suspension", "resolved", "turn", "continuation",
+        "read", "future", "suspension", "resolved", "turn", "continuation", "busy",
     )  # fmt: skip
 
     def __init__(self, info: TaskInfo, target: Target, context: contextvars.Context | None) -> None:
@@ -73,6 +73,7 @@ class TaskRecord:
         self.resolved: dict[str, Any] = {}  # results of the tasks its arguments refer to
         self.turn = 0  # how often the current attempt was continued after a suspension
         self.continuation: Callable[[], Any] | None = None  # queued by Suspension.resume_later
+        self.busy = False  # the current turn's code is still running (a continuation waits for it)
 
 
 class TaskRecords:

@@ -72,6 +72,8 @@ class TaskRunner(TaskRecords):
             task = self._queue.popleft()
             continuation = task.continuation
             if continuation is not None and task.info.status is TaskStatus.WAITING_REMOTE:
+                if task.busy:
+                    continue  # the suspending code is still returning: _attempt_ended queues it again
                 self._free_slots -= 1
                 task.holds_slot = True
                 starts.append(self._continue_locked(task, continuation))
@@ -88,6 +90,7 @@ class TaskRunner(TaskRecords):
         self._set_status(task, TaskStatus.RUNNING)
         info.attempts += 1
         info.started_at = time.time()
+        task.busy = True
         task.cancel_requested = False
         attempt = info.attempts
         if info.timeout is not None:
@@ -101,6 +104,7 @@ class TaskRunner(TaskRecords):
         """A suspended attempt got its slot back: RUNNING again, its continuation goes to the executor."""
         task.continuation = None
         task.turn += 1
+        task.busy = True
         self._set_status(task, TaskStatus.RUNNING)
         self._snapshot(task)
         context = task.context.copy()  # type: ignore[union-attr]
@@ -181,17 +185,19 @@ class TaskRunner(TaskRecords):
         """The attempt's code returned or raised: complete, retry or fail, unless it was already ended."""
         with self._lock:
             info = task.info
-            if (
-                info.attempts != call.attempt
-                or task.turn != call.turn
-                or info.status is not TaskStatus.RUNNING
-            ):
-                # Ended already (timed out, cancelled), or suspended: the Suspension finishes it.
-                if info.attempts == call.attempt and info.status is TaskStatus.WAITING_REMOTE:
-                    task.future = None
-                return
-            task.future = None
-            if error is None:
+            this_turn = info.attempts == call.attempt and task.turn == call.turn
+            if this_turn:
+                task.busy = False
+                task.future = None
+            if not this_turn or info.status is not TaskStatus.RUNNING:
+                # Ended already (timed out, cancelled), or suspended: the Suspension finishes it. A
+                # continuation queued while this code was still returning can start now.
+                if this_turn and task.continuation is not None and info.status is TaskStatus.WAITING_REMOTE:
+                    self._queue.appendleft(task)
+                    starts = self._take_ready()
+                else:
+                    return
+            elif error is None:
                 starts = self._finish_locked(task, TaskStatus.COMPLETED, result, None)
             else:
                 starts = self._end_attempt_locked(task, error, not final)

@@ -195,3 +195,45 @@ def test_an_answer_after_shutdown_is_ignored(shutdown_first):
     manager.cancel(task_id)
     assert manager.handle_websocket_response(request_id, True, {"stdout": "late"}) is False
     assert manager.check(task_id).status is TaskStatus.CANCELLED
+
+
+def test_spans_before_and_after_a_suspension_share_the_trace_and_the_task_span():
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from smolagents import tool
+
+    from async_task_system import tracing
+
+    seen: list[tuple[int, int]] = []
+
+    @tool
+    def probe() -> str:
+        """Records the span it runs under."""
+        context = trace.get_current_span().get_span_context()
+        seen.append((context.trace_id, context.span_id))
+        return "ok"
+
+    exporter = InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.set_tracer_provider(provider)
+    try:
+        model = ScriptedModel(
+            ["<code>\nprobe()\nremote_execute('date')\n</code>", "<code>\nprobe()\nfinal_answer('traced')\n</code>"]
+        )
+        with TaskManager() as manager:
+            with provider.get_tracer("test").start_as_current_span("coordinator") as root:
+                task_id = manager.create_task("trace me", tools=[probe, "remote_execute"], model=model)
+            request_id = _request_for(manager, task_id)
+            manager.handle_websocket_response(request_id, True, {"exit_code": 0, "stdout": "today", "stderr": ""})
+            manager.wait([task_id], timeout=10)
+            assert manager.result(task_id) == "traced"
+    finally:
+        tracing.set_tracer_provider(None)
+    task_spans = [s for s in exporter.get_finished_spans() if s.name == "task chat"]
+    first_task_span = next(s for s in task_spans if s.parent.span_id == root.get_span_context().span_id)
+    assert len(seen) == 2
+    assert {trace_id for trace_id, _ in seen} == {root.get_span_context().trace_id}
+    assert [span_id for _, span_id in seen] == [first_task_span.context.span_id] * 2, "both turns under the task's span"

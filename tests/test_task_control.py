@@ -236,3 +236,20 @@ def test_cancel_while_queued_to_resume_drops_the_continuation():
         assert manager.cancel(task_id) is True
         release.set()
     assert ran == [] and manager.check(task_id).status is TaskStatus.CANCELLED
+
+
+def test_a_continuation_starts_only_after_the_suspending_code_has_returned():
+    order: list[str] = []
+    with TaskManager(max_workers=2) as manager:
+
+        def suspends_then_lingers() -> None:
+            handle = manager.suspend()
+            handle.resume_later(lambda: order.append("continuation") or "done")  # answered at once
+            time.sleep(0.2)  # still returning (as an agent run unwinding after its step ended)
+            order.append("first turn returned")
+
+        manager.register_function(suspends_then_lingers)
+        task_id = manager.submit("function", "suspends_then_lingers")
+        manager.wait(task_id, timeout=5)
+        assert manager.result(task_id) == "done"
+    assert order == ["first turn returned", "continuation"]
