@@ -40,7 +40,9 @@ def test_the_seed_example_suspends_resumes_and_answers():
     seen: list[tuple[str, str]] = []
     with agent:
         agent.task_manager.add_listener(lambda info: seen.append((info.id, info.status.value)))
-        task_id = agent.task_manager.create_task(prompt="在远程服务器上执行 'docker ps' 命令", tools=[remote_execute])
+        task_id = agent.task_manager.create_task(
+            prompt="在远程服务器上执行 'docker ps' 命令", tools=[remote_execute]
+        )
         request_id = _request_for(agent.task_manager, task_id)
         assert agent.task_manager.get_statistics()["free_slots"] == 3, "a waiting conversation holds no slot"
         agent.task_manager.handle_websocket_response(
@@ -54,7 +56,9 @@ def test_the_seed_example_suspends_resumes_and_answers():
     ]  # fmt: skip
     # The remote result reached the conversation as its next message.
     last_message = _text(model.calls[-1][-1])
-    assert "remote_execute('docker ps') returned" in last_message and '"stdout": "web\\ndb\\n"' in last_message
+    assert (
+        "remote_execute('docker ps') returned" in last_message and '"stdout": "web\\ndb\\n"' in last_message
+    )
     assert "never printed" not in last_message
 
 
@@ -80,7 +84,9 @@ def test_a_conversation_suspends_twice_and_errors_reach_the_llm():
             assert time.monotonic() < deadline
             time.sleep(0.005)
         second = _request_for(manager, task_id)
-        manager.handle_websocket_response(second, False, {"exit_code": 1, "stdout": "", "stderr": "boom"}, "exit 1")
+        manager.handle_websocket_response(
+            second, False, {"exit_code": 1, "stdout": "", "stderr": "boom"}, "exit 1"
+        )
         manager.wait([task_id], timeout=10)
         assert manager.result(task_id) == "done after two remote calls"
         assert manager.check(task_id).attempts == 1
@@ -110,12 +116,7 @@ def test_the_task_timeout_applies_while_suspended():
 
 def test_two_hand_offs_in_one_step_the_second_is_refused_to_the_llm():
     code = (
-        "<code>\n"
-        "try:\n"
-        "    remote_execute('one')\n"
-        "except BaseException:\n"
-        "    remote_execute('two')\n"
-        "</code>"
+        "<code>\ntry:\n    remote_execute('one')\nexcept BaseException:\n    remote_execute('two')\n</code>"
     )
     model = ScriptedModel([code, "<code>\nfinal_answer('ok')\n</code>"])
     with TaskManager() as manager:
@@ -136,18 +137,28 @@ def test_from_the_llm_with_submit_task_and_on_a_tool_calling_agent():
             role=MessageRole.ASSISTANT,
             content="",
             tool_calls=[
-                ChatMessageToolCall(id="c1", type="function", function=ChatMessageToolCallFunction(name=name, arguments=arguments))
+                ChatMessageToolCall(
+                    id="c1",
+                    type="function",
+                    function=ChatMessageToolCallFunction(name=name, arguments=arguments),
+                )
             ],
         )
 
-    model = ScriptedModel([call("remote_execute", {"command": "hostname"}), call("final_answer", {"answer": "box-7"})])
+    model = ScriptedModel(
+        [call("remote_execute", {"command": "hostname"}), call("final_answer", {"answer": "box-7"})]
+    )
     with TaskManager() as manager:
         _ = manager.remote_manager
         task_id = manager.create_task(
-            "Which host?", tools=["remote_execute"], agent_factory=lambda: ToolCallingAgent(tools=[], model=model)
+            "Which host?",
+            tools=["remote_execute"],
+            agent_factory=lambda: ToolCallingAgent(tools=[], model=model),
         )
         request_id = _request_for(manager, task_id)
-        manager.handle_websocket_response(request_id, True, {"exit_code": 0, "stdout": "box-7\n", "stderr": ""})
+        manager.handle_websocket_response(
+            request_id, True, {"exit_code": 0, "stdout": "box-7\n", "stderr": ""}
+        )
         manager.wait([task_id], timeout=10)
         assert manager.result(task_id) == "box-7"
         # The coordinating LLM can start one too.
@@ -165,17 +176,25 @@ def test_a_thousand_conversations_hold_a_bounded_number_of_threads():
             return f"<code>\nfinal_answer('conversation {index} done')\n</code>"
 
         return ScriptedModel(
-            [f"<code>\nremote_execute('echo a{index}')\n</code>", f"<code>\nremote_execute('echo b{index}')\n</code>", final]
+            [
+                f"<code>\nremote_execute('echo a{index}')\n</code>",
+                f"<code>\nremote_execute('echo b{index}')\n</code>",
+                final,
+            ]
         )
 
     peak = 0
     with TaskManager(max_workers=4) as manager:
         remote = manager.remote_manager
-        ids = [manager.create_task(f"job {i}", tools=["remote_execute"], model=script(i)) for i in range(count)]
+        ids = [
+            manager.create_task(f"job {i}", tools=["remote_execute"], model=script(i)) for i in range(count)
+        ]
         remaining = set(ids)
         while remaining:
             for request in remote.pending():
-                remote.handle_remote_response(request.request_id, True, {"exit_code": 0, "stdout": request.command})
+                remote.handle_remote_response(
+                    request.request_id, True, {"exit_code": 0, "stdout": request.command}
+                )
             peak = max(peak, threading.active_count())
             done = manager.wait(list(remaining), timeout=0.05, return_when="first").done
             remaining -= set(done)
@@ -221,13 +240,18 @@ def test_spans_before_and_after_a_suspension_share_the_trace_and_the_task_span()
     tracing.set_tracer_provider(provider)
     try:
         model = ScriptedModel(
-            ["<code>\nprobe()\nremote_execute('date')\n</code>", "<code>\nprobe()\nfinal_answer('traced')\n</code>"]
+            [
+                "<code>\nprobe()\nremote_execute('date')\n</code>",
+                "<code>\nprobe()\nfinal_answer('traced')\n</code>",
+            ]
         )
         with TaskManager() as manager:
             with provider.get_tracer("test").start_as_current_span("coordinator") as root:
                 task_id = manager.create_task("trace me", tools=[probe, "remote_execute"], model=model)
             request_id = _request_for(manager, task_id)
-            manager.handle_websocket_response(request_id, True, {"exit_code": 0, "stdout": "today", "stderr": ""})
+            manager.handle_websocket_response(
+                request_id, True, {"exit_code": 0, "stdout": "today", "stderr": ""}
+            )
             manager.wait([task_id], timeout=10)
             assert manager.result(task_id) == "traced"
     finally:
@@ -236,4 +260,6 @@ def test_spans_before_and_after_a_suspension_share_the_trace_and_the_task_span()
     first_task_span = next(s for s in task_spans if s.parent.span_id == root.get_span_context().span_id)
     assert len(seen) == 2
     assert {trace_id for trace_id, _ in seen} == {root.get_span_context().trace_id}
-    assert [span_id for _, span_id in seen] == [first_task_span.context.span_id] * 2, "both turns under the task's span"
+    assert [span_id for _, span_id in seen] == [first_task_span.context.span_id] * 2, (
+        "both turns under the task's span"
+    )
