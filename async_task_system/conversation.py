@@ -208,14 +208,12 @@ class Conversations:
     def create_task(
         self,
         prompt: str,
-        tools: Sequence[Any] | None = None,
-        *,
-        model: Any = None,
-        agent_factory: Callable[[], Any] | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        after: Sequence[str] | None = None,
+        tools: Sequence[Any] | None,
+        model: Any,
+        agent_factory: Callable[[], Any] | None,
+        submit_options: dict[str, Any],
     ) -> str:
+        """``TaskManager.create_task``: ``submit_options`` are ``submit``'s (timeout, retries, after)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise TaskValidationError("create_task needs a non-empty prompt string.")
         names = [self._tool_name(tool) for tool in tools or ()]
@@ -225,9 +223,7 @@ class Conversations:
             with self._lock:
                 self._setups[key] = (model, agent_factory)
             arguments["setup"] = key
-        return self.manager.submit(
-            CONVERSATION, CONVERSATION_TARGET, arguments, timeout=timeout, retries=retries, after=after
-        )
+        return self.manager.submit(CONVERSATION, CONVERSATION_TARGET, arguments, **submit_options)
 
     def _tool_name(self, tool: Any) -> str:
         if isinstance(tool, str):

@@ -483,15 +483,8 @@ class TaskManager(TaskRunner):
         away (``remote_execute``), the conversation waits in WAITING_REMOTE holding no thread and
         no slot, and goes on when the answer comes; its final answer is the task's result.
         """
-        return self.extension("conversations").create_task(
-            prompt,
-            tools,
-            model=model,
-            agent_factory=agent_factory,
-            timeout=timeout,
-            retries=retries,
-            after=after,
-        )
+        options = {"timeout": timeout, "retries": retries, "after": after}
+        return self.extension("conversations").create_task(prompt, tools, model, agent_factory, options)
 
     # ------------------------------------------------------------------ seed 000's remote API (the "remote" extension)
 

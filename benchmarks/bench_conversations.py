@@ -16,12 +16,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
 import threading
 import time
+
+from bench_remote import start_worker
 
 from async_task_system import ScriptedModel, TaskManager
 from async_task_system.remote.bridge import RemoteRequest
@@ -154,15 +154,8 @@ def bench_hub(count: int) -> None:
     token = "bench-token"
     with TaskManager(max_workers=4, retention=count + 10) as manager:
         hub = RemoteHub(manager, token=token).start()
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "async_task_system", "worker", "--hub", hub.url, "--name", "w1"],
-            env={**os.environ, "ASYNC_AGENT_TOKEN": token},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        worker = start_worker(hub, token, "w1")
         try:
-            if not hub.wait_for_workers(1, timeout=30):
-                raise SystemExit("the worker did not register")
             with ThreadPeak() as threads:
                 started = time.perf_counter()
                 ids = [

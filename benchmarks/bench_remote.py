@@ -31,19 +31,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def bench_round_trip(n: int) -> None:
-    token = "bench-token"
-    manager = TaskManager(max_workers=4, retention=n + 10)
-    hub = RemoteHub(manager, token=token).start()
+def start_worker(hub: RemoteHub, token: str, name: str, wait: bool = True) -> subprocess.Popen:
+    """Start an ``async-agent worker`` process for ``hub`` (and wait until it has joined)."""
     worker = subprocess.Popen(
-        [sys.executable, "-m", "async_task_system", "worker", "--hub", hub.url, "--name", "bench"],
+        [sys.executable, "-m", "async_task_system", "worker", "--hub", hub.url, "--name", name],
         env={**os.environ, "ASYNC_AGENT_TOKEN": token},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    if wait and not hub.wait_for_workers(1, timeout=30):
+        worker.terminate()
+        raise SystemExit("the worker did not register")
+    return worker
+
+
+def bench_round_trip(n: int) -> None:
+    token = "bench-token"
+    manager = TaskManager(max_workers=4, retention=n + 10)
+    hub = RemoteHub(manager, token=token).start()
+    worker = start_worker(hub, token, "bench")
     try:
-        if not hub.wait_for_workers(1, timeout=30):
-            raise SystemExit("the worker did not register")
         for _ in range(20):  # warm-up
             task_id = manager.submit("remote", "remote_execute", {"command": "true"})
             manager.wait(task_id)
@@ -112,15 +119,7 @@ def bench_fan_out() -> None:
     token = "bench-token"
     manager = TaskManager(max_workers=2, retention=1000)
     hub = RemoteHub(manager, token=token).start()
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "async_task_system", "worker", "--hub", hub.url, "--name", f"w{i}"],
-            env={**os.environ, "ASYNC_AGENT_TOKEN": token},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(2)
-    ]
+    workers = [start_worker(hub, token, f"w{i}", wait=False) for i in range(2)]
     try:
         if not hub.wait_for_workers(2, timeout=30):
             raise SystemExit("the workers did not register")
