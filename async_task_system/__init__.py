@@ -24,6 +24,7 @@ register_extension(
     kinds=("remote",),
     tools=("remote_execute",),
 )
+register_extension("journal", "async_task_system.platform.journal:Journal")
 register_extension("conversations", "async_task_system.conversation:Conversations", kinds=("conversation",))
 
 _EXPORTS: dict[str, str] = {

@@ -93,6 +93,13 @@ class TaskRecords:
         self._last_id = 0
         self._all_done = threading.Condition(self._lock)
         self._closed = False
+        self._archive: Callable[[str], TaskInfo | None] | None = None
+
+    def set_archive(self, lookup: Callable[[str], TaskInfo | None] | None) -> None:
+        """Where tasks dropped from memory can still be read (a journal): ``lookup(task_id)`` returns
+        the stored record or ``None``. ``results`` and ``check`` consult it for dropped ids, outside
+        the lock."""
+        self._archive = lookup
 
     def _set_status(self, task: TaskRecord, status: TaskStatus) -> None:
         """The single place a status changes (lock held)."""
@@ -174,19 +181,21 @@ class TaskRecords:
         :class:`TaskFailure` string that says what happened; raises only for ids never issued here."""
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
         out: dict[str, Any] = {}
+        dropped = []
         with self._lock:
             for task_id in ids:
                 if self._is_evicted(task_id):
-                    out[task_id] = TaskFailure.dropped(task_id)
+                    dropped.append(task_id)
                     continue
                 task = self._get(task_id)
-                info = task.info
-                out[task_id] = (
-                    info.result if info.status is TaskStatus.COMPLETED else TaskFailure.for_task(info)
-                )
+                out[task_id] = _value_of(task.info)
                 self._mark_read(task)
             self._evict()
-        return out
+        archive = self._archive
+        for task_id in dropped:
+            stored = archive(task_id) if archive is not None else None
+            out[task_id] = TaskFailure.dropped(task_id) if stored is None else _value_of(stored)
+        return {task_id: out[task_id] for task_id in ids}
 
     def result(self, task_id: str) -> Any:
         """One task's result (or its :class:`TaskFailure`)."""
@@ -194,6 +203,11 @@ class TaskRecords:
 
     def check(self, task_id: str) -> TaskInfo:
         """A snapshot of one task's record (this counts as reading its result)."""
+        archive = self._archive
+        if archive is not None and task_id not in self._tasks and self._is_evicted(task_id):
+            stored = archive(task_id)
+            if stored is not None:
+                return stored
         with self._lock:
             task = self._get(task_id)
             self._mark_read(task)
@@ -248,3 +262,7 @@ def new_id_prefix() -> str:
             if prefix not in _used_prefixes:
                 _used_prefixes.add(prefix)
                 return prefix
+
+
+def _value_of(info: TaskInfo) -> Any:
+    return info.result if info.status is TaskStatus.COMPLETED else TaskFailure.for_task(info)

@@ -138,6 +138,10 @@ class TaskManager(TaskRunner):
         retry_backoff: seconds before the first retry; doubled per attempt, capped at 30 s.
         id_prefix: the prefix of this manager's task ids (default ``task_<4 random letters>_``,
             unique within the process; a journal reserves it in its store across processes).
+        journal: a database URL (``sqlite:///tasks.db``, ``postgresql+psycopg://...``) where every
+            task's submission and transitions are recorded (the ``journal`` extension, from the
+            ``platform`` extra): what was in flight survives a crash, and results dropped from
+            memory stay readable.
     """
 
     def __init__(
@@ -151,11 +155,15 @@ class TaskManager(TaskRunner):
         retention: int = 1000,
         retry_backoff: float = 0.5,
         id_prefix: str | None = None,
+        journal: str | None = None,
     ) -> None:
         super().__init__(max_workers, executor, retention, retry_backoff, id_prefix)
         self._registry = TargetRegistry()
         self._shutdown_callbacks: list[Callable[[], None]] = []
         self._extensions = Extensions(self)
+        self.journal_url = journal
+        if journal is not None:
+            self.extension("journal")  # opens the store, reserves the id prefix, starts recording
         for item in tools or ():
             self.register_tool(item)
         for item in managed_agents or ():

@@ -105,3 +105,16 @@ def test_dropped_managers_leave_no_threads_behind():
         time.sleep(0.05)
     assert all(ref() is None for ref in refs), "a manager that was never shut down must be collectable"
     assert threading.active_count() <= baseline + 2  # the shared timer thread, at most one straggler
+
+
+def test_dropped_tasks_are_read_from_the_archive_when_one_is_set():
+    kept: dict = {}
+    with TaskManager(functions=[echo], retention=1) as manager:
+        manager.add_listener(lambda info: kept.__setitem__(info.id, info) if info.status.is_terminal else None)
+        manager.set_archive(kept.get)
+        ids = [manager.submit("function", "echo", {"value": i}) for i in range(3)]
+        manager.wait(ids, timeout=5)
+        assert manager.results(ids) == {ids[0]: 0, ids[1]: 1, ids[2]: 2}
+        assert manager.get_statistics()["retained"] == 1
+        assert manager.results(ids) == {ids[0]: 0, ids[1]: 1, ids[2]: 2}, "read back from the archive"
+        assert manager.check(ids[0]).result == 0
