@@ -312,6 +312,8 @@ def test_bad_frames_get_an_error_and_touch_nothing_else(setup):
             json.dumps({"type": "result", "request_id": "someone-elses", "success": True, "result": 1}),
             json.dumps({"type": "result", "request_id": 7, "success": "yes"}),
             json.dumps({"type": "log", "request_id": "x", "stream": "stdout", "line": "hi"}),
+            "[" * 8000 + "]" * 8000,  # under the size limit, but nested deeper than Python's parser goes
+            '{"type": "heartbeat", "running": ' + "[" * 8000 + "]" * 8000 + "}",
             "x" * (20 * 1024),
         ]
         for frame in bad_frames:

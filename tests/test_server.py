@@ -964,3 +964,80 @@ def test_the_concurrency_limit_is_max_workers_and_waiting_requests_are_pending(s
         answers = c.read_final(2)
     assert answers["first"]["response"] == {"Text": "first done"}
     assert answers["second"]["response"] == {"Text": "echo: queued"}
+
+
+# ------------------------------------------------------------------------------ hostile input (issue 9)
+
+
+def test_deep_nesting_is_a_parse_error_and_the_connection_stays_usable(srv):
+    with srv.client() as c:
+        deep = c.request("[" * 100_000 + "]" * 100_000 + "\n")
+        deep_in_request = c.request(
+            '{"request_id": "d", "input": {"Text": "x"}, "meta": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+        )
+        good = c.request({"request_id": "ok", "input": {"Text": "still here"}})
+    assert deep["error"] == "parse_error: Failed to parse request: JSON nested too deeply"
+    assert deep_in_request["error_code"] == "parse_error"
+    assert good["response"] == {"Text": "echo: still here"}
+
+
+@pytest.mark.parametrize(
+    "first_line",
+    [
+        b"POST / HTTP/1.1\r\n",
+        b"GET / HTTP/1.1\r\n",
+        b"get /index.html HTTP/1.0\r\n",
+        b"OPTIONS * HTTP/1.1\r\n",
+        b"PUT http://127.0.0.1:8080/ HTTP/1.1\r\n",
+    ],
+)
+def test_an_http_request_closes_the_connection_and_runs_nothing(srv, first_line):
+    # What a web page's fetch("http://127.0.0.1:PORT", {method: "POST", body: ...}) sends.
+    body = json.dumps(
+        {"request_id": "web", "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 2}}}}
+    )
+    headers = b"Host: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with srv.client() as c:
+        c.send(first_line + headers + body.encode() + b"\n")
+        assert c.read() is None, "closed with no answer at all"
+    assert ta.CALLS == [] and srv.records.empty()
+    with srv.client() as c:  # JSON clients are unaffected
+        assert c.request({"request_id": "ok", "input": {"Text": "x"}})["error"] is None
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"stream": "yes"},
+        {"use_tools": "false"},
+        {"stream": 1},
+        {"config": {"ask_before_tool_execution": "no"}},
+        {"config": {"incremental_stream": 0}},
+        {"config": {"max_tool_try": "5"}},
+        {"config": {"max_context_num": True}},
+        {"config": {"timeout": "5"}},
+    ],
+)
+def test_no_string_or_number_passes_for_a_boolean_or_a_number(field):
+    with pytest.raises(p.RequestError) as info:
+        p.parse_request({"request_id": "s", "input": {"Text": "x"}, **field})
+    assert info.value.code is p.ErrorCode.PARSE_ERROR
+    # JSON numbers still work where numbers are expected (an int is a valid float).
+    assert (
+        p.parse_request({"request_id": "s", "input": {"Text": "x"}, "config": {"timeout": 5}}).config.timeout
+        == 5
+    )
+
+
+def test_long_file_names_are_shortened_and_errors_never_show_server_paths(serve_factory, tmp_path):
+    srv = serve_factory(temp_dir=str(tmp_path))
+    with srv.client() as c:
+        long_name = c.request(
+            {"request_id": "long", "input": {"File": {"filename": "a" * 300 + ".txt", "data": b64("hello")}}}
+        )
+    assert long_name["error"] is None, long_name["error"]
+    # Every error text a client can provoke about files stays free of the server's folders.
+    srv2 = serve_factory(temp_dir=str(tmp_path / "missing"))
+    with srv2.client() as c:
+        failed = c.request({"request_id": "f", "input": {"File": {"filename": "x.txt", "data": b64("x")}}})
+    assert failed["error"] is not None and str(tmp_path) not in failed["error"]

@@ -347,9 +347,17 @@ def _decode_image(raw: bytes, index: int) -> Any:
     return image
 
 
+_MAX_FILENAME_BYTES = 200  # under the 255 of common file systems, with room for a "_2" suffix
+
+
 def _safe_filename(name: str, index: int, taken: set[str]) -> str:
     base = os.path.basename(name.replace("\\", "/")).strip().lstrip(".")
     base = re.sub(r"[\x00-\x1f]", "_", base) or f"file_{index + 1}"
+    if len(base.encode("utf-8")) > _MAX_FILENAME_BYTES:
+        stem, ext = os.path.splitext(base)
+        ext = ext if len(ext.encode("utf-8")) <= 16 else ""
+        room = _MAX_FILENAME_BYTES - len(ext.encode("utf-8"))
+        base = stem.encode("utf-8")[:room].decode("utf-8", errors="ignore") + ext
     candidate, n = base, 1
     while candidate in taken:
         n += 1
@@ -367,12 +375,19 @@ def _prepare(leaves: Sequence[InputType], temp_root: str | None, prepared: _Prep
         elif leaf.Image is not None:
             prepared.images.append(_decode_image(leaf.Image.raw, len(prepared.images)))
         elif leaf.File is not None:
-            if prepared.folder is None:
-                prepared.folder = tempfile.mkdtemp(prefix="async-agent-request-", dir=temp_root)
             name = _safe_filename(leaf.File.filename, len(prepared.files), taken)
-            path = os.path.join(prepared.folder, name)
-            with open(path, "wb") as handle:
-                handle.write(leaf.File.raw)
+            try:
+                if prepared.folder is None:
+                    prepared.folder = tempfile.mkdtemp(prefix="async-agent-request-", dir=temp_root)
+                path = os.path.join(prepared.folder, name)
+                with open(path, "wb") as handle:
+                    handle.write(leaf.File.raw)
+            except OSError as exc:  # the message would show the server's folder: say what, not where
+                raise RequestError(
+                    ErrorCode.PROCESSING_ERROR,
+                    f"File #{len(prepared.files) + 1} ({name[:80]!r}) could not be saved: "
+                    f"{exc.strerror or type(exc).__name__}",
+                ) from None
             prepared.files.append((name, leaf.File.content_type, path, leaf.File.raw))
         elif leaf.Instruction is not None:
             prepared.instructions.append(leaf.Instruction)

@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +78,12 @@ __all__ = [
 logger = logging.getLogger("async_task_system.server")
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+# The start of an HTTP request line (RFC 9112 section 3): a method, then a target. JSON never
+# starts like this, so such a first line is an HTTP client, possibly a web page in a browser.
+_HTTP_REQUEST_LINE = re.compile(
+    rb"^(GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH|PRI) +(/|\*|[a-z]+://)", re.I
+)
 DEFAULT_REQUEST_TIMEOUT = 300.0
 
 REQUEST_KIND = TaskKind.register("request", "a JSON-lines request")
@@ -286,6 +293,7 @@ class _Connection:
 
     async def run(self) -> None:
         logger.info("connection %s from %s", self.id, self.peer)
+        first = True
         try:
             while not self.closed:
                 try:
@@ -305,8 +313,15 @@ class _Connection:
                     break
                 if not line:
                     break  # EOF: the client is gone (or stopped sending): cancel its work
-                if line.strip():
-                    await self._handle_line(line)
+                if not line.strip():
+                    continue
+                if first and _HTTP_REQUEST_LINE.match(line):
+                    # A browser or another HTTP client (a web page can POST to localhost): no answer,
+                    # nothing runs, not even the body that follows the headers.
+                    logger.warning("connection %s from %s: an HTTP request; closed", self.id, self.peer)
+                    break
+                first = False
+                await self._handle_line(line)
         finally:
             self.abort("client disconnected")
             logger.info("connection %s closed", self.id)
@@ -326,6 +341,11 @@ class _Connection:
             obj = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             await self.send(error_response("", ErrorCode.PARSE_ERROR, f"Failed to parse request: {exc}"))
+            return
+        except RecursionError:
+            await self.send(
+                error_response("", ErrorCode.PARSE_ERROR, "Failed to parse request: JSON nested too deeply")
+            )
             return
         raw_id = obj.get("request_id") if isinstance(obj, dict) else None
         request_id = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else ""
