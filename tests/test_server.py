@@ -1041,3 +1041,40 @@ def test_long_file_names_are_shortened_and_errors_never_show_server_paths(serve_
     with srv2.client() as c:
         failed = c.request({"request_id": "f", "input": {"File": {"filename": "x.txt", "data": b64("x")}}})
     assert failed["error"] is not None and str(tmp_path) not in failed["error"]
+
+
+def bomb_png(width: int, height: int) -> str:
+    """A valid grayscale PNG of width x height black pixels, built row by row (never in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row, parts = zlib.compressobj(9), b"\0" * (width + 1), []
+    for _ in range(height):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    png_bytes = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    )
+    return base64.b64encode(png_bytes).decode()
+
+
+def test_image_bombs_are_refused_from_their_header(serve_factory):
+    bomb = bomb_png(10_000, 10_000)  # 100 megapixels in ~100 KB: 100 MB once decoded
+    assert len(bomb) < 400_000
+    srv = serve_factory(max_image_pixels=25_000_000, max_request_pixels=30_000_000)
+    with srv.client() as c:
+        started = time.monotonic()
+        one = c.request({"request_id": "bomb", "input": {"Image": {"data": bomb}}})
+        elapsed = time.monotonic() - started
+        many = c.request(
+            {"request_id": "many", "input": {"Multi": [{"Image": {"data": bomb_png(4000, 4000)}}] * 3}}
+        )
+        fine = c.request({"request_id": "fine", "input": {"Multi": [{"Image": {"data": png(8, 8)}}] * 3}})
+    assert one["error"].startswith("processing_error: Image #1 is 10000x10000 (100000000 pixels")
+    assert elapsed < 2, "decoding was attempted"
+    assert many["error"].startswith("processing_error: The images of this request have more than 30000000")
+    assert fine["error"] is None

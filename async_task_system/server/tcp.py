@@ -43,10 +43,13 @@ from ..errors import ManagerClosedError
 from ..manager import TaskManager
 from ..tasks import TaskInfo, TaskKind, TaskStatus
 from .agents import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
     AgentFactory,
     AgentHandle,
     Exchange,
     ExecutionResult,
+    ImageLimits,
     RequestCancelled,
     RequestHooks,
     approval_decision,
@@ -505,6 +508,7 @@ class _Connection:
             hooks,
             model=server.model,
             temp_root=server.temp_dir,
+            image_limits=ImageLimits(server.max_image_pixels, server.max_request_pixels),
         )
         limit = timeout if math.isfinite(timeout) else None
         arguments = {"job": state.job, "connection": self.id, "request_id": request.request_id}
@@ -605,6 +609,8 @@ class AgentServer:
         default_context_num: earlier exchanges shown to a request that sets no ``max_context_num``.
         max_history: exchanges remembered per connection (the cap of ``max_context_num``).
         temp_dir: where per-request file folders are created (system temp dir by default).
+        max_image_pixels, max_request_pixels: pixels (width x height x frames) of one image and of all
+            the images of a request, checked from each image's header before it is decoded.
         task_manager: the :class:`~async_task_system.TaskManager` whose tasks run the requests
             (kind ``request``, target ``serve_request``); by default the server creates one with
             ``max_workers=max_concurrent_requests`` and shuts it down in :meth:`close`. A manager
@@ -636,6 +642,8 @@ class AgentServer:
         max_history: int = 50,
         temp_dir: str | None = None,
         task_manager: TaskManager | None = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
     ) -> None:
         if not callable(agent_factory):
             raise TypeError("agent_factory must be a callable returning a fresh agent for each request")
@@ -659,6 +667,8 @@ class AgentServer:
         self.default_context_num = int(default_context_num)
         self.max_history = int(max_history)
         self.temp_dir = temp_dir
+        self.max_image_pixels = int(max_image_pixels)
+        self.max_request_pixels = int(max_request_pixels)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._connection_ids = itertools.count(1)
