@@ -7,6 +7,7 @@ AsyncAgents driven by a ScriptedModel (see tests/clients/testagents.py for the t
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -1078,3 +1079,73 @@ def test_image_bombs_are_refused_from_their_header(serve_factory):
     assert elapsed < 2, "decoding was attempted"
     assert many["error"].startswith("processing_error: The images of this request have more than 30000000")
     assert fine["error"] is None
+
+
+def test_one_client_cannot_take_every_slot(serve_factory):
+    srv = serve_factory(max_concurrent_requests=4, max_running_per_connection=2)
+    greedy = srv.client()
+    for i in range(10):  # each blocks until released
+        greedy.send({"request_id": f"g{i}", "input": {"Text": "STEPS: block(20)"}})
+    assert ta.BLOCK_STARTED.wait(10)
+    with srv.client() as honest:
+        started = time.monotonic()
+        answer = honest.request({"request_id": "h", "input": {"Text": "quick"}})
+        assert answer["error"] is None and time.monotonic() - started < 5
+    ta.RELEASE.set()
+    answers = greedy.read_final(10)
+    assert sorted(answers) == [f"g{i}" for i in range(10)] and all(
+        a["error"] is None for a in answers.values()
+    )
+    greedy.close()
+
+
+def test_connection_limits_and_the_authentication_timeout(serve_factory):
+    srv = serve_factory(max_connections_per_client=3, token="s3cret", auth_timeout=0.5)
+    clients = [srv.client() for _ in range(3)]
+    with srv.client() as extra:
+        refused = extra.read()
+        assert (
+            refused["error"] == "connection_error: Too many connections from your address; try again later."
+        )
+        assert extra.read() is None
+    started = time.monotonic()
+    for c in clients:  # silent: closed after the authentication timeout, with the reason
+        assert c.read()["error"].startswith("connection_error: No token within 0.5 s")
+        assert c.read() is None
+        c.close()
+    assert time.monotonic() - started < 5
+    with srv.client() as c:  # the slots are free again
+        assert c.request({"token": "s3cret"})["response"] == {"Text": "authenticated"}
+
+
+def test_before_the_token_nothing_large_is_buffered(serve_factory):
+    srv = serve_factory(token="s3cret", max_auth_line_bytes=4096)
+    with srv.client() as c:
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            c.send(b"x" * 200_000)  # unterminated, and far over the limit before the token
+        refused = c.read()
+        assert refused["error"].startswith("connection_error: Line longer than the limit of 4096 bytes")
+    with srv.client() as c:  # a large request works once the token came on its own line
+        assert c.request({"token": "s3cret"})["error"] is None
+        r = c.request({"request_id": "big", "input": {"Text": "x" * 100_000}})
+        assert r["error"] is None
+
+
+def test_idle_connections_are_closed_but_not_while_answers_are_due(serve_factory):
+    srv = serve_factory(idle_timeout=0.5)
+    with srv.client() as c:
+        r = c.request({"request_id": "slow", "input": {"Text": "STEPS: block(1.5) ||| final_answer('late')"}})
+        ta.RELEASE.set()
+    with srv.client() as c:
+        assert c.read() is None  # nothing sent for 0.5 s: closed
+    assert r["error"] is None, r  # the answer, 1.5 s in, came on a connection idle-limited to 0.5 s
+
+
+def test_history_honours_max_context_num_zero_and_is_cut(serve_factory):
+    srv = serve_factory(max_history_chars=100)
+    with srv.client() as c:
+        c.request({"request_id": "a", "input": {"Text": "x" * 10_000}, "config": {"max_context_num": 0}})
+        c.request({"request_id": "b", "input": {"Text": "y" * 10_000}})
+        histories = srv.thread.call(lambda: [list(conn.history) for conn in srv.server._connections])
+    (history,) = histories
+    assert len(history) == 1 and history[0].user == "y" * 100 + " [...]"
