@@ -16,6 +16,7 @@ model was sent (useful when several agents share one model and run concurrently)
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -61,9 +62,11 @@ class ScriptedModel(Model):
             ``ToolCallingAgent``), or callables ``(messages) -> str``, used in order.
         model_id: the id reported to smolagents and telemetry.
         repeat_last: keep answering with the last response instead of failing when the script ends.
+        keep_calls: how many of the latest calls :attr:`calls` keeps (a long-running server driven by
+            it must not keep every message, and every image, it ever saw).
 
     It honours ``stop_sequences`` (the text is cut at the first one, as an API would), records
-    every call in :attr:`calls` (the messages it saw), reports estimated token usage, is safe to
+    the latest calls in :attr:`calls` (the messages it saw; :attr:`call_count` counts all), reports estimated token usage, is safe to
     share between threads, and raises :class:`ScriptExhaustedError` with a clear message when
     asked for more responses than it has.
     """
@@ -73,12 +76,14 @@ class ScriptedModel(Model):
         responses: Sequence[Response],
         model_id: str = "scripted-model",
         repeat_last: bool = False,
+        keep_calls: int = 32,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_id=model_id, **kwargs)
         self.responses: list[Response] = list(responses)
         self.repeat_last = repeat_last
-        self.calls: list[list[Any]] = []
+        self.calls: collections.deque[list[Any]] = collections.deque(maxlen=max(1, keep_calls))
+        self.call_count = 0
         self._position = 0
         self._lock = threading.Lock()
 
@@ -102,7 +107,8 @@ class ScriptedModel(Model):
     ) -> ChatMessage:
         with self._lock:
             self.calls.append(list(messages))
-            call_number = len(self.calls)
+            self.call_count += 1
+            call_number = self.call_count
             if self._position < len(self.responses):
                 response = self.responses[self._position]
                 self._position += 1

@@ -312,6 +312,8 @@ def test_bad_frames_get_an_error_and_touch_nothing_else(setup):
             json.dumps({"type": "result", "request_id": "someone-elses", "success": True, "result": 1}),
             json.dumps({"type": "result", "request_id": 7, "success": "yes"}),
             json.dumps({"type": "log", "request_id": "x", "stream": "stdout", "line": "hi"}),
+            "[" * 8000 + "]" * 8000,  # under the size limit, but nested deeper than Python's parser goes
+            '{"type": "heartbeat", "running": ' + "[" * 8000 + "]" * 8000 + "}",
             "x" * (20 * 1024),
         ]
         for frame in bad_frames:
@@ -446,3 +448,93 @@ def test_results_are_shortened_to_fit_the_hubs_frame_limit(setup):
     assert 0 < len(result["stdout"]) < 16 * 1024
     assert result["stdout"].startswith('line with a tab\tand quote "\n')
     assert hub.rejected_frames == 0
+
+
+# ------------------------------------------------------------------------- hostile scripts (issue 9)
+
+STEAL = r"""
+import re
+wpid, token = {wpid}, {token!r}.encode()
+found = []
+for name in ("environ", "cmdline"):
+    try:
+        if token in open(f"/proc/{{wpid}}/{{name}}", "rb").read():
+            found.append(name)
+    except OSError as exc:
+        print(name, "refused:", exc.strerror)
+try:
+    with open(f"/proc/{{wpid}}/maps") as maps, open(f"/proc/{{wpid}}/mem", "rb", 0) as mem:
+        for line in maps:
+            m = re.match(r"([0-9a-f]+)-([0-9a-f]+) r", line)
+            if m and "mem" not in found:
+                start, end = int(m[1], 16), int(m[2], 16)
+                try:
+                    mem.seek(start)
+                    if token in mem.read(min(end - start, 1 << 26)):
+                        found.append("mem")
+                except (OSError, ValueError, OverflowError):
+                    pass
+except OSError as exc:
+    print("mem refused:", exc.strerror)
+print("FOUND", found)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+@pytest.mark.parametrize("how", ["env", "argv"])
+def test_a_script_can_neither_read_the_workers_token_nor_register_with_it(setup, how):
+    manager, hub, workers = setup
+    if how == "env":
+        worker = start_worker(hub, workers, "victim")
+    else:  # the token on the command line, where every user can read it with ps
+        worker = start_worker(hub, workers, "victim", "--token", TOKEN, token="")
+    wpid = worker.process.pid
+    # The script is given the token only to search for it: environment, command line, memory.
+    task_id, _ = run_remote(manager, STEAL.format(wpid=wpid, token=TOKEN), language="python", timeout=60)
+    looked = manager.result(task_id)
+    assert looked["stdout"].strip().endswith("FOUND []"), looked
+    # What the issue's attacker did: the worker's environment as a token, then a worker of its own.
+    steal = (
+        f'T=$(tr "\\0" "\\n" < /proc/{wpid}/environ | sed -n "s/^ASYNC_AGENT_TOKEN=//p"); '
+        f'ASYNC_AGENT_TOKEN="${{T:-none}}" {sys.executable} -m async_task_system worker --hub {hub.url} '
+        "--name thief --once; echo exit=$?"
+    )
+    task_id, _ = run_remote(manager, steal, timeout=30)
+    result = manager.result(task_id)
+    assert result["stdout"].strip().endswith("exit=3"), result  # the hub refused the token
+    assert {w["name"] for w in hub.workers()} == {"victim"}
+
+
+def test_a_second_connection_cannot_take_over_a_workers_name_and_work(setup, tmp_path: Path):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "box")
+    slow = manager.submit("remote", "remote_execute", {"command": "sleep 1; echo mine", "worker": "box"})
+    with connect(hub.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None) as thief:
+        thief.send(
+            json.dumps({"type": "register", "name": "box", "capabilities": ["shell"], "max_concurrent": 9})
+        )
+        reply = json.loads(thief.recv(5))
+        assert reply["type"] == "error" and reply["error_type"] == "name_taken"
+        with pytest.raises(ConnectionClosed):
+            thief.recv(5)
+    assert manager.wait(slow, timeout=20).not_done == []
+    assert manager.result(slow)["stdout"] == "mine\n"
+    assert [w["name"] for w in hub.workers()] == ["box"]
+
+
+def test_a_sigkilled_workers_scripts_die_with_it(setup, tmp_path: Path):
+    manager, hub, workers = setup
+    worker = start_worker(hub, workers, "doomed")
+    pid_file = tmp_path / "orphan.pid"
+    manager.submit(
+        "remote",
+        "remote_execute",
+        {"command": f"setsid sleep 30 & echo $! > {pid_file}; sleep 30", "timeout": 60},
+    )
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, "the script did not start"
+        time.sleep(0.05)
+    worker.process.kill()  # SIGKILL: the worker gets no chance to clean up
+    worker.process.wait(10)
+    assert _dead(int(pid_file.read_text()), within=5), "the script outlived its SIGKILLed worker"

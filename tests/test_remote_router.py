@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from async_task_system.remote.bridge import RemoteExecutionManager, RemoteRequest
+from async_task_system.remote.bridge import RemoteExecutionManager, RemoteRequest, RemoteUnavailable
 from async_task_system.remote.protocol import ProtocolError
 from async_task_system.remote.router import Worker, WorkerRouter
 
@@ -121,14 +121,20 @@ def test_a_worker_that_leaves_fails_its_requests_as_worker_lost(bridge):
         a.answer(running[0])
 
 
-def test_a_new_connection_with_the_same_name_replaces_the_old_one(bridge):
+def test_a_second_connection_with_a_live_workers_name_is_refused(bridge):
     remote, router = bridge
     old = Endpoint(router, "box")
     request_id = send(remote)
     new_frames: list[dict] = []
-    replacement = Worker("box", ["shell"], 1, new_frames.append)
-    assert router.join(replacement) is old.worker
-    assert remote.outcome(request_id).error_type == "worker_lost"
+    thief = Worker("box", ["shell"], 1, new_frames.append)
+    with pytest.raises(RemoteUnavailable) as refused:
+        router.join(thief)
+    assert refused.value.error_type == "name_taken"
+    assert remote.outcome(request_id) is None  # the work stays with the worker it was sent to
+    assert request_id in old.executes() and new_frames == []
+    # Once the old connection is gone, the name is free again (a worker reconnecting).
+    router.leave(old.worker, "connection closed")
+    router.join(thief)
     assert send(remote) in [f["request_id"] for f in new_frames]
 
 

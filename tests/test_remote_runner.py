@@ -114,3 +114,61 @@ def test_cpu_limit_kills_a_busy_loop():
     outcome = run("while :; do :; done", limits=RunLimits(cpu_seconds=1), timeout=20)
     assert not outcome.success and outcome.error_type == "remote_error"
     assert "CPU time limit" in outcome.error
+
+
+# ------------------------------------------------------------------------- escapes (issue 9)
+
+
+def _wait_dead(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_a_setsid_child_dies_with_the_script_on_timeout(tmp_path: Path):
+    pid_file = tmp_path / "escaped.pid"
+    # setsid leaves the script's session and process group: killpg alone would miss it.
+    outcome = run(f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 30' & sleep 30", timeout=1)
+    assert outcome.error_type == "timeout"
+    assert _wait_dead(int(pid_file.read_text())), "the setsid child survived the timeout"
+
+
+def test_a_double_forked_daemon_dies_when_the_script_ends(tmp_path: Path):
+    pid_file = tmp_path / "daemon.pid"
+    started = time.monotonic()
+    outcome = run(
+        f"(setsid sh -c 'echo $$ > {pid_file}; exec sleep 30' &) ; sleep 0.3; echo done", timeout=20
+    )
+    assert outcome.success and outcome.result["stdout"] == "done\n"
+    assert time.monotonic() - started < 10, "the daemon held the output pipes open"
+    assert _wait_dead(int(pid_file.read_text()))
+
+
+def test_the_cpu_limit_counts_every_process_of_the_tree():
+    # Four busy children, one CPU-second each at most per process: the tree's total is the limit.
+    script = "for i in 1 2 3 4; do (while :; do :; done) & done; wait"
+    started = time.monotonic()
+    outcome = run(script, limits=RunLimits(cpu_seconds=1), timeout=30)
+    assert not outcome.success and "CPU time limit" in outcome.error
+    assert time.monotonic() - started < 5  # the 4 children used ~1 CPU-second together, not 4 each
+
+
+def test_process_count_and_file_size_limits(tmp_path: Path):
+    many = run(
+        "for i in $(seq 1 200); do sleep 30 & done; wait", limits=RunLimits(max_processes=20), timeout=30
+    )
+    assert not many.success and many.error == "sandbox limit: more than 20 processes; all of them were killed"
+    big = run(f"head -c 5000000 /dev/zero > {tmp_path / 'big'}", limits=RunLimits(file_size_mb=1), timeout=20)
+    # head dies of SIGXFSZ; the shell around it reports that as exit code 128 + 25.
+    assert not big.success and "File size limit exceeded" in big.result["stderr"]
+    assert (tmp_path / "big").stat().st_size <= 1024 * 1024
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="capabilities are dropped for root's scripts")
+def test_a_root_runners_scripts_have_no_capabilities():
+    outcome = run("grep -E '^Cap(Prm|Eff|Bnd|Amb)' /proc/self/status; grep NoNewPrivs /proc/self/status")
+    assert outcome.success
+    fields = dict(line.split(":\t") for line in outcome.result["stdout"].splitlines())
+    assert {fields[k].strip() for k in ("CapPrm", "CapEff", "CapBnd", "CapAmb")} == {"0000000000000000"}
+    assert fields["NoNewPrivs"].strip() == "1"

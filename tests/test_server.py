@@ -7,6 +7,7 @@ AsyncAgents driven by a ScriptedModel (see tests/clients/testagents.py for the t
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -964,3 +965,187 @@ def test_the_concurrency_limit_is_max_workers_and_waiting_requests_are_pending(s
         answers = c.read_final(2)
     assert answers["first"]["response"] == {"Text": "first done"}
     assert answers["second"]["response"] == {"Text": "echo: queued"}
+
+
+# ------------------------------------------------------------------------------ hostile input (issue 9)
+
+
+def test_deep_nesting_is_a_parse_error_and_the_connection_stays_usable(srv):
+    with srv.client() as c:
+        deep = c.request("[" * 100_000 + "]" * 100_000 + "\n")
+        deep_in_request = c.request(
+            '{"request_id": "d", "input": {"Text": "x"}, "meta": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+        )
+        good = c.request({"request_id": "ok", "input": {"Text": "still here"}})
+    assert deep["error"] == "parse_error: Failed to parse request: JSON nested too deeply"
+    assert deep_in_request["error_code"] == "parse_error"
+    assert good["response"] == {"Text": "echo: still here"}
+
+
+@pytest.mark.parametrize(
+    "first_line",
+    [
+        b"POST / HTTP/1.1\r\n",
+        b"GET / HTTP/1.1\r\n",
+        b"get /index.html HTTP/1.0\r\n",
+        b"OPTIONS * HTTP/1.1\r\n",
+        b"PUT http://127.0.0.1:8080/ HTTP/1.1\r\n",
+    ],
+)
+def test_an_http_request_closes_the_connection_and_runs_nothing(srv, first_line):
+    # What a web page's fetch("http://127.0.0.1:PORT", {method: "POST", body: ...}) sends.
+    body = json.dumps(
+        {"request_id": "web", "input": {"Instruction": {"command": "add", "parameters": {"a": 1, "b": 2}}}}
+    )
+    headers = b"Host: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with srv.client() as c:
+        c.send(first_line + headers + body.encode() + b"\n")
+        assert c.read() is None, "closed with no answer at all"
+    assert ta.CALLS == [] and srv.records.empty()
+    with srv.client() as c:  # JSON clients are unaffected
+        assert c.request({"request_id": "ok", "input": {"Text": "x"}})["error"] is None
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"stream": "yes"},
+        {"use_tools": "false"},
+        {"stream": 1},
+        {"config": {"ask_before_tool_execution": "no"}},
+        {"config": {"incremental_stream": 0}},
+        {"config": {"max_tool_try": "5"}},
+        {"config": {"max_context_num": True}},
+        {"config": {"timeout": "5"}},
+    ],
+)
+def test_no_string_or_number_passes_for_a_boolean_or_a_number(field):
+    with pytest.raises(p.RequestError) as info:
+        p.parse_request({"request_id": "s", "input": {"Text": "x"}, **field})
+    assert info.value.code is p.ErrorCode.PARSE_ERROR
+    # JSON numbers still work where numbers are expected (an int is a valid float).
+    assert (
+        p.parse_request({"request_id": "s", "input": {"Text": "x"}, "config": {"timeout": 5}}).config.timeout
+        == 5
+    )
+
+
+def test_long_file_names_are_shortened_and_errors_never_show_server_paths(serve_factory, tmp_path):
+    srv = serve_factory(temp_dir=str(tmp_path))
+    with srv.client() as c:
+        long_name = c.request(
+            {"request_id": "long", "input": {"File": {"filename": "a" * 300 + ".txt", "data": b64("hello")}}}
+        )
+    assert long_name["error"] is None, long_name["error"]
+    # Every error text a client can provoke about files stays free of the server's folders.
+    srv2 = serve_factory(temp_dir=str(tmp_path / "missing"))
+    with srv2.client() as c:
+        failed = c.request({"request_id": "f", "input": {"File": {"filename": "x.txt", "data": b64("x")}}})
+    assert failed["error"] is not None and str(tmp_path) not in failed["error"]
+
+
+def bomb_png(width: int, height: int) -> str:
+    """A valid grayscale PNG of width x height black pixels, built row by row (never in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row, parts = zlib.compressobj(9), b"\0" * (width + 1), []
+    for _ in range(height):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    png_bytes = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    )
+    return base64.b64encode(png_bytes).decode()
+
+
+def test_image_bombs_are_refused_from_their_header(serve_factory):
+    bomb = bomb_png(10_000, 10_000)  # 100 megapixels in ~100 KB: 100 MB once decoded
+    assert len(bomb) < 400_000
+    srv = serve_factory(max_image_pixels=25_000_000, max_request_pixels=30_000_000)
+    with srv.client() as c:
+        started = time.monotonic()
+        one = c.request({"request_id": "bomb", "input": {"Image": {"data": bomb}}})
+        elapsed = time.monotonic() - started
+        many = c.request(
+            {"request_id": "many", "input": {"Multi": [{"Image": {"data": bomb_png(4000, 4000)}}] * 3}}
+        )
+        fine = c.request({"request_id": "fine", "input": {"Multi": [{"Image": {"data": png(8, 8)}}] * 3}})
+    assert one["error"].startswith("processing_error: Image #1 is 10000x10000 (100000000 pixels")
+    assert elapsed < 2, "decoding was attempted"
+    assert many["error"].startswith("processing_error: The images of this request have more than 30000000")
+    assert fine["error"] is None
+
+
+def test_one_client_cannot_take_every_slot(serve_factory):
+    srv = serve_factory(max_concurrent_requests=4, max_running_per_connection=2)
+    greedy = srv.client()
+    for i in range(10):  # each blocks until released
+        greedy.send({"request_id": f"g{i}", "input": {"Text": "STEPS: block(20)"}})
+    assert ta.BLOCK_STARTED.wait(10)
+    with srv.client() as honest:
+        started = time.monotonic()
+        answer = honest.request({"request_id": "h", "input": {"Text": "quick"}})
+        assert answer["error"] is None and time.monotonic() - started < 5
+    ta.RELEASE.set()
+    answers = greedy.read_final(10)
+    assert sorted(answers) == [f"g{i}" for i in range(10)] and all(
+        a["error"] is None for a in answers.values()
+    )
+    greedy.close()
+
+
+def test_connection_limits_and_the_authentication_timeout(serve_factory):
+    srv = serve_factory(max_connections_per_client=3, token="s3cret", auth_timeout=0.5)
+    clients = [srv.client() for _ in range(3)]
+    with srv.client() as extra:
+        refused = extra.read()
+        assert (
+            refused["error"] == "connection_error: Too many connections from your address; try again later."
+        )
+        assert extra.read() is None
+    started = time.monotonic()
+    for c in clients:  # silent: closed after the authentication timeout, with the reason
+        assert c.read()["error"].startswith("connection_error: No token within 0.5 s")
+        assert c.read() is None
+        c.close()
+    assert time.monotonic() - started < 5
+    with srv.client() as c:  # the slots are free again
+        assert c.request({"token": "s3cret"})["response"] == {"Text": "authenticated"}
+
+
+def test_before_the_token_nothing_large_is_buffered(serve_factory):
+    srv = serve_factory(token="s3cret", max_auth_line_bytes=4096)
+    with srv.client() as c:
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            c.send(b"x" * 200_000)  # unterminated, and far over the limit before the token
+        refused = c.read()
+        assert refused["error"].startswith("connection_error: Line longer than the limit of 4096 bytes")
+    with srv.client() as c:  # a large request works once the token came on its own line
+        assert c.request({"token": "s3cret"})["error"] is None
+        r = c.request({"request_id": "big", "input": {"Text": "x" * 100_000}})
+        assert r["error"] is None
+
+
+def test_idle_connections_are_closed_but_not_while_answers_are_due(serve_factory):
+    srv = serve_factory(idle_timeout=0.5)
+    with srv.client() as c:
+        r = c.request({"request_id": "slow", "input": {"Text": "STEPS: block(1.5) ||| final_answer('late')"}})
+        ta.RELEASE.set()
+    with srv.client() as c:
+        assert c.read() is None  # nothing sent for 0.5 s: closed
+    assert r["error"] is None, r  # the answer, 1.5 s in, came on a connection idle-limited to 0.5 s
+
+
+def test_history_honours_max_context_num_zero_and_is_cut(serve_factory):
+    srv = serve_factory(max_history_chars=100)
+    with srv.client() as c:
+        c.request({"request_id": "a", "input": {"Text": "x" * 10_000}, "config": {"max_context_num": 0}})
+        c.request({"request_id": "b", "input": {"Text": "y" * 10_000}})
+        histories = srv.thread.call(lambda: [list(conn.history) for conn in srv.server._connections])
+    (history,) = histories
+    assert len(history) == 1 and history[0].user == "y" * 100 + " [...]"

@@ -281,6 +281,9 @@ class RemoteHub:
         if not self.router.accepting:
             await ws.close(1001, "hub stopping")
             return None
+        if self.router.has_worker(fields["name"]):
+            await self._refuse_name(ws, fields["name"])
+            return None
         # Answer before joining the router, so no execute frame can reach the worker before it.
         await ws.send(
             encode(
@@ -298,15 +301,23 @@ class RemoteHub:
             connection=_Link(ws),
         )
         try:
-            replaced = self.router.join(worker)
-        except RemoteUnavailable:  # the hub stopped meanwhile
-            await ws.close(1001, "hub stopping")
+            self.router.join(worker)
+        except RemoteUnavailable as exc:
+            if exc.error_type == "name_taken":  # another connection with the name came in meanwhile
+                await self._refuse_name(ws, fields["name"])
+            else:  # the hub stopped meanwhile
+                await ws.close(1001, "hub stopping")
             return None
-        if replaced is not None:
-            self._drop(replaced, "replaced by a new connection with the same name")
-            asyncio.ensure_future(replaced.connection.ws.close(4000, "replaced by a new connection"))
         self._arm(worker)
         return worker
+
+    async def _refuse_name(self, ws: ServerConnection, name: str) -> None:
+        self.rejected_frames += 1
+        logger.warning("refused a second connection for worker %r (the first is alive)", name)
+        frame = error_frame(f"worker name {name!r} is in use by a live connection; retry later")
+        frame["error_type"] = "name_taken"
+        await ws.send(encode(frame))
+        await ws.close(1008, "worker name in use")
 
     def _arm(self, worker: Worker) -> None:
         """(Re)start the worker's liveness deadline: any frame counts as a heartbeat."""

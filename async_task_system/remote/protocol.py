@@ -69,6 +69,8 @@ def decode(frame: str | bytes | bytearray | dict[str, Any]) -> dict[str, Any]:
         message = json.loads(frame)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise ProtocolError("frame is JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"frame must be a JSON object, got {type(message).__name__}")
     return message

@@ -173,23 +173,32 @@ class WorkerRouter:
 
     # ------------------------------------------------------------------ registry
 
-    def join(self, worker: Worker) -> Worker | None:
-        """Register ``worker``; returns the worker it replaced (same name), already dropped, if any.
+    def join(self, worker: Worker) -> None:
+        """Register ``worker``.
 
-        Raises :class:`RemoteUnavailable` (``hub_stopped``) when not accepting.
+        Raises :class:`RemoteUnavailable`: ``hub_stopped`` when not accepting, ``name_taken`` while
+        a live worker has the same name. A second connection never takes over a worker's name or
+        its work: a worker that reconnects is let in once its old connection is gone (closed, or
+        silent past the heartbeat timeout).
         """
         with self._lock:
             if not self._open:
                 raise RemoteUnavailable("hub_stopped", "not accepting workers")
-            replaced = self._workers.get(worker.name)
+            if worker.name in self._workers:
+                raise RemoteUnavailable(
+                    "name_taken",
+                    f"a worker named {worker.name!r} is connected; a reconnecting worker is accepted once "
+                    "its previous connection is gone",
+                )
             self._workers[worker.name] = worker
             self._workers_changed.notify_all()
         logger.info("worker %r joined (%s)", worker.name, ", ".join(worker.capabilities))
-        if replaced is not None:
-            logger.warning("worker %r reconnected; dropping its previous connection", worker.name)
-            self.leave(replaced, "replaced by a new connection with the same name")
         self.pump()  # requests waiting for a free slot may go to the newcomer
-        return replaced
+
+    def has_worker(self, name: str) -> bool:
+        """Whether a worker named ``name`` is registered now."""
+        with self._lock:
+            return name in self._workers
 
     def leave(self, worker: Worker, reason: str) -> list[str]:
         """Forget ``worker`` and fail its in-flight requests with ``worker_lost``; idempotent."""

@@ -1,18 +1,25 @@
-"""Runs one shell or Python script as a sandboxed subprocess: the part of the worker any runtime can reuse.
+"""Runs one shell or Python script as a sandboxed subprocess: the one runner for every script the project starts.
 
 The worker daemon (:mod:`.worker`) uses it for the commands a hub sends, and the tool runtimes
-use the same runner, so every script the project starts gets the same treatment:
+reuse it, so every script gets the same treatment:
 
 * argument lists, never a shell string built by us: ``/bin/sh -c SCRIPT`` or ``python -u -c SCRIPT``;
   stdin is ``/dev/null``;
-* each in a new session (its own process group); on timeout or cancel the whole group is killed,
-  so background children die too;
-* rlimits on CPU seconds and address space (memory), set by ``ulimit`` just before ``exec``, and
-  no core dumps;
+* each under its own supervisor (:mod:`._supervise`) in a new session: the supervisor is the
+  child subreaper of everything the script starts, so on timeout, cancel, the script's end and the
+  worker's death (``PR_SET_PDEATHSIG``) *every* descendant is killed, also one that called
+  ``setsid`` or double-forked;
+* limits on the whole tree (CPU seconds of all its processes, resident memory, number of
+  processes) and per process (``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, no core dumps);
+  a root worker's scripts run with no capabilities and ``no_new_privs`` (or as ``user``);
 * a clean environment: only the variables on an allow-list, plus those the caller sets (and the
   caller's W3C trace context as ``TRACEPARENT`` / ``TRACESTATE``);
 * stdout and stderr captured up to a byte cap each (the result says when output was truncated),
   and optionally streamed line by line while the script runs.
+
+Without cgroups v2 (none is delegated to us on most hosts and containers) the tree limits are
+checked every 0.2 s from ``/proc``: a fork bomb or an allocation burst can overshoot for that
+long before the tree is killed; ``RLIMIT_NPROC`` (another ``user`` only) bounds forks at once.
 
 No networking here: what to run and where the lines go are the caller's business.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import sys
@@ -53,8 +61,16 @@ class RunLimits:
     """Bytes of stdout and of stderr kept (and streamed) per script."""
     cpu_seconds: float | None = 300.0
     """``RLIMIT_CPU``: soft limit gives ``SIGXCPU``, the hard one a second later ``SIGKILL``."""
+    """Also the CPU seconds of the whole tree (every process the script starts, together)."""
     memory_mb: int | None = 1024
-    """``RLIMIT_AS`` in MiB: allocations beyond it fail."""
+    """``RLIMIT_AS`` in MiB: allocations beyond it fail. Also the resident memory of the whole tree."""
+    file_size_mb: int | None = 256
+    """``RLIMIT_FSIZE`` in MiB: no file written grows beyond it (``SIGXFSZ``)."""
+    max_processes: int | None = 64
+    """Processes of the script's tree at once; more, and the whole tree is killed."""
+    user: str | None = None
+    """Run scripts as this user (name or uid) when the runner is root; ``None``: the runner's
+    user, with every capability dropped when that is root."""
     allow_env: tuple[str, ...] = DEFAULT_ALLOW_ENV
     """Variables passed from this process's environment; nothing else is."""
     languages: tuple[str, ...] = LANGUAGES
@@ -75,28 +91,15 @@ class RunOutcome(NamedTuple):
     error_type: str | None  # "timeout", "cancelled" or "remote_error" when not successful
 
 
-def _limit_prefix(cpu_seconds: float | None, memory_bytes: int | None) -> list[str]:
-    """An argv prefix that sets the script's rlimits with ``ulimit`` in ``/bin/sh``, then execs it.
+_SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_supervise.py")
+_GRACE = 3.0  # seconds the supervisor has to kill the tree before its group is killed outright
 
-    Why not ``resource.setrlimit`` in a ``preexec_fn``: a ``preexec_fn`` forces a full ``fork`` of
-    the worker (measured 4-5 ms per script here) where Python otherwise uses ``vfork`` (~1 ms).
-    Limits are clamped to the worker's own hard limits, which a child cannot raise.
-    """
-    import resource
 
-    def clamp(kind: int, value: int, unit: int = 1) -> int:
-        hard = resource.getrlimit(kind)[1]
-        return value if hard == resource.RLIM_INFINITY else min(value, hard // unit)
+def _user_ids(user: str) -> tuple[int, int]:
+    import pwd
 
-    steps = ["ulimit -c 0"]
-    if cpu_seconds is not None:
-        seconds = max(1, int(cpu_seconds + 0.999))
-        top = clamp(resource.RLIMIT_CPU, seconds + 1)
-        # soft limit -> SIGXCPU, hard limit a second later -> SIGKILL
-        steps += [f"ulimit -S -t {min(seconds, top)}", f"ulimit -H -t {top}"]
-    if memory_bytes is not None:
-        steps.append(f"ulimit -v {clamp(resource.RLIMIT_AS, max(1, memory_bytes // 1024), 1024)}")
-    return ["/bin/sh", "-c", " && ".join(steps) + ' && exec "$@"', "rlimits"]
+    entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 class _Capture:
@@ -164,6 +167,24 @@ class ScriptRunner:
             return [self.limits.python, "-u", "-c", command]
         return ["/bin/sh", "-c", command]
 
+    def _sandbox(self, env: dict[str, str]) -> str:
+        """The supervisor's configuration (see :mod:`._supervise`)."""
+        limits = self.limits
+        mib = 1024 * 1024
+        memory = None if limits.memory_mb is None else int(limits.memory_mb) * mib
+        config: dict[str, Any] = {
+            "parent": os.getpid(),
+            "env": env,
+            "cpu_seconds": limits.cpu_seconds,
+            "tree_cpu_seconds": limits.cpu_seconds,
+            "memory_bytes": memory,
+            "tree_memory_bytes": memory,
+            "file_bytes": None if limits.file_size_mb is None else int(limits.file_size_mb) * mib,
+            "max_processes": limits.max_processes,
+            "user": _user_ids(str(limits.user)) if limits.user is not None and os.geteuid() == 0 else None,
+        }
+        return json.dumps(config)
+
     def _env(self, extra: dict[str, str], trace: dict[str, str]) -> dict[str, str]:
         env = {key: os.environ[key] for key in self.limits.allow_env if key in os.environ}
         env.setdefault("PATH", os.defpath)
@@ -200,19 +221,21 @@ class ScriptRunner:
             return RunOutcome(
                 False, {"exit_code": None}, f"this worker does not run {language} commands", "remote_error"
             )
-        memory = None if limits.memory_mb is None else int(limits.memory_mb) * 1024 * 1024
-        argv = _limit_prefix(limits.cpu_seconds, memory) + self._argv(language, command)
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv,
+                sys.executable,
+                "-I",
+                "-S",
+                _SUPERVISOR,
+                *self._argv(language, command),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._env(env or {}, trace or {}),
+                env={"ASYNC_AGENT_SANDBOX": self._sandbox(self._env(env or {}, trace or {}))},
                 cwd=limits.workdir,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, KeyError) as exc:
             return RunOutcome(
                 False, {"exit_code": None}, f"could not start the {language} process: {exc}", "remote_error"
             )
@@ -230,15 +253,14 @@ class ScriptRunner:
                 await asyncio.wait_for(process.wait(), timeout)
             except TIMEOUT_ERRORS:
                 flags["timed_out"] = True
-                _kill_group(process)
-                await process.wait()
+                await _stop(process)
             # Output still buffered in the pipes; bounded, because a grandchild that left the
             # process group could keep a pipe open forever.
             _done, pending = await asyncio.wait(pumps, timeout=2.0)
             for pump in pending:
                 pump.cancel()
         except asyncio.CancelledError:
-            _kill_group(process)
+            _stop_soon(process)
             for pump in pumps:
                 pump.cancel()
             raise
@@ -262,11 +284,15 @@ class ScriptRunner:
             )
         if flags["cancelled"]:
             return RunOutcome(False, result, "cancelled; the process group was killed", "cancelled")
+        if code == _SANDBOX_LIMIT and "\nsandbox: " in result["stderr"]:
+            reason = result["stderr"].rsplit("\nsandbox: ", 1)[1].strip()
+            return RunOutcome(False, result, f"sandbox limit: {reason}", "remote_error")
         if code == 0:
             return RunOutcome(True, result, None, None)
         if code is not None and code < 0:
             name = _signal_name(-code)
             hint = " (CPU time limit)" if name in ("SIGXCPU", "SIGKILL") and limits.cpu_seconds else ""
+            hint = " (file size limit)" if name == "SIGXFSZ" else hint
             return RunOutcome(False, result, f"killed by {name}{hint}", "remote_error")
         return RunOutcome(False, result, f"exit code {code}", "remote_error")
 
@@ -277,7 +303,7 @@ class ScriptRunner:
             return False
         process, flags = entry
         flags["cancelled"] = True
-        _kill_group(process)
+        _stop_soon(process)
         return True
 
     def kill_all(self) -> int:
@@ -309,9 +335,35 @@ async def _pump(stream: asyncio.StreamReader, capture: _Capture) -> None:
         capture.feed(chunk)
 
 
+_SANDBOX_LIMIT = 125  # the supervisor's exit code when a limit of the tree ended the script
+
+
 def _kill_group(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def _stop_soon(process: asyncio.subprocess.Process) -> None:
+    """Ask the supervisor to kill the script's whole tree; kill its group outright if it has not
+    ended within the grace period (the script, as the same user, may have stopped it)."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(process.pid, signal.SIGTERM)
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop().call_later(
+            _GRACE, lambda: process.returncode is None and _kill_group(process)
+        )
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """:func:`_stop_soon` and wait for the supervisor's end."""
+    _stop_soon(process)
+    with contextlib.suppress(*TIMEOUT_ERRORS):
+        await asyncio.wait_for(process.wait(), _GRACE + 1)
+    if process.returncode is None:
+        _kill_group(process)
+        await process.wait()
 
 
 def _signal_name(number: int) -> str:

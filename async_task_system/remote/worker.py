@@ -61,6 +61,9 @@ class WorkerConfig:
     max_output_bytes: int = 256 * 1024
     cpu_seconds: float | None = 300.0
     memory_mb: int | None = 1024
+    file_size_mb: int | None = 256
+    max_processes: int | None = 64
+    run_as: str | None = None
     allow_env: tuple[str, ...] = DEFAULT_ALLOW_ENV
     python: str = field(default_factory=lambda: sys.executable or "python3")
     workdir: str | None = None
@@ -76,6 +79,9 @@ class WorkerConfig:
             max_output_bytes=self.max_output_bytes,
             cpu_seconds=self.cpu_seconds,
             memory_mb=self.memory_mb,
+            file_size_mb=self.file_size_mb,
+            max_processes=self.max_processes,
+            user=self.run_as,
             allow_env=tuple(self.allow_env),
             languages=tuple(self.capabilities),
             python=self.python,
@@ -172,6 +178,9 @@ class WorkerDaemon:
         await ws.send(encode(register_frame(config.name, list(config.capabilities), config.max_concurrent)))
         reply = decode(await asyncio.wait_for(ws.recv(), 10))
         if reply.get("type") != "registered":
+            if reply.get("error_type") == "name_taken":  # our previous connection is not gone yet
+                logger.warning("the hub still has a connection named %r; retrying", config.name)
+                return None
             logger.error("the hub refused the registration: %s", reply.get("error", reply))
             return EXIT_REGISTRATION_FAILED
         interval = float(reply.get("heartbeat_interval") or 5.0)
@@ -302,6 +311,45 @@ class WorkerDaemon:
         return frame
 
 
+# ---------------------------------------------------------------------------------------------- secrets
+
+
+def protect_secret(secret: str) -> list[str]:
+    """Keep ``secret`` (the hub token) from the worker's scripts; returns what could not be done.
+
+    * ``PR_SET_DUMPABLE 0``: a process of another user, or of the same user without
+      ``CAP_SYS_PTRACE`` (the runner drops every capability of a root worker's scripts), can no
+      longer read this process's ``/proc/PID/environ`` or ``/proc/PID/mem`` nor ``ptrace`` it;
+    * the secret is overwritten where the kernel keeps the original command line and environment
+      (``/proc/PID/cmdline`` is readable by every user, whatever the dumpable flag), and
+      ``ASYNC_AGENT_TOKEN`` leaves ``os.environ``.
+    """
+    problems = []
+    os.environ.pop("ASYNC_AGENT_TOKEN", None)
+    if not sys.platform.startswith("linux"):
+        return ["not Linux: the token stays readable in this process's environment"]
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        problems.append(f"prctl(PR_SET_DUMPABLE, 0) failed: errno {ctypes.get_errno()}")
+    needle = secret.encode()
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            data = handle.read()
+        fields = data[data.rfind(b")") + 2 :].split()
+        regions = [(int(fields[45]), int(fields[46])), (int(fields[47]), int(fields[48]))]
+        with open("/proc/self/mem", "r+b", buffering=0) as memory:
+            for start, end in regions:
+                memory.seek(start)
+                block = memory.read(end - start)
+                if needle and needle in block:
+                    memory.seek(start)
+                    memory.write(block.replace(needle, b"*" * len(needle)))
+    except (OSError, ValueError, IndexError) as exc:
+        problems.append(f"could not scrub the token from the process's arguments and environment: {exc}")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 
@@ -311,7 +359,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         default=os.environ.get("ASYNC_AGENT_TOKEN"),
-        help="shared secret of the hub (default: $ASYNC_AGENT_TOKEN; prefer the variable, argv is visible to ps)",
+        help="shared secret of the hub (default: $ASYNC_AGENT_TOKEN; prefer the variable or --token-file, "
+        "argv is visible to ps until the worker has started)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help="read the token from this file (keep it unreadable to the user scripts run as, see --run-as)",
     )
     parser.add_argument(
         "--name", default=socket.gethostname(), help="worker name, unique per hub (default: host name)"
@@ -331,6 +385,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--memory-mb", type=int, default=1024, help="RLIMIT_AS per script in MiB (0 = no limit)"
+    )
+    parser.add_argument(
+        "--max-file-mb", type=int, default=256, help="RLIMIT_FSIZE per script in MiB (0 = no limit)"
+    )
+    parser.add_argument(
+        "--max-processes",
+        type=int,
+        default=64,
+        help="processes of one script's tree at once; more and the tree is killed (0 = no limit)",
+    )
+    parser.add_argument(
+        "--run-as",
+        default=None,
+        help="when the worker runs as root, run scripts as this user (name or uid); without it, a root "
+        "worker's scripts run as root with no capabilities",
     )
     parser.add_argument(
         "--allow-env",
@@ -362,6 +431,13 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         raise SystemExit(f"unknown capabilities {unknown}: use {', '.join(LANGUAGES)}")
     if args.max_concurrent < 1:
         raise SystemExit("--max-concurrent must be at least 1")
+    if args.run_as is not None:
+        import pwd
+
+        try:
+            pwd.getpwuid(int(args.run_as)) if args.run_as.isdigit() else pwd.getpwnam(args.run_as)
+        except KeyError:
+            raise SystemExit(f"--run-as: no user {args.run_as!r}") from None
     return WorkerConfig(
         hub=args.hub,
         token=args.token,
@@ -371,6 +447,9 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         max_output_bytes=args.max_output_bytes,
         cpu_seconds=args.cpu_seconds or None,
         memory_mb=args.memory_mb or None,
+        file_size_mb=args.max_file_mb or None,
+        max_processes=args.max_processes or None,
+        run_as=args.run_as,
         allow_env=tuple(v.strip() for v in args.allow_env.split(",") if v.strip()),
         python=args.python,
         workdir=args.workdir,
@@ -386,9 +465,21 @@ def run(args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s worker %(levelname)s %(message)s",
     )
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as handle:
+                args.token = handle.read().strip()
+        except OSError as exc:
+            print(f"async-agent worker: cannot read --token-file: {exc.strerror}", file=sys.stderr)
+            return 2
     if not args.token:
-        print("async-agent worker: a token is required (--token or $ASYNC_AGENT_TOKEN)", file=sys.stderr)
+        print(
+            "async-agent worker: a token is required (--token, --token-file or $ASYNC_AGENT_TOKEN)",
+            file=sys.stderr,
+        )
         return 2
+    for problem in protect_secret(args.token):
+        logger.warning("%s", problem)
     config = config_from_args(args)
 
     async def main() -> int:

@@ -333,11 +333,41 @@ class _Prepared:
     folder: str | None = None
 
 
-def _decode_image(raw: bytes, index: int) -> Any:
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
+"""Pixels of one image (width x height x frames), checked from its header before it is decoded."""
+DEFAULT_MAX_REQUEST_PIXELS = 50_000_000
+"""Pixels of all the images of one request together."""
+
+
+@dataclass
+class ImageLimits:
+    per_image: int = DEFAULT_MAX_IMAGE_PIXELS
+    per_request: int = DEFAULT_MAX_REQUEST_PIXELS
+    used: int = 0
+
+
+def _decode_image(raw: bytes, index: int, limits: ImageLimits | None = None) -> Any:
     from PIL import Image, UnidentifiedImageError
 
+    limits = limits if limits is not None else ImageLimits()
     try:
-        image = Image.open(io.BytesIO(raw))
+        image = Image.open(io.BytesIO(raw))  # reads the header only
+        width, height = image.size
+        pixels = width * height * max(1, int(getattr(image, "n_frames", 1) or 1))
+        # A small file can hold a huge image (a 657 KB PNG of 169 megapixels took 748 MB to decode).
+        if pixels > limits.per_image:
+            raise RequestError(
+                ErrorCode.PROCESSING_ERROR,
+                f"Image #{index + 1} is {width}x{height} ({pixels} pixels with its frames), over the limit of "
+                f"{limits.per_image} pixels per image; send a smaller image",
+            )
+        if limits.used + pixels > limits.per_request:
+            raise RequestError(
+                ErrorCode.PROCESSING_ERROR,
+                f"The images of this request have more than {limits.per_request} pixels together "
+                f"(image #{index + 1} is {width}x{height}); send fewer or smaller images",
+            )
+        limits.used += pixels
         image.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise RequestError(
@@ -347,9 +377,17 @@ def _decode_image(raw: bytes, index: int) -> Any:
     return image
 
 
+_MAX_FILENAME_BYTES = 200  # under the 255 of common file systems, with room for a "_2" suffix
+
+
 def _safe_filename(name: str, index: int, taken: set[str]) -> str:
     base = os.path.basename(name.replace("\\", "/")).strip().lstrip(".")
     base = re.sub(r"[\x00-\x1f]", "_", base) or f"file_{index + 1}"
+    if len(base.encode("utf-8")) > _MAX_FILENAME_BYTES:
+        stem, ext = os.path.splitext(base)
+        ext = ext if len(ext.encode("utf-8")) <= 16 else ""
+        room = _MAX_FILENAME_BYTES - len(ext.encode("utf-8"))
+        base = stem.encode("utf-8")[:room].decode("utf-8", errors="ignore") + ext
     candidate, n = base, 1
     while candidate in taken:
         n += 1
@@ -359,20 +397,30 @@ def _safe_filename(name: str, index: int, taken: set[str]) -> str:
     return candidate
 
 
-def _prepare(leaves: Sequence[InputType], temp_root: str | None, prepared: _Prepared) -> _Prepared:
+def _prepare(
+    leaves: Sequence[InputType], temp_root: str | None, prepared: _Prepared, images: ImageLimits | None = None
+) -> _Prepared:
     taken: set[str] = set()
+    images = images if images is not None else ImageLimits()
     for leaf in leaves:
         if leaf.Text is not None:
             prepared.texts.append(leaf.Text)
         elif leaf.Image is not None:
-            prepared.images.append(_decode_image(leaf.Image.raw, len(prepared.images)))
+            prepared.images.append(_decode_image(leaf.Image.raw, len(prepared.images), images))
         elif leaf.File is not None:
-            if prepared.folder is None:
-                prepared.folder = tempfile.mkdtemp(prefix="async-agent-request-", dir=temp_root)
             name = _safe_filename(leaf.File.filename, len(prepared.files), taken)
-            path = os.path.join(prepared.folder, name)
-            with open(path, "wb") as handle:
-                handle.write(leaf.File.raw)
+            try:
+                if prepared.folder is None:
+                    prepared.folder = tempfile.mkdtemp(prefix="async-agent-request-", dir=temp_root)
+                path = os.path.join(prepared.folder, name)
+                with open(path, "wb") as handle:
+                    handle.write(leaf.File.raw)
+            except OSError as exc:  # the message would show the server's folder: say what, not where
+                raise RequestError(
+                    ErrorCode.PROCESSING_ERROR,
+                    f"File #{len(prepared.files) + 1} ({name[:80]!r}) could not be saved: "
+                    f"{exc.strerror or type(exc).__name__}",
+                ) from None
             prepared.files.append((name, leaf.File.content_type, path, leaf.File.raw))
         elif leaf.Instruction is not None:
             prepared.instructions.append(leaf.Instruction)
@@ -536,6 +584,7 @@ def execute_request(
     *,
     model: Any | None = None,
     temp_root: str | None = None,
+    image_limits: ImageLimits | None = None,
 ) -> ExecutionResult:
     """Handle one request on a fresh agent; blocking, run in a worker thread.
 
@@ -563,7 +612,7 @@ def execute_request(
         return handle
 
     try:
-        prepared = _prepare(request.input.leaves(), temp_root, prepared)
+        prepared = _prepare(request.input.leaves(), temp_root, prepared, image_limits)
         hooks.check()
         ask = bool(config.ask_before_tool_execution)
         contents: list[ResponseContent] = []
@@ -659,6 +708,10 @@ def execute_request(
             handle.close()
         if prepared.folder is not None:
             shutil.rmtree(prepared.folder, ignore_errors=True)
+        for image in prepared.images:  # decoded pixels go now, not when the last reference does
+            with contextlib.suppress(Exception):
+                image.close()
+        prepared.images.clear()
 
 
 def is_approval(request: RemoteRequest) -> bool:

@@ -15,18 +15,24 @@ import binascii
 import json
 import re
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
+    Strict,
+    StrictBool,
+    StrictInt,
     ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
+
+# Strict scalar types: JSON ``"yes"`` or ``"5"`` is not a boolean or a number (an int is a float).
+StrictFloat = Annotated[float, Strict()]
 
 __all__ = [
     "ErrorCode",
@@ -187,28 +193,30 @@ class InputType(_OneOf):
 class RequestConfig(_Model):
     """``config``: optional per-request overrides. Unknown keys are rejected, so typos are caught."""
 
-    max_tool_try: int | None = Field(
+    max_tool_try: StrictInt | None = Field(
         default=None, ge=1, le=1000, description="At most this many agent steps (each step may call tools)."
     )
-    max_context_num: int | None = Field(
+    max_context_num: StrictInt | None = Field(
         default=None,
         ge=0,
         description="How many earlier exchanges of this connection the agent sees (0 = none); "
         "capped by the server's history size.",
     )
-    max_tokens: int | None = Field(default=None, ge=1, description="At most this many tokens per model call.")
-    ask_before_tool_execution: bool | None = Field(
+    max_tokens: StrictInt | None = Field(
+        default=None, ge=1, description="At most this many tokens per model call."
+    )
+    ask_before_tool_execution: StrictBool | None = Field(
         default=None,
         description="Ask the client before every tool call: the server sends a bare ToolCall response and "
         "waits for an approve/deny Instruction with the same request_id.",
     )
     prompt: str | None = Field(default=None, description="Custom instructions replacing the agent's own.")
-    timeout: float | None = Field(
+    timeout: StrictFloat | None = Field(
         default=None,
         gt=0,
         description="Extension: this request's time limit in seconds (never above the server's limit).",
     )
-    incremental_stream: bool | None = Field(
+    incremental_stream: StrictBool | None = Field(
         default=None,
         description="Extension: with stream=true, also send each chunk as it is produced, on lines marked "
         '"partial": true, before the one complete {"Stream": [...]} line.',
@@ -223,10 +231,10 @@ class RemoteRequest(BaseModel):
     request_id: str = Field(description="The client's id for this request; every response line repeats it.")
     input: InputType = Field(description="What to process.")
     config: RequestConfig | None = Field(default=None, description="Optional overrides.")
-    stream: bool = Field(
+    stream: StrictBool = Field(
         default=False, description='Answer with {"Stream": [chunks]} instead of {"Text": ...}.'
     )
-    use_tools: bool = Field(
+    use_tools: StrictBool = Field(
         default=True, description="false: the model alone answers (no agent loop, no tools)."
     )
     token: str | None = Field(

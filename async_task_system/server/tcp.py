@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,15 +38,19 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from .._compat import TIMEOUT_ERRORS
 from .._targets import CallWithKeywords, Target
 from ..errors import ManagerClosedError
 from ..manager import TaskManager
 from ..tasks import TaskInfo, TaskKind, TaskStatus
 from .agents import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
     AgentFactory,
     AgentHandle,
     Exchange,
     ExecutionResult,
+    ImageLimits,
     RequestCancelled,
     RequestHooks,
     approval_decision,
@@ -77,6 +82,12 @@ __all__ = [
 logger = logging.getLogger("async_task_system.server")
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+# The start of an HTTP request line (RFC 9112 section 3): a method, then a target. JSON never
+# starts like this, so such a first line is an HTTP client, possibly a web page in a browser.
+_HTTP_REQUEST_LINE = re.compile(
+    rb"^(GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH|PRI) +(/|\*|[a-z]+://)", re.I
+)
 DEFAULT_REQUEST_TIMEOUT = 300.0
 
 REQUEST_KIND = TaskKind.register("request", "a JSON-lines request")
@@ -233,6 +244,15 @@ class _Request:
             self.done.set_result(None)
 
 
+def _bounded(exchange: Exchange, chars: int) -> Exchange:
+    """The exchange as history keeps it: each side cut to ``chars`` characters."""
+
+    def cut(text: str) -> str:
+        return text if len(text) <= chars else text[:chars] + " [...]"
+
+    return Exchange(user=cut(exchange.user), assistant=cut(exchange.assistant))
+
+
 class _Connection:
     def __init__(
         self,
@@ -250,6 +270,9 @@ class _Connection:
         self.history: collections.deque[Exchange] = collections.deque(maxlen=max(server.max_history, 0))
         self.authenticated = server.token is None
         self.closed = False
+        self._buffer = bytearray()
+        self._running = 0  # requests of this connection submitted to the manager and not ended
+        self._waiting: collections.deque[_Request] = collections.deque()
         self._write_lock = asyncio.Lock()
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
@@ -277,6 +300,9 @@ class _Connection:
         if self.closed:
             return
         self.closed = True
+        for state in self._waiting:
+            self.requests.pop(state.request.request_id, None)
+        self._waiting.clear()
         for request in list(self.requests.values()):
             request.cancel(reason)
         with contextlib.suppress(Exception):
@@ -284,29 +310,79 @@ class _Connection:
 
     # ------------------------------------------------------------------------------------ reading
 
+    async def _read_line(self) -> bytes | None:
+        """The next line, or ``None`` at EOF. Raises ``ValueError`` when a line outgrows the limit.
+
+        Our own buffer rather than ``StreamReader.readline``: the limit is small until the token is
+        checked (``max_auth_line_bytes``), and nothing after the first line is parsed before that.
+        """
+        while True:
+            end = self._buffer.find(b"\n")
+            limit = self.server.max_line_bytes if self.authenticated else self.server.max_auth_line_bytes
+            if end >= 0:
+                if end >= limit:
+                    raise ValueError(limit)
+                line = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                return line
+            if len(self._buffer) > limit:
+                raise ValueError(limit)
+            idle = self.server.idle_timeout if self.authenticated else self.server.auth_timeout
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), idle)
+            except TIMEOUT_ERRORS:
+                if self.requests and self.authenticated:
+                    continue  # answers are still coming: not idle
+                raise
+            if not chunk:
+                return None
+            self._buffer += chunk
+
     async def run(self) -> None:
         logger.info("connection %s from %s", self.id, self.peer)
+        first = True
         try:
             while not self.closed:
                 try:
-                    line = await self.reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
+                    line = await self._read_line()
+                except ValueError as exc:
                     await self.send(
                         error_response(
                             "",
                             ErrorCode.CONNECTION_ERROR,
-                            f"Line longer than the limit of {self.server.max_line_bytes} bytes; the connection "
-                            "is closed. Send smaller inputs (the server's --max-line-bytes sets the limit).",
+                            f"Line longer than the limit of {exc.args[0]} bytes; the connection "
+                            "is closed. Send smaller inputs (the server's --max-line-bytes sets the limit"
+                            + (
+                                "; before the token is checked, --max-auth-line-bytes: send "
+                                '{"token": "<token>"} as a line of its own first).'
+                                if not self.authenticated
+                                else ")."
+                            ),
                         )
                     )
                     await self._close_after_flush()
                     return
+                except TIMEOUT_ERRORS:
+                    reason = "idle" if self.authenticated else "no token"
+                    logger.info("connection %s: closed (%s)", self.id, reason)
+                    if not self.authenticated:
+                        await self._refuse(
+                            "", f"No token within {self.server.auth_timeout:g} s; the connection is closed."
+                        )
+                    break
                 except (ConnectionError, OSError):
                     break
-                if not line:
+                if line is None:
                     break  # EOF: the client is gone (or stopped sending): cancel its work
-                if line.strip():
-                    await self._handle_line(line)
+                if not line.strip():
+                    continue
+                if first and _HTTP_REQUEST_LINE.match(line):
+                    # A browser or another HTTP client (a web page can POST to localhost): no answer,
+                    # nothing runs, not even the body that follows the headers.
+                    logger.warning("connection %s from %s: an HTTP request; closed", self.id, self.peer)
+                    break
+                first = False
+                await self._handle_line(line)
         finally:
             self.abort("client disconnected")
             logger.info("connection %s closed", self.id)
@@ -326,6 +402,11 @@ class _Connection:
             obj = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             await self.send(error_response("", ErrorCode.PARSE_ERROR, f"Failed to parse request: {exc}"))
+            return
+        except RecursionError:
+            await self.send(
+                error_response("", ErrorCode.PARSE_ERROR, "Failed to parse request: JSON nested too deeply")
+            )
             return
         raw_id = obj.get("request_id") if isinstance(obj, dict) else None
         request_id = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else ""
@@ -394,20 +475,36 @@ class _Connection:
             )
             return
         state = _Request(self, request, started)
+        self.requests[request.request_id] = state
+        if self._running >= self.server.max_running_per_connection:
+            # One client never takes every slot: its next request waits here, not in the manager.
+            self._waiting.append(state)
+            return
+        await self._start(state)
+
+    async def _start(self, state: _Request) -> None:
+        """Submit ``state`` as a task; it then counts against the connection's running requests."""
+        request_id = state.request.request_id
         try:
             self._submit(state)
         except ManagerClosedError:
+            self.requests.pop(request_id, None)
             await self.send(
-                error_response(request.request_id, ErrorCode.CONNECTION_ERROR, "The server is shutting down")
+                error_response(request_id, ErrorCode.CONNECTION_ERROR, "The server is shutting down")
             )
             return
         except Exception as exc:  # the manager refused the task: say why
+            self.requests.pop(request_id, None)
             await self.send(
-                error_response(request.request_id, ErrorCode.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
+                error_response(request_id, ErrorCode.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
             )
             return
-        self.requests[request.request_id] = state
+        self._running += 1
         state.task = asyncio.create_task(self._run_request(state))
+
+    async def _start_waiting(self) -> None:
+        while self._waiting and not self.closed and self._running < self.server.max_running_per_connection:
+            await self._start(self._waiting.popleft())
 
     # ------------------------------------------------------------------------------------ requests
 
@@ -485,6 +582,7 @@ class _Connection:
             hooks,
             model=server.model,
             temp_root=server.temp_dir,
+            image_limits=ImageLimits(server.max_image_pixels, server.max_request_pixels),
         )
         limit = timeout if math.isfinite(timeout) else None
         arguments = {"job": state.job, "connection": self.id, "request_id": request.request_id}
@@ -516,8 +614,11 @@ class _Connection:
             status = "cancelled"
         finally:
             _jobs.pop(state.job, None)
+            self._running -= 1
             if self.requests.get(request_id) is state:
                 del self.requests[request_id]
+            if self._waiting and not self.closed:
+                asyncio.ensure_future(self._start_waiting())
             if response is not None:
                 error = response.error
                 await self.send(response)
@@ -537,8 +638,12 @@ class _Connection:
         request_id = state.request.request_id
         if info.status is TaskStatus.COMPLETED:
             result: ExecutionResult = info.result
-            if result.exchange is not None:
-                self.history.append(result.exchange)
+            if (
+                result.exchange is not None
+                and self.history.maxlen
+                and state.request.effective_config().max_context_num != 0
+            ):
+                self.history.append(_bounded(result.exchange, self.server.max_history_chars))
             return "completed", RemoteResponse(
                 request_id=request_id, response=result.content, token_usage=result.token_usage
             )
@@ -585,6 +690,17 @@ class AgentServer:
         default_context_num: earlier exchanges shown to a request that sets no ``max_context_num``.
         max_history: exchanges remembered per connection (the cap of ``max_context_num``).
         temp_dir: where per-request file folders are created (system temp dir by default).
+        max_connections, max_connections_per_client: connections open at once, in all and from one
+            IP address; one more is answered with ``connection_error`` and closed.
+        max_running_per_connection: requests of one connection running (or pending for a slot) at
+            once; its further requests wait in the connection, so one client cannot take every slot.
+        idle_timeout: seconds a connection may send nothing while none of its requests is in flight.
+        auth_timeout: with a token, seconds to present it before the connection is closed.
+        max_auth_line_bytes: with a token, the longest line before it is checked (nothing more is
+            buffered or parsed until then).
+        max_history_chars: each side of an exchange kept in a connection's history is cut to this.
+        max_image_pixels, max_request_pixels: pixels (width x height x frames) of one image and of all
+            the images of a request, checked from each image's header before it is decoded.
         task_manager: the :class:`~async_task_system.TaskManager` whose tasks run the requests
             (kind ``request``, target ``serve_request``); by default the server creates one with
             ``max_workers=max_concurrent_requests`` and shuts it down in :meth:`close`. A manager
@@ -616,6 +732,15 @@ class AgentServer:
         max_history: int = 50,
         temp_dir: str | None = None,
         task_manager: TaskManager | None = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+        max_connections: int = 256,
+        max_connections_per_client: int = 32,
+        max_running_per_connection: int = 8,
+        idle_timeout: float = 300.0,
+        auth_timeout: float = 10.0,
+        max_auth_line_bytes: int = 64 * 1024,
+        max_history_chars: int = 4000,
     ) -> None:
         if not callable(agent_factory):
             raise TypeError("agent_factory must be a callable returning a fresh agent for each request")
@@ -639,6 +764,15 @@ class AgentServer:
         self.default_context_num = int(default_context_num)
         self.max_history = int(max_history)
         self.temp_dir = temp_dir
+        self.max_connections = int(max_connections)
+        self.max_connections_per_client = int(max_connections_per_client)
+        self.max_running_per_connection = max(1, int(max_running_per_connection))
+        self.idle_timeout = float(idle_timeout)
+        self.auth_timeout = float(auth_timeout)
+        self.max_auth_line_bytes = int(max_auth_line_bytes)
+        self.max_history_chars = int(max_history_chars)
+        self.max_image_pixels = int(max_image_pixels)
+        self.max_request_pixels = int(max_request_pixels)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._connection_ids = itertools.count(1)
@@ -668,8 +802,10 @@ class AgentServer:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         self._closed = asyncio.get_running_loop().create_future()
+        # The reader's limit only sets its flow control (it pauses reading at twice this much
+        # unread); the connection splits lines itself, with its own limits.
         self._server = await asyncio.start_server(
-            self._on_connection, self.host, self.requested_port, limit=self.max_line_bytes
+            self._on_connection, self.host, self.requested_port, limit=65536
         )
         logger.info("serving on %s", self.address)
 
@@ -722,6 +858,22 @@ class AgentServer:
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(self, next(self._connection_ids), reader, writer)
+        host = connection.peer.rpartition(":")[0]
+        same_client = sum(1 for c in self._connections if c.peer.rpartition(":")[0] == host)
+        if len(self._connections) >= self.max_connections or same_client >= self.max_connections_per_client:
+            logger.warning("refused a connection from %s: too many connections", connection.peer)
+            which = "" if len(self._connections) >= self.max_connections else " from your address"
+            with contextlib.suppress(Exception):
+                writer.write(
+                    encode_response(
+                        error_response(
+                            "", ErrorCode.CONNECTION_ERROR, f"Too many connections{which}; try again later."
+                        )
+                    )
+                )
+                await writer.drain()
+            writer.close()
+            return
         self._connections.add(connection)
         try:
             await connection.run()
