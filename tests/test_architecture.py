@@ -118,3 +118,30 @@ def test_a_worker_loads_neither_smolagents_nor_litellm():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "LOADED []" in out, out
+
+
+def test_every_exception_class_of_the_package_derives_from_the_root():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import async_task_system
+    from async_task_system.errors import AsyncTaskSystemError
+
+    # Control-flow signals that must not be caught as errors are BaseExceptions on purpose.
+    signals = {"StepStopped", "ConversationSuspended"}
+    offenders = []
+    for module_info in pkgutil.walk_packages(async_task_system.__path__, "async_task_system."):
+        if module_info.name.endswith(("__main__", "_supervise")):
+            continue
+        module = importlib.import_module(module_info.name)
+        for name, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == module.__name__
+                and name not in signals
+                and not issubclass(value, AsyncTaskSystemError)
+            ):
+                offenders.append(f"{module.__name__}.{name}")
+    assert offenders == []

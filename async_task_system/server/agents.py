@@ -29,6 +29,7 @@ from typing import Any
 
 from smolagents.models import ChatMessage, MessageRole
 
+from ..errors import AsyncTaskSystemError
 from .protocol import (
     ErrorCode,
     InputType,
@@ -69,11 +70,11 @@ _MAX_HISTORY_CHARS = 4000
 _APPROVAL_KEYWORDS = ("approve", "deny")
 
 
-class RequestCancelled(Exception):
+class RequestCancelled(AsyncTaskSystemError):
     """The request was cancelled (client gone, time limit, server shutdown): stop working on it."""
 
 
-class ToolCallDenied(Exception):
+class ToolCallDenied(AsyncTaskSystemError):
     """The client denied a tool call; the agent sees this message as the tool's error."""
 
 

@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from ..errors import AsyncTaskSystemError
+
 # Strict scalar types: JSON ``"yes"`` or ``"5"`` is not a boolean or a number (an int is a float).
 StrictFloat = Annotated[float, Strict()]
 
@@ -69,7 +71,7 @@ class ErrorCode(str, Enum):
     """The request ran past its time limit; its work was cancelled."""
 
 
-class RequestError(Exception):
+class RequestError(AsyncTaskSystemError):
     """A failure to report to the client as a :class:`RemoteResponse` with ``code``."""
 
     def __init__(self, code: ErrorCode, message: str, request_id: str = "") -> None:
