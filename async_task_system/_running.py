@@ -13,6 +13,7 @@ is done right after by ``_launch`` and ``_notify``.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from collections import deque
 from collections.abc import Callable
@@ -151,7 +152,7 @@ class TaskRunner(TaskRecords):
                 task, call, TaskError("cancelled", "the executor cancelled the task"), final=True
             )
         except BaseException as exc:
-            self._attempt_ended(task, call, TaskError.from_exception(exc))
+            self._attempt_ended(task, call, _executor_error(exc))
         else:
             if _is_coroutine(result):  # an async target: it runs on the loop, holding no thread
                 loop = background_loop()
@@ -313,6 +314,22 @@ class TaskRunner(TaskRecords):
 
 def _is_coroutine(value: Any) -> bool:
     return hasattr(value, "__await__") and hasattr(value, "send")
+
+
+def _executor_error(exc: BaseException) -> TaskError:
+    """The error of a failed future, with a how-to-fix message when the work could not be pickled."""
+    text = str(exc)
+    pickling = isinstance(exc, (pickle.PicklingError, AttributeError, TypeError)) and (
+        "pickle" in text.lower() or "Can't get local object" in text
+    )
+    if pickling:
+        return TaskError(
+            "unpicklable",
+            f"the executor could not send this task to another process ({type(exc).__name__}: {text}); "
+            "register a module-level function or tool, or use the default thread pool",
+            TaskError.from_exception(exc).traceback,
+        )
+    return TaskError.from_exception(exc)
 
 
 class _Continuation:
