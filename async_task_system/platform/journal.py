@@ -100,8 +100,8 @@ class Journal:
 
     max_pending = 50_000  # distinct tasks waiting to be written before submitters are held back
     put_timeout = 10.0  # seconds a change waits for room before its snapshot is dropped
-    batch_size = 2_000  # tasks per transaction
-    linger = 0.02  # seconds the writer waits after waking, to gather a batch
+    batch_size = 5_000  # tasks per transaction
+    linger = 0.05  # seconds the writer waits after waking: gathers a batch, coalesces a task's quick changes
     max_result_chars = (
         64 * 1024
     )  # results (and arguments) longer than this as JSON are kept as truncated text
@@ -205,7 +205,8 @@ class Journal:
                 self._cond.notify_all()  # room for a blocked listener
             if batch:
                 try:
-                    self.store.journal.upsert([self._row(info) for info in batch.values()])
+                    now = utcnow()
+                    self.store.journal.upsert([self._row(info, now) for info in batch.values()])
                     failures = 0
                     self._failing = False
                 except Exception:
@@ -247,7 +248,7 @@ class Journal:
             del pending[task_id]
         return batch
 
-    def _row(self, info: TaskInfo) -> dict[str, Any]:
+    def _row(self, info: TaskInfo, now: Any) -> dict[str, Any]:
         limit = self.max_result_chars
         result, result_text, truncated = encode_value(info.result, limit)
         arguments, arguments_text, _ = encode_value(info.arguments, limit)
@@ -275,7 +276,7 @@ class Journal:
             "created_at": info.created_at,
             "started_at": info.started_at,
             "finished_at": info.finished_at,
-            "updated_at": utcnow(),
+            "updated_at": now,
         }
 
     def flush(self, timeout: float | None = None) -> bool:
