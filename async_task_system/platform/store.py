@@ -1,0 +1,638 @@
+"""The one store of the platform: SQLAlchemy 2 models, Alembic-migrated schema, small repositories.
+
+Embedded SQLite by default (a file: WAL, a busy timeout, ``BEGIN IMMEDIATE`` so that writers queue
+instead of failing), PostgreSQL by URL (``postgresql+psycopg://user@host/db``, psycopg 3). Opening
+a :class:`Store` brings the schema to the newest Alembic revision shipped in ``migrations/``
+(programmatic configuration: no ``alembic.ini`` is needed), under a lock so that several processes
+opening one database at once migrate it once.
+
+Three tables:
+
+* ``tasks`` -- seed 002's task record (a shell or Python script sent to a fleet agent) plus what
+  operators need: attempt, queued/dispatched times, cancelled / timed_out / lost flags, a truncated
+  flag for capped output, labels. :class:`PlatformTasks` reads and writes it.
+* ``journal_tasks`` -- the latest state of every task of every TaskManager with a journal
+  (:mod:`.journal`); :class:`JournalRecords`. Status ``interrupted`` exists only here: a task whose
+  manager died while it was in flight.
+* ``id_prefixes`` -- one row per manager's id prefix (``task_k3m9_``), unique, so task ids never
+  collide across managers or restarts; the row's host, pid, heartbeat and close time tell a dead
+  manager from a live one (:class:`IdPrefixes`).
+
+The repositories return detached ORM objects (read their attributes freely) and take plain values;
+they hold no I/O other than the database, so a REST or gRPC front end can use them directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+__all__ = [
+    "DEFAULT_URL",
+    "MIGRATIONS",
+    "INTERRUPTED",
+    "LIVE_STATUSES",
+    "PLATFORM_STATUSES",
+    "Base",
+    "PlatformTask",
+    "JournalTask",
+    "IdPrefix",
+    "Store",
+    "PlatformTasks",
+    "JournalRecords",
+    "IdPrefixes",
+    "cap_text",
+    "utcnow",
+]
+
+DEFAULT_URL = "sqlite:///async_task_system.db"
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+#: The journal's extra status (the core's TaskStatus has no such value): in flight when its manager died.
+INTERRUPTED = "interrupted"
+#: Journal statuses of a task that has not finished (the core's non-terminal TaskStatus values).
+LIVE_STATUSES = ("pending", "running", "waiting_remote")
+#: Statuses of a seed 002 platform task.
+PLATFORM_STATUSES = (
+    "pending", "queued", "dispatched", "running", "completed", "failed", "cancelled", "timed_out", "lost",
+)  # fmt: skip
+
+_UTC = dt.timezone.utc
+_NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC (what every time column holds)."""
+    return dt.datetime.now(_UTC)
+
+
+def cap_text(value: Any, limit: int | None = None) -> str | None:
+    """``value`` as text a database accepts: NUL characters (refused by PostgreSQL) replaced, and
+    cut to ``limit`` characters with a visible marker. ``None`` stays ``None``."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"... [truncated, {len(text)} chars]"
+    return text
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timezone-aware UTC datetime on every database (SQLite stores naive UTC text).
+
+    Accepts datetimes (naive ones are taken as UTC) and POSIX timestamps (the core's ``time.time()``
+    floats); always returns aware UTC datetimes.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, (int, float)):
+            value = dt.datetime.fromtimestamp(value, _UTC)
+        elif value.tzinfo is None:
+            value = value.replace(tzinfo=_UTC)
+        if dialect.name == "sqlite":
+            return value.astimezone(_UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
+
+
+class Base(DeclarativeBase):
+    """The declarative base of the platform's models (constraint names fixed by a naming convention)."""
+
+    metadata = sa.MetaData(naming_convention=_NAMING)
+
+
+class PlatformTask(Base):
+    """Seed 002's task: a script of ``type`` shell or python sent to agent ``agent_id``, and its outcome."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        sa.CheckConstraint("type IN ('shell', 'python')", name="type"),
+        sa.Index(None, "agent_id", "created_at"),
+    )
+
+    task_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    agent_id: Mapped[str | None] = mapped_column(sa.String(128))  # None until a label selector picks one
+    type: Mapped[str] = mapped_column(sa.String(16))
+    script: Mapped[str] = mapped_column(sa.Text)
+    timeout: Mapped[float | None] = mapped_column(sa.Float)  # seconds
+    status: Mapped[str] = mapped_column(sa.String(16), index=True, default="pending")
+    exit_code: Mapped[int | None] = mapped_column(sa.Integer)
+    stdout: Mapped[str] = mapped_column(sa.Text, default="")
+    stderr: Mapped[str] = mapped_column(sa.Text, default="")
+    truncated: Mapped[bool] = mapped_column(sa.Boolean, default=False)  # stdout/stderr were capped
+    error: Mapped[str | None] = mapped_column(sa.Text)  # why it failed, in words (lost, refused, ...)
+    attempt: Mapped[int] = mapped_column(sa.Integer, default=1)
+    cancelled: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    timed_out: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    lost: Mapped[bool] = mapped_column(sa.Boolean, default=False)  # its agent stopped answering
+    labels: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    queued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view (times as ISO 8601 strings), the shape seed 002's REST API returns."""
+        out: dict[str, Any] = {}
+        for column in self.__table__.columns:
+            value = getattr(self, column.key)
+            out[column.key] = value.isoformat() if isinstance(value, dt.datetime) else value
+        return out
+
+
+class JournalTask(Base):
+    """The latest recorded state of one task of a TaskManager with a journal."""
+
+    __tablename__ = "journal_tasks"
+    __table_args__ = (sa.Index(None, "prefix", "status"),)
+
+    task_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    prefix: Mapped[str] = mapped_column(sa.String(64))  # the id prefix of the manager that ran it
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(256))
+    arguments: Mapped[Any] = mapped_column(sa.JSON)
+    arguments_complete: Mapped[bool] = mapped_column(sa.Boolean, default=True)  # False: a readable stand-in
+    status: Mapped[str] = mapped_column(sa.String(32), index=True)
+    error_type: Mapped[str | None] = mapped_column(sa.String(256))
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    error_traceback: Mapped[str | None] = mapped_column(sa.Text)
+    result: Mapped[Any | None] = mapped_column(sa.JSON)  # the result when it is JSON within the size cap
+    result_text: Mapped[str | None] = mapped_column(sa.Text)  # else its repr (or JSON text), truncated
+    result_truncated: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    retries: Mapped[int] = mapped_column(sa.Integer, default=0)
+    timeout: Mapped[float | None] = mapped_column(sa.Float)
+    depends_on: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    progress: Mapped[float | None] = mapped_column(sa.Float)
+    progress_message: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    resubmitted_as: Mapped[str | None] = mapped_column(sa.String(128))  # set by recovery
+
+
+class IdPrefix(Base):
+    """A reserved task-id prefix and the manager process that holds it."""
+
+    __tablename__ = "id_prefixes"
+
+    prefix: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int] = mapped_column(sa.Integer)
+    reserved_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # a clean shutdown, or recovered
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+
+def _make_engine(url: sa.URL, schema: str | None, busy_timeout: float, echo: bool) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        database = url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, echo=echo, connect_args={"timeout": busy_timeout})
+        milliseconds = int(busy_timeout * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # The driver's own transaction handling off: we emit BEGIN ourselves (below).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+            cursor.execute(f"PRAGMA busy_timeout={milliseconds}")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a process crash
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Connection) -> None:
+            # IMMEDIATE: take the write lock at BEGIN, so a transaction that reads then writes waits
+            # (busy_timeout) instead of failing with "database is locked" when another writer is in.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        connect_args["options"] = f"-csearch_path={schema}"
+    return sa.create_engine(url, echo=echo, connect_args=connect_args, pool_pre_ping=True)
+
+
+def _quote(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"schema names are letters, digits and underscores, got {name!r}")
+    return f'"{name}"'
+
+
+class Store:
+    """An open database with the platform's schema at the newest revision.
+
+    Args:
+        url: a SQLAlchemy URL: ``sqlite:///path/to/file.db`` (the default, ``DEFAULT_URL``) or
+            ``postgresql+psycopg://user:password@host:5432/database``.
+        schema: PostgreSQL only: keep every table in this schema (created if missing), e.g. one
+            per test or per tenant. Equivalent to ``?options=-csearch_path%3D<schema>`` in the URL.
+        upgrade: bring the schema to the newest revision on open (the default); False to leave
+            it (``upgrade()`` later, or manage it with Alembic yourself).
+        busy_timeout: seconds a SQLite writer waits for another one before failing.
+
+    ``store.tasks``, ``store.journal`` and ``store.prefixes`` are the repositories; ``store.session()``
+    a SQLAlchemy session for anything else. ``close()`` disposes of the connection pool.
+    """
+
+    def __init__(
+        self,
+        url: str | sa.URL = DEFAULT_URL,
+        *,
+        schema: str | None = None,
+        upgrade: bool = True,
+        busy_timeout: float = 30.0,
+        echo: bool = False,
+    ) -> None:
+        self.url = sa.make_url(url)
+        self.schema = schema
+        self.dialect = self.url.get_backend_name()
+        if schema is not None and self.dialect != "postgresql":
+            raise ValueError("schema= is for PostgreSQL; a SQLite store is one file")
+        self.engine = _make_engine(self.url, schema, busy_timeout, echo)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.tasks = PlatformTasks(self)
+        self.journal = JournalRecords(self)
+        self.prefixes = IdPrefixes(self)
+        if upgrade:
+            self.upgrade()
+
+    def alembic_config(self, connection: Connection | None = None) -> Any:
+        """An Alembic ``Config`` for this store's migrations (no ini file); ``connection`` is used as is."""
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        url = self.url.render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser interpolation
+        config.attributes["connection"] = connection
+        return config
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Migrate the schema to ``revision``, once even when several processes open the database at once.
+
+        PostgreSQL: a transaction-scoped advisory lock; SQLite: ``BEGIN IMMEDIATE`` (the write lock).
+        """
+        from alembic import command
+
+        with self.engine.begin() as connection:
+            if self.dialect == "postgresql":
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7419001)")
+                if self.schema is not None:
+                    connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.schema)}")
+            command.upgrade(self.alembic_config(connection), revision)
+
+    def current_revision(self) -> str | None:
+        """The Alembic revision the database is at (``None`` for an empty one)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    @contextmanager
+    def session(self) -> Any:
+        """A session in a transaction: committed when the block ends, rolled back on an exception."""
+        with self.sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {self.url.render_as_string(hide_password=True)}>"
+
+
+def _upsert(
+    connection: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], keep: Iterable[str]
+) -> None:
+    """Insert ``rows`` or overwrite the existing ones with the same primary key (one statement, executemany).
+
+    Columns in ``keep`` are written on insert only. ``rows`` must not repeat a key (PostgreSQL
+    refuses to update one row twice in a statement).
+    """
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif connection.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other databases: slower, portable
+        key = [c.name for c in table.primary_key.columns]
+        for row in rows:
+            updated = connection.execute(
+                table.update().where(*(table.c[k] == row[k] for k in key)).values(**row)
+            ).rowcount
+            if not updated:
+                connection.execute(table.insert().values(**row))
+        return
+    statement = insert(table)
+    skip = {c.name for c in table.primary_key.columns} | set(keep)
+    columns = rows[0].keys()
+    statement = statement.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={name: statement.excluded[name] for name in columns if name not in skip},
+    )
+    connection.execute(statement, list(rows))
+
+
+# ---------------------------------------------------------------------------------------------- repositories
+
+
+class PlatformTasks:
+    """Seed 002's task records: create, read, list, update, append output, mark an agent's tasks lost."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(
+        self,
+        task_id: str,
+        type: str,
+        script: str,
+        *,
+        agent_id: str | None = None,
+        timeout: float | None = None,
+        labels: Mapping[str, Any] | None = None,
+        status: str = "pending",
+    ) -> PlatformTask:
+        """Store a new task (``type`` is ``shell`` or ``python``); ``IntegrityError`` if the id exists."""
+        if type not in ("shell", "python"):
+            raise ValueError(f"type must be 'shell' or 'python', got {type!r}")
+        if status not in PLATFORM_STATUSES:
+            raise ValueError(f"unknown status {status!r}: use one of {', '.join(PLATFORM_STATUSES)}")
+        now = utcnow()
+        task = PlatformTask(
+            task_id=task_id, agent_id=agent_id, type=type, script=cap_text(script), timeout=timeout,
+            status=status, labels=dict(labels or {}), created_at=now, updated_at=now,
+            queued_at=now if status == "queued" else None,
+        )  # fmt: skip
+        with self.store.session() as session:
+            session.add(task)
+        return task
+
+    def get(self, task_id: str) -> PlatformTask | None:
+        """One task, or ``None``."""
+        with self.store.sessions() as session:
+            return session.get(PlatformTask, task_id)
+
+    def list(
+        self,
+        *,
+        agent_id: str | None = None,
+        status: str | Iterable[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[PlatformTask]:
+        """Tasks, newest first, optionally of one agent and of some statuses; ``limit``/``offset`` page."""
+        query = sa.select(PlatformTask)
+        if agent_id is not None:
+            query = query.where(PlatformTask.agent_id == agent_id)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            query = query.where(PlatformTask.status.in_(statuses))
+        query = query.order_by(PlatformTask.created_at.desc(), PlatformTask.task_id.desc())
+        with self.store.sessions() as session:
+            return list(session.scalars(query.limit(limit).offset(offset)))
+
+    def update(self, task_id: str, **fields: Any) -> bool:
+        """Set columns of one task (``status="running", started_at=utcnow()``); False if there is none."""
+        unknown = set(fields) - set(PlatformTask.__table__.columns.keys())
+        if unknown or "task_id" in fields:
+            raise ValueError(f"cannot set {sorted(unknown | ({'task_id'} & set(fields)))} on a task")
+        if "status" in fields and fields["status"] not in PLATFORM_STATUSES:
+            raise ValueError(
+                f"unknown status {fields['status']!r}: use one of {', '.join(PLATFORM_STATUSES)}"
+            )
+        fields.setdefault("updated_at", utcnow())
+        statement = sa.update(PlatformTask).where(PlatformTask.task_id == task_id).values(**fields)
+        with self.store.engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def append_output(self, task_id: str, stdout: str = "", stderr: str = "", limit: int = 1_000_000) -> bool:
+        """Add live output to a task, keeping each stream at most ``limit`` characters (then ``truncated``)."""
+        with self.store.session() as session:
+            query = sa.select(PlatformTask).where(PlatformTask.task_id == task_id)
+            if self.store.dialect == "postgresql":
+                query = query.with_for_update()
+            task = session.scalars(query).first()
+            if task is None:
+                return False
+            for stream, text in (("stdout", stdout), ("stderr", stderr)):
+                if not text:
+                    continue
+                combined = (getattr(task, stream) or "") + (cap_text(text) or "")
+                if len(combined) > limit:
+                    combined = combined[:limit]
+                    task.truncated = True
+                setattr(task, stream, combined)
+            task.updated_at = utcnow()
+        return True
+
+    def mark_lost(self, agent_id: str, message: str = "the agent stopped answering") -> list[str]:
+        """End the dispatched or running tasks of an agent that went away as ``lost``; returns their ids."""
+        now = utcnow()
+        live = ("queued", "dispatched", "running")
+        with self.store.session() as session:
+            ids = list(
+                session.scalars(
+                    sa.select(PlatformTask.task_id).where(
+                        PlatformTask.agent_id == agent_id, PlatformTask.status.in_(live)
+                    )
+                )
+            )
+            if ids:
+                session.execute(
+                    sa.update(PlatformTask)
+                    .where(PlatformTask.task_id.in_(ids), PlatformTask.status.in_(live))
+                    .values(status="lost", lost=True, error=message, completed_at=now, updated_at=now)
+                )
+        return ids
+
+
+class JournalRecords:
+    """The journal's rows: written in batches by a manager's journal, read back by id or by prefix."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.table: sa.Table = JournalTask.__table__  # type: ignore[assignment]
+
+    def upsert(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Write the latest state of several tasks in one transaction (rows: column -> value, one per task)."""
+        if rows:
+            with self.store.engine.begin() as connection:
+                _upsert(connection, self.table, rows, keep=("resubmitted_as",))
+
+    def get(self, task_id: str) -> JournalTask | None:
+        """One task's row, or ``None``."""
+        with self.store.sessions() as session:
+            return session.get(JournalTask, task_id)
+
+    def list(
+        self,
+        *,
+        prefix: str | Iterable[str] | None = None,
+        status: str | Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[JournalTask]:
+        """Rows, oldest first, optionally of some prefixes and statuses."""
+        query = sa.select(JournalTask)
+        if prefix is not None:
+            query = query.where(JournalTask.prefix.in_([prefix] if isinstance(prefix, str) else list(prefix)))
+        if status is not None:
+            query = query.where(JournalTask.status.in_([status] if isinstance(status, str) else list(status)))
+        query = query.order_by(JournalTask.created_at, JournalTask.task_id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.store.sessions() as session:
+            return list(session.scalars(query))
+
+    def count(self, prefix: str | None = None, status: str | Iterable[str] | None = None) -> int:
+        """How many rows (of a prefix, of some statuses)."""
+        query = sa.select(sa.func.count()).select_from(JournalTask)
+        if prefix is not None:
+            query = query.where(JournalTask.prefix == prefix)
+        if status is not None:
+            query = query.where(JournalTask.status.in_([status] if isinstance(status, str) else list(status)))
+        with self.store.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def interrupt(self, task_id: str, from_status: str, message: str) -> bool:
+        """Mark a task ``interrupted`` if it is still ``from_status`` (so only one recovering manager claims it)."""
+        now = utcnow()
+        statement = (
+            sa.update(JournalTask)
+            .where(JournalTask.task_id == task_id, JournalTask.status == from_status)
+            .values(
+                status=INTERRUPTED,
+                error_type=INTERRUPTED,
+                error_message=message,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        with self.store.engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def set_resubmitted(self, task_id: str, new_task_id: str) -> None:
+        """Note the id of the task that re-runs an interrupted one."""
+        statement = (
+            sa.update(JournalTask)
+            .where(JournalTask.task_id == task_id)
+            .values(resubmitted_as=new_task_id, updated_at=utcnow())
+        )
+        with self.store.engine.begin() as connection:
+            connection.execute(statement)
+
+
+class IdPrefixes:
+    """Reserved task-id prefixes: one row per manager that ever wrote to this store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def reserve(self, prefix: str, *, host: str | None = None, pid: int | None = None) -> bool:
+        """Reserve ``prefix`` for this process; False if the store already has it (ever)."""
+        now = utcnow()
+        row = IdPrefix(
+            prefix=prefix, host=host or socket.gethostname(), pid=os.getpid() if pid is None else pid,
+            reserved_at=now, heartbeat_at=now,
+        )  # fmt: skip
+        try:
+            with self.store.session() as session:
+                session.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    def get(self, prefix: str) -> IdPrefix | None:
+        """The reservation of ``prefix``, or ``None``."""
+        with self.store.sessions() as session:
+            return session.get(IdPrefix, prefix)
+
+    def heartbeat(self, prefix: str) -> None:
+        """Tell other processes that the manager holding ``prefix`` is alive."""
+        statement = sa.update(IdPrefix).where(IdPrefix.prefix == prefix).values(heartbeat_at=utcnow())
+        with self.store.engine.begin() as connection:
+            connection.execute(statement)
+
+    def close(self, prefix: str) -> None:
+        """Mark ``prefix``'s manager as gone (a clean shutdown, or recovered by another manager)."""
+        statement = (
+            sa.update(IdPrefix)
+            .where(IdPrefix.prefix == prefix, IdPrefix.closed_at.is_(None))
+            .values(closed_at=utcnow())
+        )
+        with self.store.engine.begin() as connection:
+            connection.execute(statement)
+
+    def dead(self, stale_after: float, exclude: Iterable[str] = ()) -> list[str]:
+        """Prefixes whose manager is gone: closed, or a process of this host that no longer exists,
+        or no heartbeat for ``stale_after`` seconds (another host's)."""
+        host = socket.gethostname()
+        horizon = utcnow() - dt.timedelta(seconds=stale_after)
+        excluded = set(exclude)
+        with self.store.sessions() as session:
+            rows = list(session.scalars(sa.select(IdPrefix)))
+        return [
+            row.prefix
+            for row in rows
+            if row.prefix not in excluded
+            and (
+                row.closed_at is not None
+                or (row.host == host and not _process_exists(row.pid))
+                or row.heartbeat_at < horizon
+            )
+        ]
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
