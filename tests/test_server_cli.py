@@ -151,3 +151,55 @@ def test_sigterm_answers_unfinished_requests_before_closing(served):
         "error_code": "connection_error",
     }
     assert s.proc.wait(10) == 0
+
+
+def test_every_server_limit_has_a_flag_with_its_default_in_help():
+    import inspect
+
+    from async_task_system.server import AgentServer
+
+    not_limits = {"self", "agent_factory", "host", "port", "token", "model", "temp_dir", "task_manager"}
+    flags = {"default_context_num": "--context"}
+    help_text = subprocess.run(
+        [sys.executable, "-m", "async_task_system", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+        check=True,
+    ).stdout
+    help_text = re.sub(r"\s+", " ", help_text)
+    for name, parameter in inspect.signature(AgentServer.__init__).parameters.items():
+        if name in not_limits:
+            continue
+        flag = flags.get(name, "--" + name.replace("_", "-"))
+        default = parameter.default
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        assert re.search(rf"{flag} [A-Z_]+ [^-]*\(default {re.escape(shown)}\)", help_text), (flag, shown)
+
+
+def test_limit_flags_reach_the_server(served):
+    s = served("--scripted", "--max-connections-per-client", "2", "--idle-timeout", "1")
+    first, second = LineClient(s.port), LineClient(s.port)
+    try:
+        assert first.request({"request_id": "a", "input": {"Text": "hi"}})["error"] is None
+        with LineClient(s.port) as extra:  # the third from 127.0.0.1
+            refused = extra.read()
+            assert extra.read() is None
+        assert (
+            refused["error"] == "connection_error: Too many connections from your address; try again later."
+        )
+        assert second.read() is None  # silent for over a second: closed by --idle-timeout
+    finally:
+        first.close()
+        second.close()
+    with LineClient(s.port) as again:  # the slots are free again
+        assert again.request({"request_id": "b", "input": {"Text": "hi"}})["error"] is None
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run(
+            [sys.executable, "-m", "async_task_system", "serve", "--max-connections", "0"],
+            capture_output=True,
+            env=_env(),
+            timeout=60,
+            check=True,
+        )

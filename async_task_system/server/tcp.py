@@ -82,6 +82,17 @@ __all__ = [
 logger = logging.getLogger("async_task_system.server")
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+# The defaults of the server's limits (AgentServer's keyword arguments, ``async-agent serve`` flags).
+DEFAULT_MAX_CONCURRENT_REQUESTS = 64
+DEFAULT_MAX_REQUESTS_PER_CONNECTION = 256
+DEFAULT_MAX_RUNNING_PER_CONNECTION = 8
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 32
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_AUTH_TIMEOUT = 10.0
+DEFAULT_MAX_AUTH_LINE_BYTES = 64 * 1024
+DEFAULT_MAX_HISTORY = 50
+DEFAULT_MAX_HISTORY_CHARS = 4000
 
 # The start of an HTTP request line (RFC 9112 section 3): a method, then a target. JSON never
 # starts like this, so such a first line is an HTTP client, possibly a web page in a browser.
@@ -726,21 +737,21 @@ class AgentServer:
         model: Any | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-        max_concurrent_requests: int = 64,
-        max_requests_per_connection: int = 256,
+        max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+        max_requests_per_connection: int = DEFAULT_MAX_REQUESTS_PER_CONNECTION,
         default_context_num: int = 5,
-        max_history: int = 50,
+        max_history: int = DEFAULT_MAX_HISTORY,
         temp_dir: str | None = None,
         task_manager: TaskManager | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
-        max_connections: int = 256,
-        max_connections_per_client: int = 32,
-        max_running_per_connection: int = 8,
-        idle_timeout: float = 300.0,
-        auth_timeout: float = 10.0,
-        max_auth_line_bytes: int = 64 * 1024,
-        max_history_chars: int = 4000,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        max_running_per_connection: int = DEFAULT_MAX_RUNNING_PER_CONNECTION,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+        max_auth_line_bytes: int = DEFAULT_MAX_AUTH_LINE_BYTES,
+        max_history_chars: int = DEFAULT_MAX_HISTORY_CHARS,
     ) -> None:
         if not callable(agent_factory):
             raise TypeError("agent_factory must be a callable returning a fresh agent for each request")
