@@ -54,6 +54,7 @@ from .agents import (
     RequestCancelled,
     RequestHooks,
     approval_decision,
+    cancel_tasks,
     execute_request,
     is_approval,
 )
@@ -100,6 +101,7 @@ _HTTP_REQUEST_LINE = re.compile(
     rb"^(GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH|PRI) +(/|\*|[a-z]+://)", re.I
 )
 DEFAULT_REQUEST_TIMEOUT = 300.0
+_MAX_KEPT_BACKGROUND = 1024  # background task ids a connection keeps to cancel when it closes
 
 REQUEST_KIND = TaskKind.register("request", "a JSON-lines request")
 """The task kind of the server's requests."""
@@ -244,6 +246,8 @@ class _Request:
         self.hooks.cancel_event.set()
         if self.handle is not None:
             self.handle.interrupt()
+            # The background tasks it started: a waiting wait_for_tasks returns, their slots free up.
+            self.handle.cancel_background()
 
     def finished(self) -> None:
         """The task reached a terminal status (on the loop): no question waits any more."""
@@ -283,6 +287,9 @@ class _Connection:
         self.closed = False
         self._buffer = bytearray()
         self._running = 0  # requests of this connection submitted to the manager and not ended
+        # Background tasks that completed requests left running on a shared manager (an agent's own
+        # manager is closed with its request): cancelled when the client leaves.
+        self.background: collections.deque[tuple[Any, str]] = collections.deque(maxlen=_MAX_KEPT_BACKGROUND)
         self._waiting: collections.deque[_Request] = collections.deque()
         self._write_lock = asyncio.Lock()
         peer = writer.get_extra_info("peername")
@@ -316,6 +323,9 @@ class _Connection:
         self._waiting.clear()
         for request in list(self.requests.values()):
             request.cancel(reason)
+        while self.background:
+            manager, task_id = self.background.popleft()
+            cancel_tasks(manager, [task_id])
         with contextlib.suppress(Exception):
             self.writer.close()
 
@@ -528,6 +538,7 @@ class _Connection:
             state.handle = handle
             if hooks.cancel_event.is_set():
                 handle.interrupt()
+                handle.cancel_background()
 
         hooks.on_handle = on_handle
         if config.ask_before_tool_execution:
@@ -614,6 +625,11 @@ class _Connection:
             assert state.task_id is not None
             info = server.task_manager.check(state.task_id)
             status, response = self._outcome(state, info)
+            handle = state.handle
+            if status == "completed" and handle is not None and not handle.owns_task_manager:
+                self.background.extend(
+                    (handle.task_manager, task_id) for task_id in handle.background_tasks()
+                )
             if status == "cancelled" and server._closing and not self.closed:
                 with contextlib.suppress(Exception):
                     await self.send(
