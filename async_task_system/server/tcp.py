@@ -829,10 +829,11 @@ class AgentServer:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         self._closed = asyncio.get_running_loop().create_future()
+        backlog = self._fit_connections_to_file_limit()
         # The reader's limit only sets its flow control (it pauses reading at twice this much
         # unread); the connection splits lines itself, with its own limits.
         self._server = await asyncio.start_server(
-            self._on_connection, self.host, self.requested_port, limit=65536
+            self._on_connection, self.host, self.requested_port, limit=65536, backlog=backlog
         )
         logger.info("serving on %s", self.address)
 
@@ -882,6 +883,35 @@ class AgentServer:
         return ServerThread(self)
 
     # ------------------------------------------------------------------------------------ internal
+
+    def _fit_connections_to_file_limit(self) -> int:
+        """Lower ``max_connections`` below the process's file-descriptor limit (``ulimit -n``);
+        returns the listen backlog.
+
+        Silent connections must meet the connection limit before they use up the descriptors the
+        server needs to accept, refuse, and run requests (temp files, sockets of tools). The
+        backlog is also how many connections asyncio accepts in one go before any is refused, so
+        it stays within the descriptors kept in reserve.
+        """
+        try:
+            import resource
+
+            soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ImportError, OSError, ValueError):  # no such limit here (Windows)
+            return 100
+        if soft == resource.RLIM_INFINITY:
+            return 100
+        reserve = max(32, soft // 4)  # a quarter (at least 32) stays for everything else
+        room = max(1, soft - reserve)
+        if self.max_connections > room:
+            logger.warning(
+                "max_connections lowered from %s to %s to fit the file-descriptor limit of %s (ulimit -n)",
+                self.max_connections,
+                room,
+                soft,
+            )
+            self.max_connections = room
+        return min(100, reserve // 2)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(self, next(self._connection_ids), reader, writer)
