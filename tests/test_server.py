@@ -1100,6 +1100,31 @@ def test_one_client_cannot_take_every_slot(serve_factory):
     greedy.close()
 
 
+def test_one_address_cannot_take_every_slot_with_many_connections(serve_factory):
+    srv = serve_factory(max_concurrent_requests=8, max_running_per_connection=4, max_running_per_client=4)
+    greedy = []
+    for n in range(4):  # 4 connections x 4 running would be 16 slots; the address gets 4
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30, source_address=("127.0.0.2", 0))
+        greedy.append(sock)
+        for i in range(5):
+            request = {"request_id": f"g{n}-{i}", "input": {"Text": "STEPS: block(20)"}}
+            sock.sendall((json.dumps(request) + "\n").encode())
+    assert ta.BLOCK_STARTED.wait(10)
+    time.sleep(0.3)
+    stats = srv.server.task_manager.get_statistics()
+    assert stats["running"] + stats["pending"] == 4, stats
+    with srv.client() as honest:
+        started = time.monotonic()
+        answer = honest.request({"request_id": "h", "input": {"Text": "quick"}})
+        assert answer["error"] is None and time.monotonic() - started < 5
+    ta.RELEASE.set()
+    for sock in greedy:  # every greedy request is answered in the end
+        with sock.makefile("rb") as lines:
+            answers = [json.loads(lines.readline()) for _ in range(5)]
+        assert all(a["error"] is None for a in answers), answers
+        sock.close()
+
+
 def test_connection_limits_and_the_authentication_timeout(serve_factory):
     srv = serve_factory(max_connections_per_client=3, token="s3cret", auth_timeout=0.5)
     clients = [srv.client() for _ in range(3)]
@@ -1198,7 +1223,7 @@ def test_clients_leaving_cancel_the_background_tasks_their_requests_started(serv
             agents.append(agent)
         return agent
 
-    srv = serve_factory(factory)
+    srv = serve_factory(factory, max_running_per_client=20)  # 20 clients on one address
     with LONG_JOBS_LOCK:
         LONG_JOBS.update(running=0, started=0)
     time.sleep(0.2)

@@ -32,6 +32,7 @@ from .tcp import (
     DEFAULT_MAX_HISTORY_CHARS,
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+    DEFAULT_MAX_RUNNING_PER_CLIENT,
     DEFAULT_MAX_RUNNING_PER_CONNECTION,
     DEFAULT_REQUEST_TIMEOUT,
 )
@@ -129,6 +130,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         int,
         DEFAULT_MAX_RUNNING_PER_CONNECTION,
         "Requests of one connection running at once; its others wait in the connection",
+    )
+    limit(
+        "--max-running-per-client",
+        int,
+        DEFAULT_MAX_RUNNING_PER_CLIENT,
+        "Requests running at once over all the connections from one IP address",
     )
     limit("--max-connections", int, DEFAULT_MAX_CONNECTIONS, "Connections open at once; one more is refused")
     limit(
@@ -337,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
         default_context_num=args.context,
         max_requests_per_connection=args.max_requests_per_connection,
         max_running_per_connection=args.max_running_per_connection,
+        max_running_per_client=args.max_running_per_client,
         max_connections=args.max_connections,
         max_connections_per_client=args.max_connections_per_client,
         idle_timeout=args.idle_timeout,

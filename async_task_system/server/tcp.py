@@ -87,6 +87,7 @@ DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_REQUESTS = 64
 DEFAULT_MAX_REQUESTS_PER_CONNECTION = 256
 DEFAULT_MAX_RUNNING_PER_CONNECTION = 8
+DEFAULT_MAX_RUNNING_PER_CLIENT = 16
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 32
 DEFAULT_IDLE_TIMEOUT = 300.0
@@ -294,6 +295,7 @@ class _Connection:
         self._write_lock = asyncio.Lock()
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        self.client = self.peer.rpartition(":")[0]  # the address limits per client count by
 
     # ------------------------------------------------------------------------------------ writing
 
@@ -497,11 +499,19 @@ class _Connection:
             return
         state = _Request(self, request, started)
         self.requests[request.request_id] = state
-        if self._running >= self.server.max_running_per_connection:
+        if self._waiting or not self._may_start():
             # One client never takes every slot: its next request waits here, not in the manager.
             self._waiting.append(state)
             return
         await self._start(state)
+
+    def _may_start(self) -> bool:
+        """Whether this connection, and its client's address, may start one more request now."""
+        server = self.server
+        return (
+            self._running < server.max_running_per_connection
+            and server._running_by_client[self.client] < server.max_running_per_client
+        )
 
     async def _start(self, state: _Request) -> None:
         """Submit ``state`` as a task; it then counts against the connection's running requests."""
@@ -521,10 +531,11 @@ class _Connection:
             )
             return
         self._running += 1
+        self.server._running_by_client[self.client] += 1
         state.task = asyncio.create_task(self._run_request(state))
 
     async def _start_waiting(self) -> None:
-        while self._waiting and not self.closed and self._running < self.server.max_running_per_connection:
+        while self._waiting and not self.closed and self._may_start():
             await self._start(self._waiting.popleft())
 
     # ------------------------------------------------------------------------------------ requests
@@ -642,10 +653,9 @@ class _Connection:
         finally:
             _jobs.pop(state.job, None)
             self._running -= 1
+            server._release_client_slot(self.client)
             if self.requests.get(request_id) is state:
                 del self.requests[request_id]
-            if self._waiting and not self.closed:
-                asyncio.ensure_future(self._start_waiting())
             if response is not None:
                 error = response.error
                 await self.send(response)
@@ -721,6 +731,7 @@ class AgentServer:
             IP address; one more is answered with ``connection_error`` and closed.
         max_running_per_connection: requests of one connection running (or pending for a slot) at
             once; its further requests wait in the connection, so one client cannot take every slot.
+        max_running_per_client: the same over all the connections from one IP address.
         idle_timeout: seconds a connection may send nothing while none of its requests is in flight.
         auth_timeout: with a token, seconds to present it before the connection is closed.
         max_auth_line_bytes: with a token, the longest line before it is checked (nothing more is
@@ -764,6 +775,7 @@ class AgentServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
         max_running_per_connection: int = DEFAULT_MAX_RUNNING_PER_CONNECTION,
+        max_running_per_client: int = DEFAULT_MAX_RUNNING_PER_CLIENT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         max_auth_line_bytes: int = DEFAULT_MAX_AUTH_LINE_BYTES,
@@ -794,6 +806,8 @@ class AgentServer:
         self.max_connections = int(max_connections)
         self.max_connections_per_client = int(max_connections_per_client)
         self.max_running_per_connection = max(1, int(max_running_per_connection))
+        self.max_running_per_client = max(1, int(max_running_per_client))
+        self._running_by_client: collections.Counter[str] = collections.Counter()
         self.idle_timeout = float(idle_timeout)
         self.auth_timeout = float(auth_timeout)
         self.max_auth_line_bytes = int(max_auth_line_bytes)
@@ -915,8 +929,7 @@ class AgentServer:
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(self, next(self._connection_ids), reader, writer)
-        host = connection.peer.rpartition(":")[0]
-        same_client = sum(1 for c in self._connections if c.peer.rpartition(":")[0] == host)
+        same_client = sum(1 for c in self._connections if c.client == connection.client)
         if len(self._connections) >= self.max_connections or same_client >= self.max_connections_per_client:
             logger.warning("refused a connection from %s: too many connections", connection.peer)
             which = "" if len(self._connections) >= self.max_connections else " from your address"
@@ -936,6 +949,15 @@ class AgentServer:
             await connection.run()
         finally:
             self._connections.discard(connection)
+
+    def _release_client_slot(self, client: str) -> None:
+        """A request of ``client`` ended: start the next waiting ones of its connections."""
+        self._running_by_client[client] -= 1
+        if self._running_by_client[client] <= 0:
+            del self._running_by_client[client]
+        for connection in list(self._connections):
+            if connection.client == client and connection._waiting and not connection.closed:
+                asyncio.ensure_future(connection._start_waiting())
 
     def _on_task_change(self, info: TaskInfo) -> None:
         """A task of the manager changed (any thread): hand this server's finished requests to the loop."""
