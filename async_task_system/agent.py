@@ -73,6 +73,11 @@ class AsyncAgent:
         self.task_manager = task_manager
         self._owns_task_manager = owns_task_manager
 
+    @property
+    def owns_task_manager(self) -> bool:
+        """True when this agent created its manager: every task in it was started by this agent."""
+        return self._owns_task_manager
+
     @contextlib.contextmanager
     def _active(self) -> Iterator[None]:
         # Lets get_task_manager() find this manager in the agent's code and tools.

@@ -20,6 +20,7 @@ import pytest
 from clients import testagents as ta
 from clients.pyclient import AgentCLIClient, LineClient, send_request
 from PIL import Image
+from smolagents import tool
 
 from async_task_system.server import AgentServer, RemoteRequest, RemoteResponse, ResponseContent
 from async_task_system.server import protocol as p
@@ -1099,6 +1100,31 @@ def test_one_client_cannot_take_every_slot(serve_factory):
     greedy.close()
 
 
+def test_one_address_cannot_take_every_slot_with_many_connections(serve_factory):
+    srv = serve_factory(max_concurrent_requests=8, max_running_per_connection=4, max_running_per_client=4)
+    greedy = []
+    for n in range(4):  # 4 connections x 4 running would be 16 slots; the address gets 4
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30, source_address=("127.0.0.2", 0))
+        greedy.append(sock)
+        for i in range(5):
+            request = {"request_id": f"g{n}-{i}", "input": {"Text": "STEPS: block(20)"}}
+            sock.sendall((json.dumps(request) + "\n").encode())
+    assert ta.BLOCK_STARTED.wait(10)
+    time.sleep(0.3)
+    stats = srv.server.task_manager.get_statistics()
+    assert stats["running"] + stats["pending"] == 4, stats
+    with srv.client() as honest:
+        started = time.monotonic()
+        answer = honest.request({"request_id": "h", "input": {"Text": "quick"}})
+        assert answer["error"] is None and time.monotonic() - started < 5
+    ta.RELEASE.set()
+    for sock in greedy:  # every greedy request is answered in the end
+        with sock.makefile("rb") as lines:
+            answers = [json.loads(lines.readline()) for _ in range(5)]
+        assert all(a["error"] is None for a in answers), answers
+        sock.close()
+
+
 def test_connection_limits_and_the_authentication_timeout(serve_factory):
     srv = serve_factory(max_connections_per_client=3, token="s3cret", auth_timeout=0.5)
     clients = [srv.client() for _ in range(3)]
@@ -1149,3 +1175,123 @@ def test_history_honours_max_context_num_zero_and_is_cut(serve_factory):
         histories = srv.thread.call(lambda: [list(conn.history) for conn in srv.server._connections])
     (history,) = histories
     assert len(history) == 1 and history[0].user == "y" * 100 + " [...]"
+
+
+LONG_JOBS = {"running": 0, "started": 0}
+LONG_JOBS_LOCK = threading.Lock()
+
+
+@tool
+def long_job(seconds: float) -> str:
+    """Work for a long time, stopping early once the task is cancelled.
+
+    Args:
+        seconds: how long to work
+    """
+    from async_task_system import cancellation_requested
+
+    with LONG_JOBS_LOCK:
+        LONG_JOBS["running"] += 1
+        LONG_JOBS["started"] += 1
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not cancellation_requested():
+            time.sleep(0.02)
+        return "cancelled" if cancellation_requested() else "done"
+    finally:
+        with LONG_JOBS_LOCK:
+            LONG_JOBS["running"] -= 1
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-manager", "shared-manager"])
+def test_clients_leaving_cancel_the_background_tasks_their_requests_started(serve_factory, shared):
+    from async_task_system import TaskManager, create_async_agent
+
+    shared_manager = TaskManager(max_workers=40) if shared else None
+    agents = []
+    agents_lock = threading.Lock()
+
+    def factory():
+        agent = create_async_agent(
+            tools=[long_job],
+            model=ta.scripted_model(),
+            verbosity_level=-1,
+            max_steps=4,
+            task_manager=shared_manager,
+        )
+        with agents_lock:
+            agents.append(agent)
+        return agent
+
+    srv = serve_factory(factory, max_running_per_client=20)  # 20 clients on one address
+    with LONG_JOBS_LOCK:
+        LONG_JOBS.update(running=0, started=0)
+    time.sleep(0.2)
+    baseline = threading.active_count()
+    n = 20
+    clients = [srv.client() for _ in range(n)]
+    code = "RUN: t = submit_task('tool', 'long_job', {'seconds': 60})\nwait_for_tasks([t], max_wait_time=120)"
+    for i, c in enumerate(clients):
+        c.send({"request_id": f"r{i}", "input": {"Text": code}})
+    deadline = time.monotonic() + 20
+    while LONG_JOBS["started"] < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert LONG_JOBS["started"] == n
+    busy = threading.active_count()
+    left = time.monotonic()
+    for c in clients:
+        c.sock.shutdown(socket.SHUT_RDWR)
+        c.close()
+    for i in range(n):
+        assert srv.record(f"r{i}").status == "cancelled"
+    managers = [shared_manager] if shared else [a.task_manager for a in agents]
+    tasks = [info for m in managers for info in m.list() if info.name == "long_job"]
+    assert len(tasks) == n
+    # A shared manager keeps its (idle) pool threads; an agent's own manager goes with its request.
+    allowed = baseline + 2 + (shared_manager.max_workers if shared_manager else 0)
+    deadline = time.monotonic() + 10
+    while (LONG_JOBS["running"] or threading.active_count() > allowed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ended = time.monotonic() - left
+    tasks = [info for m in managers for info in m.list() if info.name == "long_job"]
+    assert {info.status.value for info in tasks} == {"cancelled"}
+    assert LONG_JOBS["running"] == 0 and threading.active_count() <= allowed, threading.enumerate()
+    assert ended < 5, (
+        f"threads: baseline {baseline}, busy {busy}, after {threading.active_count()} ({ended:.2f} s)"
+    )
+    if shared_manager is not None:
+        shared_manager.shutdown(wait=True, timeout=5)
+
+
+def test_background_tasks_of_answered_requests_end_with_the_agent_or_the_connection(serve_factory):
+    from async_task_system import TaskManager, create_async_agent
+
+    shared = TaskManager(max_workers=4)
+    own: list = []
+
+    def factory(manager=None):
+        agent = create_async_agent(
+            tools=[long_job], model=ta.scripted_model(), verbosity_level=-1, max_steps=4, task_manager=manager
+        )
+        own.append(agent)
+        return agent
+
+    code = "RUN: final_answer(submit_task('tool', 'long_job', {'seconds': 60}))"
+    private = serve_factory(factory)
+    with private.client() as c:  # an agent's own manager: nobody could read the task afterwards
+        task_id = c.request({"request_id": "a", "input": {"Text": code}})["response"]["Text"]
+        assert own[0].task_manager.wait([task_id], timeout=5)
+        assert own[0].task_manager.check(task_id).status.value == "cancelled"
+    served = serve_factory(lambda: factory(shared))
+    with served.client() as c:  # a shared one: later requests may still read it, until the client leaves
+        task_id = c.request({"request_id": "b", "input": {"Text": code}})["response"]["Text"]
+        later = c.request(
+            {
+                "request_id": "c",
+                "input": {"Instruction": {"command": "check_task", "parameters": {"task_id": task_id}}},
+            }
+        )
+        assert later["response"]["ToolResult"]["result"]["status"] == "running"
+    assert shared.wait([task_id], timeout=5)
+    assert shared.check(task_id).status.value == "cancelled"
+    shared.shutdown(wait=True, timeout=5)

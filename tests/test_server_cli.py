@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 class Served:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, preexec_fn=None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "async_task_system", "serve", "--remote", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE,
@@ -31,6 +34,7 @@ class Served:
             text=True,
             env=env or _env(),
             cwd=TESTS,
+            preexec_fn=preexec_fn,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -57,8 +61,8 @@ class Served:
 def served():
     started: list[Served] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Served:
-        s = Served(*args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None, preexec_fn=None) -> Served:
+        s = Served(*args, env=env, preexec_fn=preexec_fn)
         started.append(s)
         return s
 
@@ -151,3 +155,124 @@ def test_sigterm_answers_unfinished_requests_before_closing(served):
         "error_code": "connection_error",
     }
     assert s.proc.wait(10) == 0
+
+
+def test_every_server_limit_has_a_flag_with_its_default_in_help():
+    import inspect
+
+    from async_task_system.server import AgentServer
+
+    not_limits = {"self", "agent_factory", "host", "port", "token", "model", "temp_dir", "task_manager"}
+    flags = {"default_context_num": "--context"}
+    help_text = subprocess.run(
+        [sys.executable, "-m", "async_task_system", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+        check=True,
+    ).stdout
+    help_text = re.sub(r"\s+", " ", help_text)
+    for name, parameter in inspect.signature(AgentServer.__init__).parameters.items():
+        if name in not_limits:
+            continue
+        flag = flags.get(name, "--" + name.replace("_", "-"))
+        default = parameter.default
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        assert re.search(rf"{flag} [A-Z_]+ [^-]*\(default {re.escape(shown)}\)", help_text), (flag, shown)
+
+
+def test_limit_flags_reach_the_server(served):
+    s = served("--scripted", "--max-connections-per-client", "2", "--idle-timeout", "1")
+    first, second = LineClient(s.port), LineClient(s.port)
+    try:
+        assert first.request({"request_id": "a", "input": {"Text": "hi"}})["error"] is None
+        with LineClient(s.port) as extra:  # the third from 127.0.0.1
+            refused = extra.read()
+            assert extra.read() is None
+        assert (
+            refused["error"] == "connection_error: Too many connections from your address; try again later."
+        )
+        assert second.read() is None  # silent for over a second: closed by --idle-timeout
+    finally:
+        first.close()
+        second.close()
+    with LineClient(s.port) as again:  # the slots are free again
+        assert again.request({"request_id": "b", "input": {"Text": "hi"}})["error"] is None
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run(
+            [sys.executable, "-m", "async_task_system", "serve", "--max-connections", "0"],
+            capture_output=True,
+            env=_env(),
+            timeout=60,
+            check=True,
+        )
+
+
+def _silent_connections(
+    port: int, count: int, sources: list[str], seconds: float = 6.0
+) -> list[socket.socket]:
+    """Open up to ``count`` connections that send nothing, from the loopback addresses ``sources``."""
+    opened: list[socket.socket] = []
+    deadline = time.monotonic() + seconds
+    for i in range(count):
+        if time.monotonic() > deadline:
+            break
+        with contextlib.suppress(OSError):
+            opened.append(
+                socket.create_connection(
+                    ("127.0.0.1", port), timeout=0.5, source_address=(sources[i % len(sources)], 0)
+                )
+            )
+    return opened
+
+
+def _honest_request(port: int, request_id: str, within: float) -> tuple[dict, float]:
+    """Send one trivial request from 127.0.0.1, retrying while refused; (answer, seconds taken)."""
+    started = time.monotonic()
+    seen: list[object] = []
+    while True:
+        try:
+            with LineClient(port, timeout=5) as c:
+                answer = c.request({"request_id": request_id, "input": {"Text": "hi"}})
+            if answer["error"] is None:
+                return answer, time.monotonic() - started
+            seen.append(answer["error"])
+        except (OSError, AssertionError) as exc:
+            seen.append(repr(exc))
+        assert time.monotonic() - started < within, f"the honest client was never served: {seen[-5:]}"
+        time.sleep(0.2)
+
+
+def test_file_descriptor_exhaustion_leaves_the_server_serving(served):
+    import resource
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    s = served("--scripted", "--idle-timeout", "2", preexec_fn=low_fd_limit)
+    attacker = ["127.0.0.2"]
+    flood = _silent_connections(s.port, 200, attacker)  # more than the 128 descriptors the server has
+    try:
+        # One address holds at most --max-connections-per-client (32): the honest client is served at once.
+        answer, took = _honest_request(s.port, "one-address", within=5)
+        assert answer["error"] is None and took < 2, (answer, took)
+    finally:
+        for sock in flood:
+            sock.close()
+    many = [f"127.0.0.{n}" for n in range(2, 12)]  # ten addresses: 300 connections
+    flood = _silent_connections(s.port, 300, many)
+    try:
+        # max_connections was lowered to fit the 128 descriptors (the server logs it); the idle
+        # timeout closes the silent ones, and the honest client gets in.
+        answer, took = _honest_request(s.port, "many-addresses", within=15)
+        assert answer["error"] is None, answer
+        assert s.proc.poll() is None
+    finally:
+        for sock in flood:
+            sock.close()
+    answer, took = _honest_request(s.port, "after", within=5)
+    assert answer["error"] is None and took < 2
+    s.proc.terminate()
+    assert s.proc.wait(10) == 0
+    assert "lowered from 256 to 96" in s.proc.stderr.read()

@@ -191,9 +191,19 @@ class AgentHandle:
         from ..agent import AsyncAgent
 
         self.owner = obj
+        self.task_manager: Any = None
+        """The manager the agent's ``submit_task`` uses (an AsyncAgent's), else None."""
+        self.owns_task_manager = False
+        self._started: list[str] = []  # ids submit_task returned, on a manager the agent does not own
+        self._started_lock = threading.Lock()
         if isinstance(obj, AsyncAgent):
             self.agent = obj.agent
             self.is_async_agent = True
+            self.task_manager = obj.task_manager
+            self.owns_task_manager = obj.owns_task_manager
+            submit = self.agent.tools.get("submit_task")
+            if submit is not None and not self.owns_task_manager:
+                self.agent.tools["submit_task"] = _RecordingTool(submit, self._record_started)
         elif isinstance(obj, MultiStepAgent):
             self.agent = obj
             self.is_async_agent = False
@@ -246,12 +256,65 @@ class AgentHandle:
         with contextlib.suppress(Exception):
             self.agent.interrupt()
 
+    def _record_started(self, task_id: Any) -> None:
+        if isinstance(task_id, str):
+            with self._started_lock:
+                self._started.append(task_id)
+
+    def background_tasks(self) -> list[str]:
+        """Ids of the background tasks this agent started (on a manager it does not own, only
+        those its ``submit_task`` started; their dependents follow them when cancelled)."""
+        manager = self.task_manager
+        if manager is None:
+            return []
+        if self.owns_task_manager:
+            return [info.id for info in manager.list() if not info.status.is_terminal]
+        with self._started_lock:
+            return list(self._started)
+
+    def cancel_background(self) -> int:
+        """Cancel the unfinished background tasks this agent started; returns how many were cancelled.
+
+        A running task is marked cancelled at once (its slot is free, waiters return) and its code
+        sees ``cancellation_requested()``; a tool that never checks runs on until it returns.
+        """
+        return cancel_tasks(self.task_manager, self.background_tasks())
+
     def close(self) -> None:
+        """Release the agent. An AsyncAgent's own manager goes with it: its unfinished tasks are
+        cancelled (nothing could read their results any more). Tasks on a shared manager stay."""
         with contextlib.suppress(Exception):
             if self.is_async_agent:
+                if self.owns_task_manager:
+                    self.cancel_background()
                 self.owner.shutdown(wait=False, cancel_pending=True)
             else:
                 self.agent.cleanup()
+
+
+def cancel_tasks(manager: Any, task_ids: Sequence[str]) -> int:
+    """Cancel those of ``task_ids`` still unfinished on ``manager``; returns how many were."""
+    cancelled = 0
+    for task_id in task_ids:
+        with contextlib.suppress(LookupError):  # dropped from the records after its result was read
+            cancelled += bool(manager.cancel(task_id))
+    return cancelled
+
+
+class _RecordingTool:
+    """A tool proxy handing each result to ``record`` (the ids ``submit_task`` returns)."""
+
+    def __init__(self, inner: Any, record: Callable[[Any], None]) -> None:
+        self.__dict__["_inner"] = inner
+        self.__dict__["_record"] = record
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_inner"], name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.__dict__["_inner"](*args, **kwargs)
+        self.__dict__["_record"](result)
+        return result
 
 
 class _GatedTool:
@@ -706,6 +769,8 @@ def execute_request(
         return ExecutionResult(content=content, token_usage=usage, exchange=exchange)
     finally:
         if handle is not None:
+            if hooks.cancel_event.is_set():  # also what it started after the cancel was seen
+                handle.cancel_background()
             handle.close()
         if prepared.folder is not None:
             shutil.rmtree(prepared.folder, ignore_errors=True)

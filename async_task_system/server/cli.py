@@ -20,9 +20,42 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .agents import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
+from .tcp import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_AUTH_LINE_BYTES,
+    DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_MAX_HISTORY,
+    DEFAULT_MAX_HISTORY_CHARS,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+    DEFAULT_MAX_RUNNING_PER_CLIENT,
+    DEFAULT_MAX_RUNNING_PER_CONNECTION,
+    DEFAULT_REQUEST_TIMEOUT,
+)
+
 __all__ = ["configure_parser", "run", "scripted_agent_model", "scripted_chat_model", "load_object"]
 
 TOKEN_ENV = "ASYNC_AGENT_SERVER_TOKEN"
+
+
+def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` above zero (or zero too, with ``zero``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value > 0 or (zero and value == 0)):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero else 'above 0'}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -60,22 +93,90 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=20, help="Agent steps per request by default (20).")
     parser.add_argument(
         "--request-timeout",
-        type=float,
-        default=300.0,
-        help="Seconds a request may run once started (default 300).",
+        type=_positive(float),
+        default=DEFAULT_REQUEST_TIMEOUT,
+        help=f"Seconds a request may run once started (default {DEFAULT_REQUEST_TIMEOUT:g}).",
     )
-    parser.add_argument(
+    limits = parser.add_argument_group(
+        "limits", "What one client may take; over a limit it gets an error, never the whole server."
+    )
+
+    def limit(flag: str, kind: type, default: float, text: str, zero: bool = False) -> None:
+        shown = f"{default:g}" if kind is float else str(default)
+        limits.add_argument(
+            flag, type=_positive(kind, zero), default=default, help=f"{text} (default {shown})."
+        )
+
+    limit(
         "--max-line-bytes",
-        type=int,
-        default=16 * 1024 * 1024,
-        help="Longest request line accepted; longer lines close the connection (default 16 MiB).",
+        int,
+        DEFAULT_MAX_LINE_BYTES,
+        "Longest request line; a longer one closes the connection",
     )
-    parser.add_argument(
+    limit(
         "--max-concurrent-requests",
-        type=int,
-        default=64,
-        help="Requests running at once; the rest wait (default 64).",
+        int,
+        DEFAULT_MAX_CONCURRENT_REQUESTS,
+        "Requests running at once; the rest wait",
     )
+    limit(
+        "--max-requests-per-connection",
+        int,
+        DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+        "Requests in flight on one connection; more are refused with processing_error",
+    )
+    limit(
+        "--max-running-per-connection",
+        int,
+        DEFAULT_MAX_RUNNING_PER_CONNECTION,
+        "Requests of one connection running at once; its others wait in the connection",
+    )
+    limit(
+        "--max-running-per-client",
+        int,
+        DEFAULT_MAX_RUNNING_PER_CLIENT,
+        "Requests running at once over all the connections from one IP address",
+    )
+    limit("--max-connections", int, DEFAULT_MAX_CONNECTIONS, "Connections open at once; one more is refused")
+    limit(
+        "--max-connections-per-client",
+        int,
+        DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        "Connections open at once from one IP address; one more is refused",
+    )
+    limit(
+        "--idle-timeout",
+        float,
+        DEFAULT_IDLE_TIMEOUT,
+        "Seconds a connection may send nothing while none of its requests is in flight",
+    )
+    limit("--auth-timeout", float, DEFAULT_AUTH_TIMEOUT, "With a token: seconds to present it")
+    limit(
+        "--max-auth-line-bytes",
+        int,
+        DEFAULT_MAX_AUTH_LINE_BYTES,
+        "With a token: the longest line before it is checked (nothing more is read until then)",
+    )
+    limit(
+        "--max-history",
+        int,
+        DEFAULT_MAX_HISTORY,
+        "Exchanges a connection remembers for max_context_num",
+        zero=True,
+    )
+    limit(
+        "--max-history-chars",
+        int,
+        DEFAULT_MAX_HISTORY_CHARS,
+        "Characters kept of each side of a remembered exchange",
+    )
+    limit(
+        "--max-image-pixels",
+        int,
+        DEFAULT_MAX_IMAGE_PIXELS,
+        "Pixels (width x height x frames) of one image, read from its header before decoding",
+    )
+    limit("--max-request-pixels", int, DEFAULT_MAX_REQUEST_PIXELS, "Pixels of all the images of one request")
     parser.add_argument(
         "--context",
         type=int,
@@ -241,6 +342,18 @@ def run(args: argparse.Namespace) -> int:
         max_line_bytes=args.max_line_bytes,
         max_concurrent_requests=args.max_concurrent_requests,
         default_context_num=args.context,
+        max_requests_per_connection=args.max_requests_per_connection,
+        max_running_per_connection=args.max_running_per_connection,
+        max_running_per_client=args.max_running_per_client,
+        max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
+        idle_timeout=args.idle_timeout,
+        auth_timeout=args.auth_timeout,
+        max_auth_line_bytes=args.max_auth_line_bytes,
+        max_history=args.max_history,
+        max_history_chars=args.max_history_chars,
+        max_image_pixels=args.max_image_pixels,
+        max_request_pixels=args.max_request_pixels,
     )
 
     async def main() -> None:

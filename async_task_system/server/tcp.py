@@ -54,6 +54,7 @@ from .agents import (
     RequestCancelled,
     RequestHooks,
     approval_decision,
+    cancel_tasks,
     execute_request,
     is_approval,
 )
@@ -82,6 +83,18 @@ __all__ = [
 logger = logging.getLogger("async_task_system.server")
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+# The defaults of the server's limits (AgentServer's keyword arguments, ``async-agent serve`` flags).
+DEFAULT_MAX_CONCURRENT_REQUESTS = 64
+DEFAULT_MAX_REQUESTS_PER_CONNECTION = 256
+DEFAULT_MAX_RUNNING_PER_CONNECTION = 8
+DEFAULT_MAX_RUNNING_PER_CLIENT = 16
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 32
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_AUTH_TIMEOUT = 10.0
+DEFAULT_MAX_AUTH_LINE_BYTES = 64 * 1024
+DEFAULT_MAX_HISTORY = 50
+DEFAULT_MAX_HISTORY_CHARS = 4000
 
 # The start of an HTTP request line (RFC 9112 section 3): a method, then a target. JSON never
 # starts like this, so such a first line is an HTTP client, possibly a web page in a browser.
@@ -89,6 +102,7 @@ _HTTP_REQUEST_LINE = re.compile(
     rb"^(GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH|PRI) +(/|\*|[a-z]+://)", re.I
 )
 DEFAULT_REQUEST_TIMEOUT = 300.0
+_MAX_KEPT_BACKGROUND = 1024  # background task ids a connection keeps to cancel when it closes
 
 REQUEST_KIND = TaskKind.register("request", "a JSON-lines request")
 """The task kind of the server's requests."""
@@ -233,6 +247,8 @@ class _Request:
         self.hooks.cancel_event.set()
         if self.handle is not None:
             self.handle.interrupt()
+            # The background tasks it started: a waiting wait_for_tasks returns, their slots free up.
+            self.handle.cancel_background()
 
     def finished(self) -> None:
         """The task reached a terminal status (on the loop): no question waits any more."""
@@ -272,10 +288,14 @@ class _Connection:
         self.closed = False
         self._buffer = bytearray()
         self._running = 0  # requests of this connection submitted to the manager and not ended
+        # Background tasks that completed requests left running on a shared manager (an agent's own
+        # manager is closed with its request): cancelled when the client leaves.
+        self.background: collections.deque[tuple[Any, str]] = collections.deque(maxlen=_MAX_KEPT_BACKGROUND)
         self._waiting: collections.deque[_Request] = collections.deque()
         self._write_lock = asyncio.Lock()
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        self.client = self.peer.rpartition(":")[0]  # the address limits per client count by
 
     # ------------------------------------------------------------------------------------ writing
 
@@ -305,6 +325,9 @@ class _Connection:
         self._waiting.clear()
         for request in list(self.requests.values()):
             request.cancel(reason)
+        while self.background:
+            manager, task_id = self.background.popleft()
+            cancel_tasks(manager, [task_id])
         with contextlib.suppress(Exception):
             self.writer.close()
 
@@ -476,11 +499,19 @@ class _Connection:
             return
         state = _Request(self, request, started)
         self.requests[request.request_id] = state
-        if self._running >= self.server.max_running_per_connection:
+        if self._waiting or not self._may_start():
             # One client never takes every slot: its next request waits here, not in the manager.
             self._waiting.append(state)
             return
         await self._start(state)
+
+    def _may_start(self) -> bool:
+        """Whether this connection, and its client's address, may start one more request now."""
+        server = self.server
+        return (
+            self._running < server.max_running_per_connection
+            and server._running_by_client[self.client] < server.max_running_per_client
+        )
 
     async def _start(self, state: _Request) -> None:
         """Submit ``state`` as a task; it then counts against the connection's running requests."""
@@ -500,10 +531,11 @@ class _Connection:
             )
             return
         self._running += 1
+        self.server._running_by_client[self.client] += 1
         state.task = asyncio.create_task(self._run_request(state))
 
     async def _start_waiting(self) -> None:
-        while self._waiting and not self.closed and self._running < self.server.max_running_per_connection:
+        while self._waiting and not self.closed and self._may_start():
             await self._start(self._waiting.popleft())
 
     # ------------------------------------------------------------------------------------ requests
@@ -517,6 +549,7 @@ class _Connection:
             state.handle = handle
             if hooks.cancel_event.is_set():
                 handle.interrupt()
+                handle.cancel_background()
 
         hooks.on_handle = on_handle
         if config.ask_before_tool_execution:
@@ -603,6 +636,11 @@ class _Connection:
             assert state.task_id is not None
             info = server.task_manager.check(state.task_id)
             status, response = self._outcome(state, info)
+            handle = state.handle
+            if status == "completed" and handle is not None and not handle.owns_task_manager:
+                self.background.extend(
+                    (handle.task_manager, task_id) for task_id in handle.background_tasks()
+                )
             if status == "cancelled" and server._closing and not self.closed:
                 with contextlib.suppress(Exception):
                     await self.send(
@@ -615,10 +653,9 @@ class _Connection:
         finally:
             _jobs.pop(state.job, None)
             self._running -= 1
+            server._release_client_slot(self.client)
             if self.requests.get(request_id) is state:
                 del self.requests[request_id]
-            if self._waiting and not self.closed:
-                asyncio.ensure_future(self._start_waiting())
             if response is not None:
                 error = response.error
                 await self.send(response)
@@ -694,6 +731,7 @@ class AgentServer:
             IP address; one more is answered with ``connection_error`` and closed.
         max_running_per_connection: requests of one connection running (or pending for a slot) at
             once; its further requests wait in the connection, so one client cannot take every slot.
+        max_running_per_client: the same over all the connections from one IP address.
         idle_timeout: seconds a connection may send nothing while none of its requests is in flight.
         auth_timeout: with a token, seconds to present it before the connection is closed.
         max_auth_line_bytes: with a token, the longest line before it is checked (nothing more is
@@ -726,21 +764,22 @@ class AgentServer:
         model: Any | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-        max_concurrent_requests: int = 64,
-        max_requests_per_connection: int = 256,
+        max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+        max_requests_per_connection: int = DEFAULT_MAX_REQUESTS_PER_CONNECTION,
         default_context_num: int = 5,
-        max_history: int = 50,
+        max_history: int = DEFAULT_MAX_HISTORY,
         temp_dir: str | None = None,
         task_manager: TaskManager | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
-        max_connections: int = 256,
-        max_connections_per_client: int = 32,
-        max_running_per_connection: int = 8,
-        idle_timeout: float = 300.0,
-        auth_timeout: float = 10.0,
-        max_auth_line_bytes: int = 64 * 1024,
-        max_history_chars: int = 4000,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        max_running_per_connection: int = DEFAULT_MAX_RUNNING_PER_CONNECTION,
+        max_running_per_client: int = DEFAULT_MAX_RUNNING_PER_CLIENT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+        max_auth_line_bytes: int = DEFAULT_MAX_AUTH_LINE_BYTES,
+        max_history_chars: int = DEFAULT_MAX_HISTORY_CHARS,
     ) -> None:
         if not callable(agent_factory):
             raise TypeError("agent_factory must be a callable returning a fresh agent for each request")
@@ -767,6 +806,8 @@ class AgentServer:
         self.max_connections = int(max_connections)
         self.max_connections_per_client = int(max_connections_per_client)
         self.max_running_per_connection = max(1, int(max_running_per_connection))
+        self.max_running_per_client = max(1, int(max_running_per_client))
+        self._running_by_client: collections.Counter[str] = collections.Counter()
         self.idle_timeout = float(idle_timeout)
         self.auth_timeout = float(auth_timeout)
         self.max_auth_line_bytes = int(max_auth_line_bytes)
@@ -802,10 +843,11 @@ class AgentServer:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         self._closed = asyncio.get_running_loop().create_future()
+        backlog = self._fit_connections_to_file_limit()
         # The reader's limit only sets its flow control (it pauses reading at twice this much
         # unread); the connection splits lines itself, with its own limits.
         self._server = await asyncio.start_server(
-            self._on_connection, self.host, self.requested_port, limit=65536
+            self._on_connection, self.host, self.requested_port, limit=65536, backlog=backlog
         )
         logger.info("serving on %s", self.address)
 
@@ -856,10 +898,38 @@ class AgentServer:
 
     # ------------------------------------------------------------------------------------ internal
 
+    def _fit_connections_to_file_limit(self) -> int:
+        """Lower ``max_connections`` below the process's file-descriptor limit (``ulimit -n``);
+        returns the listen backlog.
+
+        Silent connections must meet the connection limit before they use up the descriptors the
+        server needs to accept, refuse, and run requests (temp files, sockets of tools). The
+        backlog is also how many connections asyncio accepts in one go before any is refused, so
+        it stays within the descriptors kept in reserve.
+        """
+        try:
+            import resource
+
+            soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ImportError, OSError, ValueError):  # no such limit here (Windows)
+            return 100
+        if soft == resource.RLIM_INFINITY:
+            return 100
+        reserve = max(32, soft // 4)  # a quarter (at least 32) stays for everything else
+        room = max(1, soft - reserve)
+        if self.max_connections > room:
+            logger.warning(
+                "max_connections lowered from %s to %s to fit the file-descriptor limit of %s (ulimit -n)",
+                self.max_connections,
+                room,
+                soft,
+            )
+            self.max_connections = room
+        return min(100, reserve // 2)
+
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(self, next(self._connection_ids), reader, writer)
-        host = connection.peer.rpartition(":")[0]
-        same_client = sum(1 for c in self._connections if c.peer.rpartition(":")[0] == host)
+        same_client = sum(1 for c in self._connections if c.client == connection.client)
         if len(self._connections) >= self.max_connections or same_client >= self.max_connections_per_client:
             logger.warning("refused a connection from %s: too many connections", connection.peer)
             which = "" if len(self._connections) >= self.max_connections else " from your address"
@@ -879,6 +949,15 @@ class AgentServer:
             await connection.run()
         finally:
             self._connections.discard(connection)
+
+    def _release_client_slot(self, client: str) -> None:
+        """A request of ``client`` ended: start the next waiting ones of its connections."""
+        self._running_by_client[client] -= 1
+        if self._running_by_client[client] <= 0:
+            del self._running_by_client[client]
+        for connection in list(self._connections):
+            if connection.client == client and connection._waiting and not connection.closed:
+                asyncio.ensure_future(connection._start_waiting())
 
     def _on_task_change(self, info: TaskInfo) -> None:
         """A task of the manager changed (any thread): hand this server's finished requests to the loop."""
