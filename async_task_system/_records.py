@@ -56,7 +56,7 @@ class TaskRecord:
 
     __slots__ = (
         "info", "target", "context", "waiters", "timer", "cancel_requested", "holds_slot",
-        "read", "future", "suspension", "resolved", "turn", "continuation", "busy",
+        "read", "future", "suspension", "resolved", "turn", "continuation", "busy", "cancel_event",
     )  # fmt: skip
 
     def __init__(self, info: TaskInfo, target: Target, context: contextvars.Context | None) -> None:
@@ -74,6 +74,7 @@ class TaskRecord:
         self.turn = 0  # how often the current attempt was continued after a suspension
         self.continuation: Callable[[], Any] | None = None  # queued by Suspension.resume_later
         self.busy = False  # the current turn's code is still running (a continuation waits for it)
+        self.cancel_event: threading.Event | None = None  # made on demand by wait_cancelled
 
 
 class TaskRecords:
@@ -239,6 +240,18 @@ class TaskRecords:
             stats["total"] = self._submitted
             stats["retained"] = len(self._tasks)
             return stats
+
+    def wait_cancelled(self, task_id: str, timeout: float | None) -> bool:
+        """Block until the task's current attempt is cancelled or timed out (True) or ``timeout``
+        seconds pass (False): a sleep that a cancel cuts short, with no polling."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.cancel_requested:
+                return task is not None
+            if task.cancel_event is None:
+                task.cancel_event = threading.Event()
+            event = task.cancel_event
+        return event.wait(timeout)
 
     def is_cancel_requested(self, task_id: str) -> bool:
         with self._lock:

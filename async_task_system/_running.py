@@ -251,6 +251,9 @@ class TaskRunner(TaskRecords):
             task.timer.cancel()
             task.timer = None
         task.cancel_requested = True
+        if task.cancel_event is not None:
+            task.cancel_event.set()
+            task.cancel_event = None
         task.continuation = None
         suspension, task.suspension = task.suspension, None
         # Both run by _notify, outside the lock: cancelling a future runs its done callbacks at once.

@@ -13,7 +13,7 @@ from typing import Any
 
 from smolagents import Tool
 
-from .manager import TaskManager
+from .manager import TaskManager, get_current_task_id, get_task_manager
 from .tasks import TaskKind, TaskStatus
 
 __all__ = [
@@ -168,7 +168,13 @@ class SleepTool(_ManagerTool):
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
             raise TypeError(f"seconds must be a number, got {seconds!r}")
         duration = max(0.0, min(float(seconds), self.max_wait_cap))
-        time.sleep(duration)
+        task_id, manager = get_current_task_id(), get_task_manager()
+        if task_id is not None and manager is not None:
+            # Inside a task (a background agent, a server request): a cancel ends the sleep at once.
+            if manager.wait_cancelled(task_id, duration):
+                return "Sleep interrupted: this task was cancelled or timed out; stop and return."
+        else:
+            time.sleep(duration)
         suffix = f" ({reason})" if reason else ""
         capped = " (capped)" if duration < seconds else ""
         return f"Slept {duration:g} s{capped}{suffix}."

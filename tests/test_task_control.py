@@ -253,3 +253,23 @@ def test_a_continuation_starts_only_after_the_suspending_code_has_returned():
         manager.wait(task_id, timeout=5)
         assert manager.result(task_id) == "done"
     assert order == ["first turn returned", "continuation"]
+
+
+def test_the_sleep_tool_inside_a_task_ends_when_the_task_is_cancelled():
+    from async_task_system.tools import SleepTool
+
+    with TaskManager() as manager:
+        sleep = SleepTool(manager)
+        answers: list[str] = []
+        manager.register_function(lambda: answers.append(sleep(seconds=30)), name="nap")
+        task_id = manager.submit("function", "nap")
+        time.sleep(0.1)
+        started = time.monotonic()
+        manager.cancel(task_id)
+        deadline = time.monotonic() + 5
+        while not answers:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert time.monotonic() - started < 1.0
+        assert answers[0].startswith("Sleep interrupted")
+        assert manager.wait_cancelled(task_id, 0) is True
