@@ -110,7 +110,9 @@ def test_dropped_managers_leave_no_threads_behind():
 def test_dropped_tasks_are_read_from_the_archive_when_one_is_set():
     kept: dict = {}
     with TaskManager(functions=[echo], retention=1) as manager:
-        manager.add_listener(lambda info: kept.__setitem__(info.id, info) if info.status.is_terminal else None)
+        manager.add_listener(
+            lambda info: kept.__setitem__(info.id, info) if info.status.is_terminal else None
+        )
         manager.set_archive(kept.get)
         ids = [manager.submit("function", "echo", {"value": i}) for i in range(3)]
         manager.wait(ids, timeout=5)
