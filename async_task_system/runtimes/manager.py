@@ -9,6 +9,8 @@ memory and output caps from the same object. An unknown runtime is an error list
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+from collections.abc import Callable
 from typing import Any
 
 from ..sandbox import RunLimits, ScriptRunner
@@ -103,9 +105,16 @@ class RuntimeManager:
         command: str,
         parameters: dict[str, Any] | None = None,
         timeout: float | None = None,
+        *,
+        stop_with_task: bool = False,
     ) -> RuntimeResult:
         """:meth:`execute` from synchronous code (a tool's ``forward``, a script): runs on the
-        package's event loop and blocks this thread until the call ends."""
+        package's event loop and blocks this thread until the call ends.
+
+        ``stop_with_task``: when called inside a background task, the call is stopped (its process
+        group killed, its module interrupted) the moment that task is cancelled or times out; the
+        manager tells us through a listener, nothing polls.
+        """
         from .._loop import background_loop
 
         loop = background_loop()
@@ -118,11 +127,19 @@ class RuntimeManager:
         future = asyncio.run_coroutine_threadsafe(
             self.execute(runtime_name, entry, command, parameters, timeout), loop
         )
+        remove = _stop_with_current_task(future) if stop_with_task else None
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            return RuntimeResult.failure(
+                runtime_name, "cancelled", "the task was cancelled or timed out; the call was stopped"
+            )
         except BaseException:
             future.cancel()  # the call's process group (or module) is stopped
             raise
+        finally:
+            if remove is not None:
+                remove()
 
     def close(self) -> None:
         """Kill every running subprocess call and release every runtime."""
@@ -132,6 +149,26 @@ class RuntimeManager:
 
     def __repr__(self) -> str:
         return f"<RuntimeManager {', '.join(self.names())}>"
+
+
+def _stop_with_current_task(future: concurrent.futures.Future[Any]) -> Callable[[], None] | None:
+    """Cancel ``future`` when the background task running this code ends early; returns the
+    listener's remover (``None`` outside a task)."""
+    from ..manager import get_current_task_id, get_task_manager
+
+    task_id = get_current_task_id()
+    manager = get_task_manager()
+    if task_id is None or manager is None:
+        return None
+
+    def on_change(info: Any) -> None:
+        if info.id == task_id and info.status.is_terminal:
+            future.cancel()
+
+    remove = manager.add_listener(on_change)
+    if manager.is_cancel_requested(task_id):
+        future.cancel()
+    return remove
 
 
 _default: RuntimeManager | None = None
