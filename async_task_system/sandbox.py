@@ -214,6 +214,14 @@ class ScriptRunner:
                 env[key.upper()] = trace[key]
         return env
 
+    def wrap(self, argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+        """``(argv, environment)`` that start ``argv`` under the supervisor with these limits, for
+        code that must start a long-lived process itself (an MCP server's stdio client): the
+        process gets the clean environment plus ``env``, the rlimits and tree limits, and dies
+        with the thread that started it. Start it in a new session to kill its group on timeout."""
+        wrapped = [sys.executable, "-I", "-S", _SUPERVISOR, *argv]
+        return wrapped, {"ASYNC_AGENT_SANDBOX": self._sandbox(self._env(env or {}, {}))}
+
     async def run(
         self,
         command: str,

@@ -178,3 +178,32 @@ def compile_c(directory: Path, source: str = C_TOOL, name: str = "ctool") -> str
     binary = str(directory / name)
     subprocess.run([gcc, "-O1", "-o", binary, src], check=True, capture_output=True)
     return binary
+
+
+# A small MCP stdio server; it writes its pid to $PID_FILE so tests can see it stop.
+MCP_SERVER = '''
+import os
+
+from mcp.server.fastmcp import FastMCP
+
+app = FastMCP("calc", log_level="WARNING")
+
+
+@app.tool()
+def add(a: int, b: int) -> int:
+    """Adds two integers."""
+    return a + b
+
+
+@app.tool()
+def shout(text: str) -> str:
+    """Upper-cases a text."""
+    return text.upper()
+
+
+if __name__ == "__main__":
+    if os.environ.get("PID_FILE"):
+        with open(os.environ["PID_FILE"], "w") as handle:
+            handle.write(str(os.getpid()))
+    app.run()
+'''

@@ -164,7 +164,10 @@ def test_a_directory_of_manifests_loads_at_once(runtimes, tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[[tool]]\nname="x"\ndescription="d"\nruntime="cobol"\nentry="a"', "known runtimes are javascript"),
+        (
+            '[[tool]]\nname="x"\ndescription="d"\nruntime="cobol"\nentry="a"',
+            "known runtimes are javascript, mcp",
+        ),
         ('[[tool]]\nname="x"\ndescription="d"\nruntime="native"\nentry="absent"', "does not exist"),
         ('[[tool]]\nname="x"\nruntime="native"\nentry="absent"', "missing description"),
         ('[[tool]]\nname="x"\ndescription="d"\nruntime="python"\nentry="t.py"\ncolour=1', "unknown key"),

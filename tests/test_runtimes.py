@@ -47,7 +47,7 @@ def runtimes() -> RuntimeManager:
 def test_unknown_runtime_is_a_clear_error_listing_the_known_ones(runtimes, tmp_path):
     result = run(runtimes, "cobol", str(tmp_path / "x"), "go", {})
     assert result.status == "error" and result.error_type == "unknown_runtime"
-    assert "known runtimes are javascript, native, python, wasm" in result.error
+    assert "known runtimes are javascript, mcp, native, python, wasm" in result.error
     with pytest.raises(UnknownRuntimeError, match="known runtimes"):
         runtimes.get_runtime("cobol")
     assert issubclass(UnknownRuntimeError, AsyncTaskSystemError)

@@ -5,7 +5,8 @@ run through one :class:`RuntimeManager` with one interface and one result shape.
 returns a :class:`RuntimeResult`. :func:`runtime_tool` and :func:`load_tools` turn such calls into
 smolagents tools the LLM calls directly or through ``submit_task``. See ``docs/runtimes.md``.
 
-The ``wasm`` runtime needs the ``runtimes`` extra (``wasmtime``), imported on the first WASM call.
+The ``wasm`` and ``mcp`` runtimes need the ``runtimes`` extra (``wasmtime``; ``mcp``, ``mcpadapt``),
+imported on first use.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from .base import BaseRuntime, RuntimeResult, RuntimeToolError, SubprocessRuntime, UnknownRuntimeError
 from .javascript import JavaScriptRuntime
 from .manager import RuntimeManager, default_runtime_manager
+from .mcp import McpRuntime, McpServer
 from .native import NativeRuntime
 from .python import PythonRuntime
 from .wasm import WasmRuntime
@@ -24,6 +26,8 @@ __all__ = [
     "BaseRuntime",
     "JavaScriptRuntime",
     "ManifestError",
+    "McpRuntime",
+    "McpServer",
     "NativeRuntime",
     "PythonRuntime",
     "RuntimeManager",

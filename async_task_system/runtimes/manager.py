@@ -16,6 +16,7 @@ from typing import Any
 from ..sandbox import RunLimits, ScriptRunner
 from .base import BaseRuntime, RuntimeResult, UnknownRuntimeError
 from .javascript import JavaScriptRuntime
+from .mcp import McpRuntime
 from .native import NativeRuntime
 from .python import PythonRuntime
 from .wasm import WasmRuntime
@@ -24,8 +25,8 @@ __all__ = ["RuntimeManager", "default_runtime_manager"]
 
 
 class RuntimeManager:
-    """Runtimes by name: ``python``, ``javascript`` (alias ``js``), ``native``, ``wasm``, and any
-    registered with :meth:`register`.
+    """Runtimes by name: ``python``, ``javascript`` (alias ``js``), ``native``, ``wasm``, ``mcp``,
+    and any registered with :meth:`register`.
 
     Args:
         limits: the limits of every call (default :class:`RunLimits`): timeout, memory, CPU seconds,
@@ -52,6 +53,7 @@ class RuntimeManager:
             JavaScriptRuntime(self.runner, node=node, permission=node_permission),
             NativeRuntime(self.runner),
             WasmRuntime(self.limits),
+            McpRuntime(self.limits),
         ):
             self.register(runtime)
 
