@@ -34,7 +34,7 @@ process.stdin.on('end', () => {
       return reply({ status: 'error', error: 'refused: ' + parameters.why });
     case 'flood': {
       const line = 'x'.repeat(65536);
-      for (;;) process.stdout.write(line);
+      for (;;) require('fs').writeSync(1, line); // blocks on a full pipe, as a real flood does
     }
     case 'hang':
       return setInterval(() => {}, 1000);
