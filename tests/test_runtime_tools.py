@@ -217,3 +217,16 @@ def test_the_agent_calls_runtime_tools_directly_and_in_the_background(runtimes, 
         assert agent.run("go") == [144, {"count": 3}, 610]
     prompt = str(model.calls[0][0])
     assert "count_words" in prompt and "Fibonacci." in prompt
+
+
+def test_the_runtimes_example_runs():
+    require("node")
+    require_module("wasmtime")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "runtimes" / "run_runtimes.py"
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "agent: {'words': 4, 'background': [75025, 'tnega', 'One Manager']}" in out.stdout
