@@ -44,7 +44,15 @@ from typing import Any, NamedTuple
 
 from ._compat import TIMEOUT_ERRORS
 
-__all__ = ["DEFAULT_ALLOW_ENV", "SCRIPT_LANGUAGES", "RunLimits", "RunOutcome", "ScriptRunner", "run_script"]
+__all__ = [
+    "CappedOutput",
+    "DEFAULT_ALLOW_ENV",
+    "SCRIPT_LANGUAGES",
+    "RunLimits",
+    "RunOutcome",
+    "ScriptRunner",
+    "run_script",
+]
 
 SCRIPT_LANGUAGES = ("shell", "python")
 """What :meth:`ScriptRunner.run` runs: ``shell`` (``/bin/sh -c``) and ``python`` (``python -c``)."""
@@ -111,8 +119,9 @@ def _user_ids(user: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-class _Capture:
-    """Collects one stream up to a byte cap and splits it into lines for streaming."""
+class CappedOutput:
+    """Collects one output stream up to a byte cap (``truncated`` past it; ``on_overflow`` is called
+    once then) and splits it into lines for streaming. Also the WASM runtime's stdout and stderr."""
 
     def __init__(
         self,
@@ -305,8 +314,8 @@ class ScriptRunner:
                 flags["overflow"] = True
                 _stop_soon(process)
 
-        out = _Capture("stdout", limits.max_output_bytes, on_line, overflow)
-        err = _Capture("stderr", limits.max_output_bytes, on_line, overflow)
+        out = CappedOutput("stdout", limits.max_output_bytes, on_line, overflow)
+        err = CappedOutput("stderr", limits.max_output_bytes, on_line, overflow)
         assert process.stdout is not None and process.stderr is not None
         pumps = [
             asyncio.ensure_future(_pump(process.stdout, out)),
@@ -413,7 +422,7 @@ async def _feed(process: asyncio.subprocess.Process, data: bytes) -> None:
         process.stdin.close()
 
 
-async def _pump(stream: asyncio.StreamReader, capture: _Capture) -> None:
+async def _pump(stream: asyncio.StreamReader, capture: CappedOutput) -> None:
     while True:
         chunk = await stream.read(_CHUNK)
         if not chunk:

@@ -26,6 +26,7 @@ __all__ = [
     "UnknownRuntimeError",
     "SubprocessRuntime",
     "parse_json_output",
+    "read_json_result",
 ]
 
 
@@ -128,6 +129,16 @@ class BaseRuntime(ABC):
     def problem(self, entry: str) -> str | None:
         """Why ``entry`` cannot be run by this runtime, or ``None`` when it can (checked before each call)."""
 
+    def precheck(self, entry: str) -> RuntimeResult | None:
+        """The error result when the runtime is unavailable or ``entry`` unusable; ``None`` to go on."""
+        reason = self.available()
+        if reason is not None:
+            return RuntimeResult.failure(self.name, "unavailable", reason)
+        reason = self.problem(entry)
+        if reason is not None:
+            return RuntimeResult.failure(self.name, "invalid_entry", reason)
+        return None
+
     async def validate(self, entry: str) -> bool:
         """The seed's check: True when the runtime is available and ``entry`` is usable."""
         return self.available() is None and self.problem(entry) is None
@@ -180,6 +191,20 @@ def from_envelope(runtime: str, value: Any, **fields: Any) -> RuntimeResult:
     return RuntimeResult("success", result=value, runtime=runtime, **fields)
 
 
+def read_json_result(runtime: str, stdout: str, fields: dict[str, Any]) -> RuntimeResult:
+    """The result a tool printed on stdout (one JSON value or envelope), or ``invalid_output``."""
+    parsed, value = parse_json_output(stdout)
+    if not parsed:
+        preview = stdout.strip()[:200] or "nothing"
+        return RuntimeResult.failure(
+            runtime,
+            "invalid_output",
+            f"the tool must print one JSON value on stdout (log to stderr), got {preview!r}",
+            **fields,
+        )
+    return from_envelope(runtime, value, **fields)
+
+
 class SubprocessRuntime(BaseRuntime):
     """A runtime whose tools run as sandboxed subprocesses through the shared
     :class:`~async_task_system.sandbox.ScriptRunner` (one :class:`~async_task_system.sandbox.RunLimits`
@@ -201,28 +226,16 @@ class SubprocessRuntime(BaseRuntime):
         """``(argv, stdin bytes or None)`` for one call."""
 
     def read_output(self, stdout: str, fields: dict[str, Any]) -> RuntimeResult:
-        """The result of a call that exited 0: the one JSON value on stdout (see :func:`from_envelope`)."""
-        parsed, value = parse_json_output(stdout)
-        if not parsed:
-            preview = stdout.strip()[:200] or "nothing"
-            return RuntimeResult.failure(
-                self.name,
-                "invalid_output",
-                f"the tool must print one JSON value on stdout (log to stderr), got {preview!r}",
-                **fields,
-            )
-        return from_envelope(self.name, value, **fields)
+        """The result of a call that exited 0: the one JSON value on stdout (see :func:`read_json_result`)."""
+        return read_json_result(self.name, stdout, fields)
 
     async def execute(
         self, entry: str, command: str, parameters: dict[str, Any], timeout: float | None = None
     ) -> RuntimeResult:
         """Run one call in the sandbox; see :class:`BaseRuntime`."""
-        reason = self.available()
-        if reason is not None:
-            return RuntimeResult.failure(self.name, "unavailable", reason)
-        reason = self.problem(entry)
-        if reason is not None:
-            return RuntimeResult.failure(self.name, "invalid_entry", reason)
+        refused = self.precheck(entry)
+        if refused is not None:
+            return refused
         argv, stdin = self.command_line(entry, command, parameters or {})
         outcome = await self.runner.run_program(
             argv, stdin=stdin, timeout=timeout, stop_on_overflow=True, what=f"the {self.name} tool {entry!r}"

@@ -33,35 +33,13 @@ import threading
 import time
 from typing import Any
 
-from ..sandbox import RunLimits
-from .base import BaseRuntime, RuntimeResult, from_envelope, parse_json_output
+from ..sandbox import CappedOutput, RunLimits
+from .base import BaseRuntime, RuntimeResult, from_envelope, parse_json_output, read_json_result
 from .javascript import request_bytes
 
 __all__ = ["WasmRuntime"]
 
 _SUFFIXES = (".wasm", ".wat")
-
-
-class _Output:
-    """One WASI output stream, kept up to a byte cap; past it, ``on_overflow`` stops the module."""
-
-    def __init__(self, cap: int, on_overflow: Any) -> None:
-        self.cap = cap
-        self.data = bytearray()
-        self.truncated = False
-        self.on_overflow = on_overflow
-
-    def write(self, chunk: bytes) -> int:
-        room = self.cap - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
-        if len(chunk) > room and not self.truncated:
-            self.truncated = True
-            self.on_overflow()
-        return len(chunk)
-
-    def text(self) -> str:
-        return bytes(self.data).decode("utf-8", errors="replace")
 
 
 class WasmRuntime(BaseRuntime):
@@ -132,12 +110,9 @@ class WasmRuntime(BaseRuntime):
         self, entry: str, command: str, parameters: dict[str, Any], timeout: float | None = None
     ) -> RuntimeResult:
         """Run one call; see the module's documentation. Never raises for the module's failures."""
-        reason = self.available()
-        if reason is not None:
-            return RuntimeResult.failure(self.name, "unavailable", reason)
-        reason = self.problem(entry)
-        if reason is not None:
-            return RuntimeResult.failure(self.name, "invalid_entry", reason)
+        refused = self.precheck(entry)
+        if refused is not None:
+            return refused
         import wasmtime
 
         started = time.monotonic()
@@ -201,12 +176,12 @@ class WasmRuntime(BaseRuntime):
                 f"it exports {sorted(exports)}",
             )
         cap = self.limits.max_output_bytes
-        out = _Output(cap, lambda: stop("output"))
-        err = _Output(cap, lambda: stop("output"))
+        out = CappedOutput("stdout", cap, None, lambda: stop("output"))
+        err = CappedOutput("stderr", cap, None, lambda: stop("output"))
         wasi = wasmtime.WasiConfig()
         wasi.argv = [os.path.basename(entry), command]
-        wasi.stdout_custom = out.write
-        wasi.stderr_custom = err.write
+        wasi.stdout_custom = out.feed  # returns None: the whole chunk counts as written
+        wasi.stderr_custom = err.feed
         for guest, host in self.preopens.items():
             wasi.preopen_dir(host, guest)
         stdin_path = None
@@ -254,16 +229,7 @@ class WasmRuntime(BaseRuntime):
             if parsed and isinstance(value, dict) and value.get("status") == "error":
                 return from_envelope(self.name, value, **fields())
             return RuntimeResult.failure(self.name, "exit_code", f"exit code {exit_code}", **fields())
-        parsed, value = parse_json_output(out.text())
-        if not parsed:
-            preview = out.text().strip()[:200] or "nothing"
-            return RuntimeResult.failure(
-                self.name,
-                "invalid_output",
-                f"the module must print one JSON value on stdout, got {preview!r}",
-                **fields(),
-            )
-        return from_envelope(self.name, value, **fields())
+        return read_json_result(self.name, out.text(), fields())
 
 
 def _numbers(parameters: dict[str, Any]) -> list[Any]:
