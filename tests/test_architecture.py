@@ -114,7 +114,7 @@ def test_a_worker_loads_neither_smolagents_nor_litellm():
         "    cli.main(['worker', '--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print('LOADED', sorted(m for m in ('smolagents', 'litellm', 'sqlalchemy') if m in sys.modules))\n"
+        "print('LOADED', sorted(m for m in ('smolagents', 'litellm', 'sqlalchemy', 'wasmtime') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "LOADED []" in out, out

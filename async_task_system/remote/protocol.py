@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 from ..errors import AsyncTaskSystemError
+from ..sandbox import SCRIPT_LANGUAGES
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-LANGUAGES = ("shell", "python")
+LANGUAGES = SCRIPT_LANGUAGES
 """What a worker can run: ``shell`` (``/bin/sh -c``) and ``python`` (``python -c``)."""
 
 _NAME_MAX = 64

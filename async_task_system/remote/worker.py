@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._compat import TIMEOUT_ERRORS
+from ..sandbox import DEFAULT_ALLOW_ENV, RunLimits, ScriptRunner
 from .protocol import (
     LANGUAGES,
     ProtocolError,
@@ -39,7 +40,6 @@ from .protocol import (
     register_frame,
     result_frame,
 )
-from .runner import DEFAULT_ALLOW_ENV, RunLimits, ScriptRunner
 
 __all__ = ["WorkerConfig", "ScriptRunner", "WorkerDaemon", "configure_parser", "run", "EXIT_TOKEN_REFUSED"]
 

@@ -1,0 +1,52 @@
+"""Tool runtimes (seed 001 §2): tools written in Python, JavaScript, native code or WebAssembly,
+run through one :class:`RuntimeManager` with one interface and one result shape.
+
+``RuntimeManager().execute("javascript", "tools/text.js", "count", {"text": "a b"}, timeout=5)``
+returns a :class:`RuntimeResult`. :func:`runtime_tool` and :func:`load_tools` turn such calls into
+smolagents tools the LLM calls directly or through ``submit_task``. See ``docs/runtimes.md``.
+
+The ``wasm`` and ``mcp`` runtimes need the ``runtimes`` extra (``wasmtime``; ``mcp``, ``mcpadapt``),
+imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import BaseRuntime, RuntimeResult, RuntimeToolError, SubprocessRuntime, UnknownRuntimeError
+from .javascript import JavaScriptRuntime
+from .manager import RuntimeManager, default_runtime_manager
+from .mcp import McpRuntime, McpServer
+from .native import NativeRuntime
+from .python import PythonRuntime
+from .wasm import WasmRuntime
+
+__all__ = [
+    "BaseRuntime",
+    "JavaScriptRuntime",
+    "ManifestError",
+    "McpRuntime",
+    "McpServer",
+    "NativeRuntime",
+    "PythonRuntime",
+    "RuntimeManager",
+    "RuntimeResult",
+    "RuntimeTool",
+    "RuntimeToolError",
+    "SubprocessRuntime",
+    "UnknownRuntimeError",
+    "WasmRuntime",
+    "default_runtime_manager",
+    "load_tools",
+    "runtime_tool",
+]
+
+_LAZY = {"RuntimeTool": "tools", "runtime_tool": "tools", "load_tools": "tools", "ManifestError": "tools"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

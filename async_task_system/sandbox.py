@@ -1,0 +1,468 @@
+"""Runs programs as sandboxed subprocesses: the one runner for every process the project starts.
+
+The worker daemon (:mod:`async_task_system.remote.worker`) uses it for the shell and Python
+scripts a hub sends (:meth:`ScriptRunner.run`), and the tool runtimes
+(:mod:`async_task_system.runtimes`) for Node.js scripts, Python tools and native binaries
+(:meth:`ScriptRunner.run_program`), so every process gets the same treatment under one
+:class:`RunLimits`:
+
+* argument lists, never a shell string built by us (a script is ``/bin/sh -c SCRIPT`` or
+  ``python -u -c SCRIPT``); stdin is ``/dev/null`` unless the caller passes bytes for it;
+* each under its own supervisor (:mod:`async_task_system._supervise`) in a new session: the
+  supervisor is the child subreaper of everything the program starts, so on timeout, cancel, the
+  program's end and this process's death (``PR_SET_PDEATHSIG``) *every* descendant is killed,
+  also one that called ``setsid`` or double-forked;
+* limits on the whole tree (CPU seconds of all its processes, resident memory, number of
+  processes) and per process (``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, no core dumps);
+  a root runner's programs run with no capabilities and ``no_new_privs`` (or as ``user``);
+* a clean environment: only the variables on an allow-list, plus those the caller sets (and the
+  caller's W3C trace context as ``TRACEPARENT`` / ``TRACESTATE``);
+* stdout and stderr captured up to a byte cap each (the result says when output was truncated),
+  and optionally streamed line by line while the program runs; ``stop_on_overflow`` kills a
+  program whose output passes the cap instead of letting it flood until its timeout.
+
+Without cgroups v2 (none is delegated to us on most hosts and containers) the tree limits are
+checked every 0.2 s from ``/proc``: a fork bomb or an allocation burst can overshoot for that
+long before the tree is killed; ``RLIMIT_NPROC`` (another ``user`` only) bounds forks at once.
+
+No networking here: what to run and where the lines go are the caller's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from ._compat import TIMEOUT_ERRORS
+
+__all__ = [
+    "CappedOutput",
+    "DEFAULT_ALLOW_ENV",
+    "SCRIPT_LANGUAGES",
+    "RunLimits",
+    "RunOutcome",
+    "ScriptRunner",
+    "run_script",
+]
+
+SCRIPT_LANGUAGES = ("shell", "python")
+"""What :meth:`ScriptRunner.run` runs: ``shell`` (``/bin/sh -c``) and ``python`` (``python -c``)."""
+
+DEFAULT_ALLOW_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_CHUNK = 65536
+_MAX_LINE = 8192
+
+LineCallback = Callable[[str, str], None]
+"""``(stream, line)``: ``stream`` is ``"stdout"`` or ``"stderr"``."""
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What a script may use and see. ``None`` (or 0 on the CLI) disables the CPU or memory limit."""
+
+    timeout: float = 60.0
+    """Seconds, when a run gives none; then the whole process group is killed."""
+    max_output_bytes: int = 256 * 1024
+    """Bytes of stdout and of stderr kept (and streamed) per script."""
+    cpu_seconds: float | None = 300.0
+    """``RLIMIT_CPU``: soft limit gives ``SIGXCPU``, the hard one a second later ``SIGKILL``."""
+    """Also the CPU seconds of the whole tree (every process the script starts, together)."""
+    memory_mb: int | None = 1024
+    """``RLIMIT_AS`` in MiB: allocations beyond it fail. Also the resident memory of the whole tree."""
+    file_size_mb: int | None = 256
+    """``RLIMIT_FSIZE`` in MiB: no file written grows beyond it (``SIGXFSZ``)."""
+    max_processes: int | None = 64
+    """Processes of the script's tree at once; more, and the whole tree is killed."""
+    user: str | None = None
+    """Run scripts as this user (name or uid) when the runner is root; ``None``: the runner's
+    user, with every capability dropped when that is root."""
+    allow_env: tuple[str, ...] = DEFAULT_ALLOW_ENV
+    """Variables passed from this process's environment; nothing else is."""
+    languages: tuple[str, ...] = SCRIPT_LANGUAGES
+    """What scripts :meth:`ScriptRunner.run` may run: ``shell`` and/or ``python`` (programs the
+    tool runtimes start are chosen by the runtime, not by this list)."""
+    python: str = field(default_factory=lambda: sys.executable or "python3")
+    """Interpreter for ``python`` scripts."""
+    workdir: str | None = None
+    """Working directory of scripts (``None``: this process's)."""
+
+
+class RunOutcome(NamedTuple):
+    """How a script ended. ``result`` holds ``exit_code``, ``stdout``, ``stderr``, ``timed_out``,
+    ``cancelled``, ``truncated`` and ``duration`` (only ``exit_code`` when it could not start)."""
+
+    success: bool
+    result: dict[str, Any]
+    error: str | None
+    error_type: str | None
+    """When not successful: "timeout", "cancelled", "output_limit" (only with ``stop_on_overflow``)
+    or "remote_error" (any other failure: exit code, signal, sandbox limit, could not start)."""
+
+
+_SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_supervise.py")
+_GRACE = 3.0  # seconds the supervisor has to kill the tree before its group is killed outright
+
+
+def _user_ids(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+class CappedOutput:
+    """Collects one output stream up to a byte cap (``truncated`` past it; ``on_overflow`` is called
+    once then) and splits it into lines for streaming. Also the WASM runtime's stdout and stderr."""
+
+    def __init__(
+        self,
+        name: str,
+        cap: int,
+        on_line: Callable[[str, str], None] | None,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.cap = cap
+        self.on_line = on_line
+        self.on_overflow = on_overflow
+        self.data = bytearray()
+        self.truncated = False
+        self.streamed = 0
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        room = self.cap - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        if len(chunk) > room and not self.truncated:
+            self.truncated = True
+            if self.on_overflow is not None:
+                self.on_overflow()
+        if self.on_line is None or self.streamed >= self.cap:
+            return
+        pending = self._partial + chunk
+        lines = pending.split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > _MAX_LINE:
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            self._emit(line)
+
+    def close(self) -> None:
+        if self._partial and self.on_line is not None and self.streamed < self.cap:
+            self._emit(self._partial)
+        self._partial = b""
+
+    def _emit(self, line: bytes) -> None:
+        if self.streamed >= self.cap or self.on_line is None:
+            return
+        self.streamed += len(line) + 1
+        self.on_line(self.name, line.decode("utf-8", errors="replace"))
+
+    def text(self) -> str:
+        return bytes(self.data).decode("utf-8", errors="replace")
+
+
+class ScriptRunner:
+    """Runs scripts under one set of :class:`RunLimits`; ``cancel`` and ``kill_all`` stop running ones.
+
+    Methods run on one asyncio loop (the caller's); any number of scripts may run at once.
+    """
+
+    def __init__(self, limits: RunLimits | None = None) -> None:
+        self.limits = limits if limits is not None else RunLimits()
+        self._running: dict[str, tuple[asyncio.subprocess.Process, dict[str, bool]]] = {}
+        self._keys = itertools.count(1)
+
+    @property
+    def running(self) -> int:
+        """How many scripts are running now."""
+        return len(self._running)
+
+    def _argv(self, language: str, command: str) -> list[str]:
+        if language == "python":
+            return [self.limits.python, "-u", "-c", command]
+        return ["/bin/sh", "-c", command]
+
+    def _sandbox(self, env: dict[str, str]) -> str:
+        """The supervisor's configuration (see :mod:`._supervise`)."""
+        limits = self.limits
+        mib = 1024 * 1024
+        memory = None if limits.memory_mb is None else int(limits.memory_mb) * mib
+        config: dict[str, Any] = {
+            "parent": os.getpid(),
+            "env": env,
+            "cpu_seconds": limits.cpu_seconds,
+            "tree_cpu_seconds": limits.cpu_seconds,
+            "memory_bytes": memory,
+            "tree_memory_bytes": memory,
+            "file_bytes": None if limits.file_size_mb is None else int(limits.file_size_mb) * mib,
+            "max_processes": limits.max_processes,
+            "user": _user_ids(str(limits.user)) if limits.user is not None and os.geteuid() == 0 else None,
+        }
+        return json.dumps(config)
+
+    def _env(self, extra: dict[str, str], trace: dict[str, str]) -> dict[str, str]:
+        env = {key: os.environ[key] for key in self.limits.allow_env if key in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(extra)
+        # The requester's trace context, as the TRACEPARENT/TRACESTATE environment carriers that
+        # OpenTelemetry SDKs and tools read, so an instrumented script joins the agent's trace.
+        for key in ("traceparent", "tracestate"):
+            if trace.get(key):
+                env[key.upper()] = trace[key]
+        return env
+
+    def wrap(self, argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+        """``(argv, environment)`` that start ``argv`` under the supervisor with these limits, for
+        code that must start a long-lived process itself (an MCP server's stdio client): the
+        process gets the clean environment plus ``env``, the rlimits and tree limits, and dies
+        with the thread that started it. Start it in a new session to kill its group on timeout."""
+        wrapped = [sys.executable, "-I", "-S", _SUPERVISOR, *argv]
+        return wrapped, {"ASYNC_AGENT_SANDBOX": self._sandbox(self._env(env or {}, {}))}
+
+    async def run(
+        self,
+        command: str,
+        language: str = "shell",
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        trace: dict[str, str] | None = None,
+        on_line: LineCallback | None = None,
+    ) -> RunOutcome:
+        """Run the script ``command`` in ``language`` (one of ``limits.languages``) to its end.
+
+        See :meth:`run_program` for the other arguments.
+        """
+        if language not in self.limits.languages:
+            return RunOutcome(
+                False, {"exit_code": None}, f"this worker does not run {language} commands", "remote_error"
+            )
+        return await self.run_program(
+            self._argv(language, command),
+            key=key,
+            timeout=timeout,
+            env=env,
+            trace=trace,
+            on_line=on_line,
+            what=f"the {language} process",
+        )
+
+    async def run_program(
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        trace: dict[str, str] | None = None,
+        on_line: LineCallback | None = None,
+        cwd: str | None = None,
+        stop_on_overflow: bool = False,
+        what: str | None = None,
+    ) -> RunOutcome:
+        """Run the program ``argv`` (looked up on the allowed ``PATH`` when it has no ``/``) to its
+        end, its timeout (seconds; default ``limits.timeout``) or :meth:`cancel` with ``key``.
+
+        ``stdin`` is written to the program's standard input (then closed; ``None``: ``/dev/null``);
+        ``env`` adds variables to the allowed ones; ``trace`` is a W3C carrier (``traceparent``,
+        ``tracestate``); ``on_line(stream, line)`` receives output lines as they appear; ``cwd``
+        overrides ``limits.workdir``; ``stop_on_overflow`` kills the program as soon as stdout or
+        stderr passes ``limits.max_output_bytes`` (error type ``"output_limit"``); ``what`` names the
+        program in error messages. Being cancelled (``asyncio.CancelledError``) kills the process
+        group and re-raises.
+        """
+        limits = self.limits
+        key = key if key is not None else f"run-{next(self._keys)}"
+        timeout = float(timeout or limits.timeout)
+        what = what or repr(argv[0])
+        started = time.monotonic()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-S",
+                _SUPERVISOR,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={"ASYNC_AGENT_SANDBOX": self._sandbox(self._env(env or {}, trace or {}))},
+                cwd=cwd if cwd is not None else limits.workdir,
+                start_new_session=True,
+            )
+        except (OSError, KeyError) as exc:
+            return RunOutcome(False, {"exit_code": None}, f"could not start {what}: {exc}", "remote_error")
+        flags = {"timed_out": False, "cancelled": False, "overflow": False}
+        self._running[key] = (process, flags)
+
+        def overflow() -> None:
+            if stop_on_overflow and not flags["overflow"]:
+                flags["overflow"] = True
+                _stop_soon(process)
+
+        out = CappedOutput("stdout", limits.max_output_bytes, on_line, overflow)
+        err = CappedOutput("stderr", limits.max_output_bytes, on_line, overflow)
+        assert process.stdout is not None and process.stderr is not None
+        pumps = [
+            asyncio.ensure_future(_pump(process.stdout, out)),
+            asyncio.ensure_future(_pump(process.stderr, err)),
+        ]
+        feeder = None if stdin is None else asyncio.ensure_future(_feed(process, stdin))
+        try:
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TIMEOUT_ERRORS:
+                flags["timed_out"] = True
+                await _stop(process)
+            # Output still buffered in the pipes; bounded, because a grandchild that left the
+            # process group could keep a pipe open forever.
+            _done, pending = await asyncio.wait(pumps, timeout=2.0)
+            for pump in pending:
+                pump.cancel()
+        except asyncio.CancelledError:
+            _stop_soon(process)
+            for pump in pumps:
+                pump.cancel()
+            raise
+        finally:
+            self._running.pop(key, None)
+            if feeder is not None:
+                feeder.cancel()
+        out.close()
+        err.close()
+        code = process.returncode
+        result: dict[str, Any] = {
+            "exit_code": code,
+            "stdout": out.text(),
+            "stderr": err.text(),
+            "timed_out": flags["timed_out"],
+            "cancelled": flags["cancelled"],
+            "truncated": out.truncated or err.truncated,
+            "duration": round(time.monotonic() - started, 6),
+        }
+        if flags["timed_out"]:
+            return RunOutcome(
+                False, result, f"timed out after {timeout:g} s; the process group was killed", "timeout"
+            )
+        if flags["cancelled"]:
+            return RunOutcome(False, result, "cancelled; the process group was killed", "cancelled")
+        if flags["overflow"]:
+            stream = "stdout" if out.truncated else "stderr"
+            return RunOutcome(
+                False,
+                result,
+                f"{stream} passed the {limits.max_output_bytes}-byte output cap; the process group was killed",
+                "output_limit",
+            )
+        if code == _SANDBOX_LIMIT and "\nsandbox: " in result["stderr"]:
+            reason = result["stderr"].rsplit("\nsandbox: ", 1)[1].strip()
+            return RunOutcome(False, result, f"sandbox limit: {reason}", "remote_error")
+        if code == 0:
+            return RunOutcome(True, result, None, None)
+        if code is not None and code < 0:
+            name = _signal_name(-code)
+            hint = " (CPU time limit)" if name in ("SIGXCPU", "SIGKILL") and limits.cpu_seconds else ""
+            hint = " (file size limit)" if name == "SIGXFSZ" else hint
+            return RunOutcome(False, result, f"killed by {name}{hint}", "remote_error")
+        return RunOutcome(False, result, f"exit code {code}", "remote_error")
+
+    def cancel(self, key: str) -> bool:
+        """Kill the process group of the script run with ``key``; False if none is running."""
+        entry = self._running.get(key)
+        if entry is None:
+            return False
+        process, flags = entry
+        flags["cancelled"] = True
+        _stop_soon(process)
+        return True
+
+    def kill_all(self) -> int:
+        """Kill every running script's process group; returns how many."""
+        keys = list(self._running)
+        for key in keys:
+            self.cancel(key)
+        return len(keys)
+
+
+async def run_script(
+    command: str,
+    language: str = "shell",
+    limits: RunLimits | None = None,
+    *,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+    on_line: LineCallback | None = None,
+) -> RunOutcome:
+    """Run one script under ``limits`` (defaults: :class:`RunLimits`) and return how it ended."""
+    return await ScriptRunner(limits).run(command, language, timeout=timeout, env=env, on_line=on_line)
+
+
+async def _feed(process: asyncio.subprocess.Process, data: bytes) -> None:
+    """Write ``data`` to the program's stdin and close it; a program that exits without reading
+    it all (a broken pipe) is not an error here."""
+    assert process.stdin is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        process.stdin.write(data)
+        await process.stdin.drain()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        process.stdin.close()
+
+
+async def _pump(stream: asyncio.StreamReader, capture: CappedOutput) -> None:
+    while True:
+        chunk = await stream.read(_CHUNK)
+        if not chunk:
+            return
+        capture.feed(chunk)
+
+
+_SANDBOX_LIMIT = 125  # the supervisor's exit code when a limit of the tree ended the script
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _stop_soon(process: asyncio.subprocess.Process) -> None:
+    """Ask the supervisor to kill the script's whole tree; kill its group outright if it has not
+    ended within the grace period (the script, as the same user, may have stopped it)."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(process.pid, signal.SIGTERM)
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop().call_later(
+            _GRACE, lambda: process.returncode is None and _kill_group(process)
+        )
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """:func:`_stop_soon` and wait for the supervisor's end."""
+    _stop_soon(process)
+    with contextlib.suppress(*TIMEOUT_ERRORS):
+        await asyncio.wait_for(process.wait(), _GRACE + 1)
+    if process.returncode is None:
+        _kill_group(process)
+        await process.wait()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

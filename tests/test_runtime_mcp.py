@@ -1,0 +1,80 @@
+"""MCP stdio servers: a real server written here, its tools used by an agent directly and in the
+background, the server stopped with the agent; and the ``mcp`` runtime of the RuntimeManager."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+import pytest
+from _runtime_fixtures import MCP_SERVER, require_module, write
+
+from async_task_system import TaskStatus, create_async_agent
+from async_task_system.runtimes import McpRuntime, McpServer, RuntimeManager
+from async_task_system.testing import ScriptedModel
+
+
+@pytest.fixture
+def server_file(tmp_path) -> str:
+    require_module("mcp")
+    require_module("mcpadapt")
+    return write(tmp_path, "server.py", MCP_SERVER)
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_mcp_tools_run_in_an_agent_and_the_server_stops_with_it(server_file, tmp_path):
+    pid_file = tmp_path / "pid"
+    server = McpServer(sys.executable, [server_file], env={"PID_FILE": str(pid_file)})
+    assert sorted(tool.name for tool in server.tools) == ["add", "shout"]
+    pid = int(pid_file.read_text())
+    model = ScriptedModel(
+        [
+            "<code>\n"
+            "direct = add(a=2, b=3)\n"
+            "task = submit_task('tool', 'shout', {'text': 'hi'})\n"
+            "wait_for_tasks([task], max_wait_time=30)\n"
+            "final_answer([direct, get_task_results([task])[task]])\n"
+            "</code>"
+        ]
+    )
+    agent = create_async_agent(tools=server.tools, model=model, verbosity_level=0)
+    server.attach(agent)
+    with agent:
+        answer = agent.run("go")
+        infos = agent.task_manager.list()
+    assert answer == [{"result": 5}, {"result": "HI"}]
+    assert [info.status for info in infos] == [TaskStatus.COMPLETED]
+    assert not server.running and _gone(pid), "the MCP server outlived its agent"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # mcpadapt's thread
+def test_the_mcp_runtime_routes_to_a_server_by_command_line(server_file):
+    runtimes = RuntimeManager()
+    runtimes.register(McpRuntime(start_timeout=2))
+    entry = f"{sys.executable} {server_file}"
+    try:
+        result = asyncio.run(runtimes.execute("mcp", entry, "add", {"a": 20, "b": 22}, timeout=30))
+        assert result.ok and result.result == {"result": 42}
+        unknown = asyncio.run(runtimes.execute("mcp", entry, "divide", {"a": 1}))
+        assert unknown.error_type == "invalid_entry" and "'add'" in unknown.error
+        wrong = asyncio.run(runtimes.execute("mcp", entry, "add", {"a": "x", "b": 1}))
+        assert wrong.error_type == "invalid_arguments" and "must be an integer" in wrong.error
+        dead = asyncio.run(runtimes.execute("mcp", "/nonexistent/server", "add", {}, timeout=20))
+        assert dead.error_type == "unavailable" and "was not found" in dead.error
+        crashing = f"{sys.executable} -c 'raise SystemExit(3)'"
+        assert asyncio.run(runtimes.execute("mcp", crashing, "add", {})).error_type in (
+            "unavailable",
+            "timeout",
+        )
+    finally:
+        runtimes.close()
