@@ -270,9 +270,6 @@ class _Trigger:
         """The first fire strictly after ``t``, or None when there is none."""
         raise NotImplementedError
 
-    def at_or_after(self, t: float) -> float | None:
-        return self.next_after(t - 1e-6)
-
 
 class _OnceTrigger(_Trigger):
     def __init__(self, at: float) -> None:
@@ -582,6 +579,7 @@ class ToolScheduler:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._rng = rng or random.Random()
         self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)  # notified when a run ends
         self._schedules: dict[str, ScheduledTask] = {}
         self._runs: dict[str, tuple[str, ScheduleRun]] = {}  # task id -> (schedule id, run)
         self._heap: list[tuple[float, int, str]] = []
@@ -691,7 +689,7 @@ class ToolScheduler:
             assert interval is not None
             task.anchor = task.start_at if task.start_at is not None else now + interval
         task.trigger = self._trigger(task)
-        first = task.trigger.at_or_after(max(now, task.start_at or now))
+        first = self._next_after(task, now)  # strictly after now; start_at itself may be the first fire
         if first is None or (task.end_at is not None and first > task.end_at):
             raise ScheduleError(
                 f"schedule {name!r} would never run: its first fire after now is past end_at ({_iso(task.end_at, tz)})"
@@ -780,6 +778,22 @@ class ToolScheduler:
             self._save(task)
         self._flush_callbacks()
         return run.task_id if run is not None else None
+
+    def wait_idle(self, schedule_id: str | None = None, timeout: float | None = None) -> bool:
+        """Block until no run of ``schedule_id`` (default: of any schedule) is in flight or queued,
+        and its history says how each ended; False after ``timeout`` seconds. Wakes when a run ends."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while True:
+                tasks = (
+                    [self._get(schedule_id)] if schedule_id is not None else list(self._schedules.values())
+                )
+                if not any(task.active or task.queued for task in tasks):
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
 
     def set_callback(self, schedule_id: str, callback: Callable[..., Any] | None) -> None:
         """(Re)attach the callback of a schedule, e.g. after loading it from a store."""
@@ -1052,6 +1066,7 @@ class ToolScheduler:
             if task is None:  # cancelled meanwhile
                 return
             task.active.discard(info.id)
+            self._idle.notify_all()
             if task.callback is not None:
                 self._callbacks_due.append((task, run))
             if task.queued:
