@@ -26,6 +26,7 @@ register_extension(
 )
 register_extension("journal", "async_task_system.platform.journal:Journal")
 register_extension("conversations", "async_task_system.conversation:Conversations", kinds=("conversation",))
+register_extension("scheduler", "async_task_system.scheduler:scheduler_extension")
 
 _EXPORTS: dict[str, str] = {
     "ASYNC_GUIDANCE": "agent",

@@ -105,7 +105,7 @@ def test_no_module_touches_a_private_member_of_task_manager():
     assert offenders == []
 
 
-def test_a_worker_loads_neither_smolagents_nor_litellm():
+def test_a_worker_loads_neither_smolagents_nor_litellm_nor_croniter():
     code = (
         "import sys\n"
         "import async_task_system.remote.worker\n"
@@ -114,7 +114,7 @@ def test_a_worker_loads_neither_smolagents_nor_litellm():
         "    cli.main(['worker', '--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print('LOADED', sorted(m for m in ('smolagents', 'litellm', 'sqlalchemy', 'wasmtime') if m in sys.modules))\n"
+        "print('LOADED', sorted(m for m in ('smolagents', 'litellm', 'sqlalchemy', 'wasmtime', 'croniter') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "LOADED []" in out, out
