@@ -27,6 +27,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -231,8 +233,8 @@ def _make_engine(url: sa.URL, schema: str | None, busy_timeout: float, echo: boo
             # The driver's own transaction handling off: we emit BEGIN ourselves (below).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
             cursor.execute(f"PRAGMA busy_timeout={milliseconds}")
+            _enable_wal(cursor, busy_timeout)  # readers never block the writer, nor it them
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a process crash
             cursor.close()
 
@@ -247,6 +249,22 @@ def _make_engine(url: sa.URL, schema: str | None, busy_timeout: float, echo: boo
     if schema is not None:
         connect_args["options"] = f"-csearch_path={schema}"
     return sa.create_engine(url, echo=echo, connect_args=connect_args, pool_pre_ping=True)
+
+
+def _enable_wal(cursor: Any, busy_timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: switching a new database's mode needs its exclusive lock,
+    and SQLite answers "database is locked" at once (no busy wait) while another connection holds it."""
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)  # a bounded back-off on a lock, not a polling loop on a state
+            delay = min(delay * 2, 0.1)
 
 
 def _quote(name: str) -> str:
