@@ -14,3 +14,41 @@ def where_am_i(tag: str) -> dict:
 
 def fails_remotely() -> None:
     raise ValueError("raised in a worker process")
+
+
+def sleep_then_mark(seconds: float, marker: str) -> str:
+    """Sleeps, then writes ``marker`` (a file path): the file exists only if the call ran to its end."""
+    import time
+    from pathlib import Path
+
+    time.sleep(seconds)
+    Path(marker).write_text(str(os.getpid()))
+    return marker
+
+
+def fails_first_time(marker: str) -> int:
+    """Raises on the first call (leaving ``marker``), succeeds on the next: a retry's test."""
+    from pathlib import Path
+
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("1")
+        raise RuntimeError("first attempt fails")
+    return os.getpid()
+
+
+def make_pid_agent():
+    """A module-level agent factory: a CodeAgent on a scripted model that answers with its process id."""
+    from smolagents import CodeAgent
+
+    from async_task_system.testing import ScriptedModel
+
+    script = ["<code>\nimport os\nfinal_answer(os.getpid())\n</code>"]
+    return CodeAgent(
+        tools=[],
+        model=ScriptedModel(script),
+        additional_authorized_imports=["os"],
+        name="pid_agent",
+        description="reports its process id",
+        verbosity_level=0,
+    )
