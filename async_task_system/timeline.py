@@ -120,8 +120,11 @@ class Timeline:
         ]
         title = self.title or f"{len(self.tasks)} tasks in {self.span:.2f} s"
         out.append(f'<text x="8" y="16" font-weight="bold">{escape(title)}</text>')
-        legend_x = _LABEL
+        legend_x = max(_LABEL, 8 + 8 * len(title) + 16)  # after the title: only the statuses of this run
+        present = {info.status for info in self.tasks}
         for status, color in STATUS_COLORS.items():
+            if status not in present:
+                continue
             out.append(
                 f'<g class="legend"><rect x="{legend_x}" y="6" width="12" height="12" fill="{color}"/>'
                 f'<text x="{legend_x + 16}" y="16">{status.value}</text></g>'
@@ -156,7 +159,7 @@ class Timeline:
         parts = [
             f'<g class="task" data-task-id="{escape(info.id)}" data-status="{info.status.value}" '
             f'data-attempts="{info.attempts}"><title>{escape(tooltip)}</title>',
-            f'<text x="8" y="{middle + 4}">{escape(self.label(info)[:34])}</text>',
+            f'<text x="8" y="{middle + 4}">{escape(_cut(self.label(info), 25))}</text>',
             f'<text x="{_LABEL - 6}" y="{middle + 4}" text-anchor="end" fill="#888" font-size="10">'
             f"{escape(info.id)}</text>",
         ]
@@ -271,9 +274,7 @@ class Timeline:
             bar = "".join(cells)
             if color:
                 bar = f"\x1b[{_ANSI[info.status]}m{bar}\x1b[0m"
-            label = self.label(info)
-            label = label if len(label) <= label_width else label[: label_width - 1] + "…"
-            text = suffix if len(suffix) <= suffix_width else suffix[: suffix_width - 1] + "…"
+            label, text = _cut(self.label(info), label_width), _cut(suffix, suffix_width)
             lines.append(f"{'#' + str(number):>{number_width + 1}} {label:<{label_width}} │{bar}│ {text}")
         return "\n".join(lines)
 
@@ -287,3 +288,8 @@ class Timeline:
 
     def __repr__(self) -> str:
         return f"<Timeline {len(self.tasks)} tasks over {self.span:.2f} s>"
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, ending in ``…`` when it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
