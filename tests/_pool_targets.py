@@ -52,3 +52,23 @@ def make_pid_agent():
         description="reports its process id",
         verbosity_level=0,
     )
+
+
+def check_function_targets_run_elsewhere(executor, worker_pids=None) -> None:
+    """The shared check of an executor in other processes: function targets run there (in
+    ``worker_pids`` when given), equal calls are not merged, the task's id travels, errors come back."""
+    from async_task_system import TaskManager, TaskStatus
+
+    with TaskManager(max_workers=2, executor=executor, functions=[where_am_i, fails_remotely]) as manager:
+        ids = [manager.submit("function", "where_am_i", {"tag": str(i % 2)}) for i in range(4)]
+        failing = manager.submit("function", "fails_remotely")
+        manager.wait([*ids, failing], timeout=60)
+        results = manager.results(ids)
+        assert [results[i]["tag"] for i in ids] == ["0", "1", "0", "1"], "equal calls run apart"
+        assert all(results[i]["pid"] != os.getpid() for i in ids)
+        if worker_pids is not None:
+            assert {results[i]["pid"] for i in ids} <= worker_pids
+        assert [results[i]["task_id"] for i in ids] == ids, "the task's identity travels with it"
+        info = manager.check(failing)
+        assert info.status is TaskStatus.FAILED and info.error.type == "ValueError"
+        assert "raised in a worker process" in info.error.message

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("distributed")
 
 from _pool_targets import (  # noqa: E402
+    check_function_targets_run_elsewhere,
     fails_first_time,
-    fails_remotely,
     make_pid_agent,
     sleep_then_mark,
     where_am_i,
@@ -44,17 +44,7 @@ def test_the_embedded_cluster_is_two_worker_processes(executor):
 
 
 def test_function_targets_run_on_the_workers(executor):
-    with TaskManager(max_workers=2, executor=executor, functions=[where_am_i, fails_remotely]) as manager:
-        ids = [manager.submit("function", "where_am_i", {"tag": str(i)}) for i in range(4)]
-        failing = manager.submit("function", "fails_remotely")
-        manager.wait([*ids, failing], timeout=60)
-        results = manager.results(ids)
-        assert [results[i]["tag"] for i in ids] == ["0", "1", "2", "3"], "pure=False: equal calls not merged"
-        assert {results[i]["pid"] for i in ids} <= worker_pids(executor)
-        assert [results[i]["task_id"] for i in ids] == ids, "the task's identity travels with it"
-        info = manager.check(failing)
-        assert info.status is TaskStatus.FAILED and info.error.type == "ValueError"
-        assert "raised in a worker process" in info.error.message
+    check_function_targets_run_elsewhere(executor, worker_pids(executor))
 
 
 def test_a_managed_agent_is_rebuilt_from_its_factory_on_a_worker(executor):
