@@ -17,10 +17,12 @@ def fails_remotely() -> None:
 
 
 def sleep_then_mark(seconds: float, marker: str) -> str:
-    """Sleeps, then writes ``marker`` (a file path): the file exists only if the call ran to its end."""
+    """Writes ``marker.started``, sleeps, then writes ``marker`` (a file path): the files tell whether the
+    call started and whether it ran to its end."""
     import time
     from pathlib import Path
 
+    Path(marker + ".started").write_text(str(os.getpid()))
     time.sleep(seconds)
     Path(marker).write_text(str(os.getpid()))
     return marker

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,25 +86,31 @@ def test_the_trace_context_travels_to_the_workers(executor):
     assert result["carrier"]["traceparent"].split("-")[1] == trace_id, "the worker joined the agent's trace"
 
 
+def wait_for_file(path: Path, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.exists()
+
+
 def test_cancel_a_queued_dask_task_never_runs_it_and_a_running_one_is_marked_at_once(executor, tmp_path):
-    # Three slots for two worker threads: the third task waits in Dask's queue.
+    # Three slots for two worker threads: the third task waits on the cluster.
     with TaskManager(max_workers=3, executor=executor, functions=[sleep_then_mark]) as manager:
         markers = [tmp_path / f"m{i}" for i in range(3)]
         ids = [
-            manager.submit("function", "sleep_then_mark", {"seconds": 1.5, "marker": str(m)}) for m in markers
+            manager.submit("function", "sleep_then_mark", {"seconds": 1.0, "marker": str(m)}) for m in markers
         ]
-        time.sleep(0.5)  # the first two are running on the workers
+        assert wait_for_file(tmp_path / "m0.started") and wait_for_file(tmp_path / "m1.started")
         started = time.monotonic()
         assert manager.cancel(ids[0]) and manager.cancel(ids[2])
         assert time.monotonic() - started < 0.5, "cancel does not wait for the worker"
         assert manager.check(ids[0]).status is TaskStatus.CANCELLED
         manager.wait(ids, timeout=30)
         assert manager.check(ids[1]).status is TaskStatus.COMPLETED
-        executor.client.run(time.sleep, 0)  # both workers answer: whatever was running has ended
-        time.sleep(1.5)
-    assert markers[0].exists(), "a running Dask task runs to its end on the worker (result discarded)"
-    assert manager.check(ids[0]).result is None
-    assert not markers[2].exists(), "a queued Dask task is cancelled and never runs"
+    assert wait_for_file(markers[0]), "a running Dask task runs to its end on the worker"
+    assert manager.check(ids[0]).result is None, "... and its result is discarded"
+    time.sleep(0.5)  # its worker is free now: a task still queued there would have started
+    assert not (tmp_path / "m2.started").exists(), "a queued Dask task is cancelled and never runs"
 
 
 def test_timeout_and_retry_on_dask(executor, tmp_path):
