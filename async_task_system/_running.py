@@ -128,10 +128,11 @@ class TaskRunner(TaskRecords):
             else:
                 try:
                     future = self._executor.submit(call)
-                except Exception as exc:  # executor shut down or refusing work
-                    self._attempt_ended(
-                        task, call, TaskError("executor_error", f"could not start task: {exc}")
-                    )
+                except Exception as exc:  # executor shut down, refusing work, or could not pickle it
+                    error = _executor_error(exc)
+                    if error.type != "unpicklable":
+                        error = TaskError("executor_error", f"could not start task: {exc}")
+                    self._attempt_ended(task, call, error)
                     continue
                 task.future = future
                 future.add_done_callback(lambda f, t=task, c=call: self._on_future_done(t, c, f))
@@ -322,14 +323,19 @@ def _is_coroutine(value: Any) -> bool:
 def _executor_error(exc: BaseException) -> TaskError:
     """The error of a failed future, with a how-to-fix message when the work could not be pickled."""
     text = str(exc)
-    pickling = isinstance(exc, (pickle.PicklingError, AttributeError, TypeError)) and (
-        "pickle" in text.lower() or "Can't get local object" in text
-    )
+    pickling = False
+    cause: BaseException | None = exc
+    while cause is not None and not pickling:  # Dask wraps the pickler's error in its own TypeError
+        pickling = isinstance(cause, (pickle.PicklingError, AttributeError, TypeError)) and (
+            "pickle" in str(cause).lower() or "Can't get local object" in str(cause)
+        )
+        cause = cause.__cause__ or cause.__context__
     if pickling:
         return TaskError(
             "unpicklable",
             f"the executor could not send this task to another process ({type(exc).__name__}: {text}); "
-            "register a module-level function or tool, or use the default thread pool",
+            "register a module-level function or tool (a managed agent: a module-level factory), "
+            "or use the default thread pool",
             TaskError.from_exception(exc).traceback,
         )
     return TaskError.from_exception(exc)

@@ -23,6 +23,7 @@ __all__ = [
     "Target",
     "TaskValidationError",
     "CallWithKeywords",
+    "RunAgent",
     "RESULT_REF",
     "is_result_ref",
     "tool_target",
@@ -234,26 +235,49 @@ def agent_target(agent_or_factory: Any, name: str | None = None, description: st
             "A managed agent needs a name: give the agent a `name=` or pass name= when registering it."
         )
     agent_description = description or getattr(template, "description", None) or ""
-
-    def run(arguments: dict[str, Any]) -> Any:
-        from smolagents.agents import populate_template
-
-        agent = build()
-        task = arguments["task"]
-        templates = getattr(agent, "prompt_templates", None) or {}
-        managed_template = (templates.get("managed_agent") or {}).get("task")
-        if managed_template:
-            task = populate_template(managed_template, variables={"name": agent_name, "task": task})
-        return agent.run(task, additional_args=arguments.get("additional_args") or None)
-
     return Target(
         kind=TaskKind.AGENT,
         name=agent_name,
         description=agent_description,
         inputs=dict(AGENT_INPUTS),
-        call=run,
+        call=RunAgent(build, agent_name),
         obj=agent_or_factory,
     )
+
+
+class RunAgent:
+    """``call(arguments)`` for a managed agent: build a fresh agent, run it on the task.
+
+    Picklable when ``build`` is (a module-level factory), so an executor in another process or on
+    a Dask cluster rebuilds the agent there; an agent *instance* is copied in process and cannot
+    be sent (its model, locks and memory do not pickle).
+    """
+
+    __slots__ = ("build", "name")
+
+    def __init__(self, build: Callable[[], Any], name: str) -> None:
+        self.build = build
+        self.name = name
+
+    def __call__(self, arguments: dict[str, Any]) -> Any:
+        from smolagents.agents import populate_template
+
+        agent = self.build()
+        task = arguments["task"]
+        templates = getattr(agent, "prompt_templates", None) or {}
+        managed_template = (templates.get("managed_agent") or {}).get("task")
+        if managed_template:
+            task = populate_template(managed_template, variables={"name": self.name, "task": task})
+        return agent.run(task, additional_args=arguments.get("additional_args") or None)
+
+    def __getstate__(self) -> Any:
+        return (self.build, self.name)
+
+    def __setstate__(self, state: Any) -> None:
+        self.build, self.name = state
+
+    def __repr__(self) -> str:
+        return f"RunAgent({self.name!r}, {self.build!r})"
 
 
 def function_target(

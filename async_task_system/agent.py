@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 from smolagents import CodeAgent
@@ -123,6 +124,7 @@ def create_async_agent(
     task_manager: TaskManager | None = None,
     code_timeout: float | None = DEFAULT_CODE_TIMEOUT_SECONDS,
     max_wait_cap: float = DEFAULT_MAX_WAIT_SECONDS,
+    executor: Executor | None = None,
     **codeagent_kwargs: Any,
 ) -> AsyncAgent:
     """Build an :class:`AsyncAgent`.
@@ -137,6 +139,9 @@ def create_async_agent(
         code_timeout: seconds one code step may run (smolagents' own default of 30 s would cut
             ``wait_for_tasks`` short); ``executor_kwargs={"timeout_seconds": ...}`` also sets it.
         max_wait_cap: upper bound for one ``wait_for_tasks`` or ``sleep`` call.
+        executor: where the created manager runs tool, function and agent tasks (default: its own
+            thread pool), e.g. :func:`~async_task_system.scaleout.dask_executor` for a Dask cluster.
+            Not shut down by the agent; cannot be combined with ``task_manager``.
         **codeagent_kwargs: passed to ``CodeAgent`` (``max_steps``, ``verbosity_level``, ...).
     """
     if model is None:
@@ -150,8 +155,10 @@ def create_async_agent(
             )
     tools = list(tools or [])
     managed_agents = list(managed_agents or [])
+    if task_manager is not None and executor is not None:
+        raise ValueError("pass executor= or task_manager=, not both: the executor belongs to the manager")
     owns_manager = task_manager is None
-    manager = task_manager or TaskManager(max_workers=max_workers)
+    manager = task_manager or TaskManager(max_workers=max_workers, executor=executor)
     for tool in tools:
         manager.register_tool(tool)
     for sub_agent in managed_agents:

@@ -4,7 +4,7 @@ The demo analyses five datasets (1 to 2 s each) with an AsyncAgent. Without an L
 in ``.env`` it uses the offline :class:`~async_task_system.testing.ScriptedModel`, whose script
 is exactly the calls seed 004 shows; with API_KEY, BASE_URL and MODEL_ID it uses LiteLLM and the
 LLM plans on its own. It shows task progress live, the answer, the statistics, and the wall time
-against the same tools run one after another.
+against the same tools run one after another, and at the end a timeline of what ran in parallel.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .agent import create_async_agent
 from .config import llm_settings_from_env, model_from_env
@@ -213,6 +214,7 @@ def run_demo(args: argparse.Namespace) -> int:
             answer = agent.run_with_async_guidance(DEMO_TASK)
         parallel_seconds = time.perf_counter() - started
         stats = agent.task_manager.get_statistics()
+        timeline = agent.task_manager.timeline()
     console.rule("Answer")
     console.print(str(answer))
     console.rule("Statistics")
@@ -227,6 +229,8 @@ def run_demo(args: argparse.Namespace) -> int:
         sequential_seconds = time.perf_counter() - started
         console.print(f"Same tools one after another: [bold]{sequential_seconds:.2f} s[/]")
         console.print(f"Speedup: [bold green]{sequential_seconds / parallel_seconds:.2f}x[/]")
+    console.rule("Timeline")  # what ran in parallel (manager.timeline(): also SVG/HTML, inline in Jupyter)
+    console.print(Text.from_ansi(timeline.to_text(width=min(console.width, 120), color=console.is_terminal)))
     return 0 if stats["completed"] == len(DATASETS) or settings is not None else 1
 
 

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _timers
 from ._attempt import AttemptCall
@@ -46,6 +46,9 @@ from .tasks import (
     TaskKind,
     TaskStatus,
 )
+
+if TYPE_CHECKING:
+    from .timeline import Timeline
 
 __all__ = [
     "TaskManager",
@@ -514,6 +517,15 @@ class TaskManager(TaskRunner):
     ) -> bool:
         """Deliver a remote response (seed 000); safe from any thread; unknown and late ones are ignored."""
         return self.remote_manager.handle_remote_response(request_id, success, result, error)
+
+    # ------------------------------------------------------------------ seeing what ran
+
+    def timeline(self, title: str | None = None) -> Timeline:
+        """The tasks held now, laid out in time: one row per task, bars colored by status, dependencies
+        and retries marked. Shows inline in Jupyter; ``to_svg()``, ``save(path)``, ``to_text(width)``."""
+        from .timeline import Timeline  # core too (it reads TaskInfo only); loaded when first asked for
+
+        return Timeline(self.list(), title=title)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "async_task_system"
 CORE = [
     "tasks", "errors", "manager", "tools", "agent", "tracing", "testing",
     "_attempt", "_context", "_dependencies", "_listeners", "_loop", "_registry", "_targets", "_timers",
-    "_records", "_running", "_pool",
+    "_records", "_running", "_pool", "timeline",
 ]  # fmt: skip
 SUBSYSTEMS = ("remote", "server", "platform", "runtimes", "scheduler", "collaboration")
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from _pool_targets import fails_remotely, where_am_i
+from _pool_targets import check_function_targets_run_elsewhere, where_am_i
 
 from async_task_system import TaskManager, TaskStatus
 
@@ -20,17 +19,7 @@ def pool():
 
 
 def test_function_targets_run_in_other_processes(pool):
-    with TaskManager(max_workers=2, executor=pool, functions=[where_am_i, fails_remotely]) as manager:
-        ids = [manager.submit("function", "where_am_i", {"tag": str(i)}) for i in range(4)]
-        failing = manager.submit("function", "fails_remotely")
-        manager.wait([*ids, failing], timeout=60)
-        results = manager.results(ids)
-        assert [results[i]["tag"] for i in ids] == ["0", "1", "2", "3"]
-        assert all(results[i]["pid"] != os.getpid() for i in ids)
-        assert [results[i]["task_id"] for i in ids] == ids, "the task's identity travels with it"
-        info = manager.check(failing)
-        assert info.status is TaskStatus.FAILED and info.error.type == "ValueError"
-        assert "raised in a worker process" in info.error.message
+    check_function_targets_run_elsewhere(pool)
 
 
 def test_trace_context_travels_as_a_w3c_carrier(pool):
