@@ -53,13 +53,16 @@ class Worker:
 
 
 @pytest.fixture
-def setup() -> Iterator[tuple[TaskManager, RemoteHub, list[Worker]]]:
+def setup(request: pytest.FixtureRequest) -> Iterator[tuple[TaskManager, RemoteHub, list[Worker]]]:
+    # A test that is not about heartbeats may ask for a long timeout: a loaded machine must not
+    # declare its hand-driven fake worker lost between two frames.
+    marker = request.node.get_closest_marker("heartbeat_timeout")
     manager = TaskManager(max_workers=4)
     hub = RemoteHub(
         manager,
         token=TOKEN,
         heartbeat_interval=HEARTBEAT,
-        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        heartbeat_timeout=marker.args[0] if marker else HEARTBEAT_TIMEOUT,
         max_message_bytes=16 * 1024,
     ).start()
     workers: list[Worker] = []
@@ -293,6 +296,7 @@ def test_wrong_or_missing_token_is_refused(setup):
     assert hub.workers() == [] and hub.refused_connections == 3
 
 
+@pytest.mark.heartbeat_timeout(30.0)
 def test_bad_frames_get_an_error_and_touch_nothing_else(setup):
     manager, hub, workers = setup
     start_worker(hub, workers, "real")
@@ -322,10 +326,7 @@ def test_bad_frames_get_an_error_and_touch_nothing_else(setup):
             assert reply["type"] == "error" and reply["error"], frame[:40]
         assert "exceeds the limit" in reply["error"]
         assert {w["name"] for w in hub.workers()} == {"real", "byo"}  # the connection survived
-        deadline = time.monotonic() + 10
-        while manager.wait(slow, timeout=0.3).not_done:  # the fake keeps its heartbeats, as a worker would
-            assert time.monotonic() < deadline
-            fake.send(json.dumps({"type": "heartbeat", "running": 0, "queued": 0}))
+        assert manager.wait(slow, timeout=10).not_done == []
         assert manager.result(slow)["stdout"] == "fine\n"
         # The same connection still works as a bring-your-own executor answering in seed 000's shape.
         task_id = manager.submit("remote", "remote_execute", {"command": "whoami", "worker": "byo"})
