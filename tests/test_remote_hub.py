@@ -318,6 +318,7 @@ def test_bad_frames_get_an_error_and_touch_nothing_else(setup):
             json.dumps({"type": "log", "request_id": "x", "stream": "stdout", "line": "hi"}),
             "[" * 8000 + "]" * 8000,  # under the size limit, but nested deeper than Python's parser goes
             '{"type": "heartbeat", "running": ' + "[" * 8000 + "]" * 8000 + "}",
+            json.dumps({"type": "heartbeat", "running": "many"}),
             "x" * (20 * 1024),
         ]
         for frame in bad_frames:

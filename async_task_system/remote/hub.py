@@ -355,9 +355,12 @@ class RemoteHub:
             kind = message.get("type")
             request_id = message.get("request_id") if isinstance(message.get("request_id"), str) else None
             if kind == "heartbeat":
-                running = message.get("running")
-                if isinstance(running, int):
-                    self.router.heartbeat(worker, running)
+                running = message.get("running", 0)
+                if isinstance(running, bool) or not isinstance(running, int) or running < 0:
+                    raise ProtocolError(
+                        f"heartbeat field 'running' must be a count, got {type(running).__name__}"
+                    )
+                self.router.heartbeat(worker, running)
             elif kind == "log":
                 log = check_log(message)
                 self.router.log(worker, log["request_id"], log["stream"], log["line"])

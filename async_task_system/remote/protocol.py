@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from ..errors import AsyncTaskSystemError
@@ -66,6 +67,8 @@ def decode(frame: str | bytes | bytearray | dict[str, Any]) -> dict[str, Any]:
             raise ProtocolError(f"frame is not UTF-8: {exc}") from None
     if not isinstance(frame, str):
         raise ProtocolError(f"frame must be JSON text, got {type(frame).__name__}")
+    if _nested_deeper_than(frame, MAX_NESTING):
+        raise ProtocolError(f"frame is JSON nested deeper than {MAX_NESTING} levels")
     try:
         message = json.loads(frame)
     except json.JSONDecodeError as exc:
@@ -75,6 +78,40 @@ def decode(frame: str | bytes | bytearray | dict[str, Any]) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError(f"frame must be a JSON object, got {type(message).__name__}")
     return message
+
+
+MAX_NESTING = 64
+"""Frames are shallow; deeper JSON is refused the same way on every Python (json's own limit differs)."""
+
+_STRUCTURE = re.compile(r'[\[\]{}"\\]')
+
+
+def _nested_deeper_than(text: str, limit: int) -> bool:
+    """True when ``text``'s arrays and objects nest deeper than ``limit`` (strings are skipped)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # cannot be that deep: the common case costs two counts
+    depth = 0
+    in_string = False
+    skip_until = -1  # a backslash in a string escapes the one character after it
+    for match in _STRUCTURE.finditer(text):
+        position = match.start()
+        if position < skip_until:
+            continue
+        char = match.group()
+        if in_string:
+            if char == "\\":
+                skip_until = position + 2
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 def _require(message: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
