@@ -39,8 +39,7 @@ class TimerHandle:
     def cancel(self) -> None:
         """Forget the callback (and what it references); idempotent, safe from any thread."""
         if self.callback is not None:
-            self.callback = None
-            self._queue.forget_cancelled()
+            self._queue.cancel(self)
 
 
 class TimerQueue:
@@ -71,9 +70,13 @@ class TimerQueue:
         with self._cond:
             return len(self._heap) - self._cancelled
 
-    def forget_cancelled(self) -> None:
-        """Count one cancelled entry; purge them all once they are most of the heap."""
+    def cancel(self, handle: TimerHandle) -> None:
+        """Cancel ``handle`` and count it, under the lock: the timer thread pops and purges entries
+        under the same lock, so the count of cancelled entries in the heap stays exact."""
         with self._cond:
+            if handle.callback is None:
+                return  # fired or cancelled already
+            handle.callback = None
             self._cancelled += 1
             if self._cancelled > 1024 and self._cancelled * 2 > len(self._heap):
                 self._heap = [entry for entry in self._heap if entry[2].callback is not None]
@@ -90,7 +93,7 @@ class TimerQueue:
                     when, _, handle = self._heap[0]
                     if handle.callback is None:
                         heapq.heappop(self._heap)
-                        self._cancelled = max(0, self._cancelled - 1)
+                        self._cancelled -= 1
                         continue
                     delay = when - time.monotonic()
                     if delay <= 0:
