@@ -1295,3 +1295,30 @@ def test_background_tasks_of_answered_requests_end_with_the_agent_or_the_connect
     assert shared.wait([task_id], timeout=5)
     assert shared.check(task_id).status.value == "cancelled"
     shared.shutdown(wait=True, timeout=5)
+
+
+def test_an_agent_behind_the_server_can_start_a_conversation_task():
+    from async_task_system import ScriptedModel, create_async_agent
+
+    def factory():
+        # The coordinator's one step starts a conversation (seed 000's create_task, from the LLM) and
+        # answers with its result; the conversation runs on the same model (the AsyncAgent's).
+        model = ScriptedModel(
+            [
+                "<code>\n"
+                "t = submit_task('conversation', 'chat', {'prompt': 'say hi', 'tools': []})\n"
+                "wait_for_tasks([t], max_wait_time=30)\n"
+                "final_answer(get_task_results([t])[t])\n"
+                "</code>",
+                "<code>\nfinal_answer('hi from a conversation')\n</code>",
+            ]
+        )
+        return create_async_agent(tools=[], model=model, verbosity_level=-1, max_steps=3)
+
+    running = Running(factory)
+    try:
+        with running.client() as c:
+            r = c.request({"request_id": "conv", "input": {"Text": "start a conversation"}})
+        assert r["error"] is None and r["response"] == {"Text": "hi from a conversation"}
+    finally:
+        running.stop()
