@@ -74,3 +74,48 @@ def check_function_targets_run_elsewhere(executor, worker_pids=None) -> None:
         info = manager.check(failing)
         assert info.status is TaskStatus.FAILED and info.error.type == "ValueError"
         assert "raised in a worker process" in info.error.message
+
+
+_span_file: list[str] = []  # where this worker process writes its ended spans, once installed
+
+
+def export_spans_to_file(path: str) -> int:
+    """Runs on a Dask worker: from now on every span this process ends is appended to ``path`` as a
+    JSON line, through a real OpenTelemetry SDK provider installed as the process's global one (what
+    a user's worker setup would do). Returns the worker's pid."""
+    import json
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class FileExporter(SpanExporter):
+        def export(self, spans):  # noqa: ANN001, ANN202 - the SDK's signature
+            with open(_span_file[0], "a", encoding="utf-8") as out:
+                for span in spans:
+                    parent = span.parent
+                    record = {
+                        "name": span.name,
+                        "trace_id": format(span.context.trace_id, "032x"),
+                        "span_id": format(span.context.span_id, "016x"),
+                        "parent_id": format(parent.span_id, "016x") if parent else None,
+                        "pid": os.getpid(),
+                    }
+                    out.write(json.dumps(record) + "\n")
+            return SpanExportResult.SUCCESS
+
+    if not _span_file:  # the global provider can be set once per process
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
+        trace.set_tracer_provider(provider)
+        _span_file.append(path)
+    _span_file[0] = path
+    return os.getpid()
+
+
+def traced_tool_work(tag: str) -> int:
+    """A tool body that opens its own span (as an instrumented library would); returns its pid."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("tool").start_as_current_span(f"tool work {tag}"):
+        return os.getpid()

@@ -16,9 +16,11 @@ pytest.importorskip("distributed")
 
 from _pool_targets import (  # noqa: E402
     check_function_targets_run_elsewhere,
+    export_spans_to_file,
     fails_first_time,
     make_pid_agent,
     sleep_then_mark,
+    traced_tool_work,
     where_am_i,
 )
 
@@ -84,6 +86,40 @@ def test_the_trace_context_travels_to_the_workers(executor):
     trace_id = format(parent.get_span_context().trace_id, "032x")
     assert result["pid"] in worker_pids(executor)
     assert result["carrier"]["traceparent"].split("-")[1] == trace_id, "the worker joined the agent's trace"
+
+
+def test_spans_ended_on_the_workers_are_exported_in_the_agent_trace(executor, tmp_path):
+    """The workers export their own spans (real SDK, one file): the task's span on the worker is a
+    child of the coordinator's span, and the tool's own span a child of the task's span."""
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from async_task_system import tracing
+
+    spans_file = tmp_path / "worker-spans.jsonl"
+    executor.client.run(export_spans_to_file, str(spans_file))
+    provider = sdk.TracerProvider()
+    tracing.set_tracer_provider(provider)
+    try:
+        with TaskManager(executor=executor, functions=[traced_tool_work]) as manager:
+            with provider.get_tracer("test").start_as_current_span("coordinator") as parent:
+                task_id = manager.submit("function", "traced_tool_work", {"tag": "exported"})
+            manager.wait(task_id, timeout=60)
+            assert manager.check(task_id).status is TaskStatus.COMPLETED, manager.check(task_id).error
+            worker_pid = manager.result(task_id)
+    finally:
+        tracing.set_tracer_provider(None)
+
+    import json
+
+    trace_id = format(parent.get_span_context().trace_id, "032x")
+    spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    ours = [span for span in spans if span["trace_id"] == trace_id]
+    tool_span = next(span for span in ours if span["name"] == "tool work exported")
+    task_span = next(span for span in ours if span["span_id"] == tool_span["parent_id"])
+    assert tool_span["pid"] == task_span["pid"] == worker_pid in worker_pids(executor)
+    assert task_id in task_span["name"] or "traced_tool_work" in task_span["name"], task_span
+    assert task_span["parent_id"] == format(parent.get_span_context().span_id, "016x"), (
+        "the task's span on the worker is a child of the coordinator's span"
+    )
 
 
 def wait_for_file(path: Path, timeout: float = 20) -> bool:
