@@ -27,7 +27,8 @@ never sends a message; here:
   request nobody answers in time ends with a ``timeout`` error and its handler is cancelled.
 
 Errors in a RESPONSE carry an ``error_type``: ``unknown_agent``, ``unknown_tool``, ``busy``,
-``expired``, ``timeout``, ``cancelled``, ``handler_error``, ``bad_request``, ``transport``.
+``expired``, ``timeout``, ``cancelled``, ``handler_error``, ``bad_request``, ``transport``, ``input_required``
+(a remote A2A agent asked for input).
 """
 
 from __future__ import annotations
