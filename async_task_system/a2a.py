@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import secrets
 import socket
 import threading
@@ -226,12 +227,16 @@ class _Executor:
         ours = MessageToDict(a2a_message.metadata).get("ats", {}) if a2a_message.HasField("metadata") else {}
         ours = ours if isinstance(ours, dict) else {}
         deadline = ours.get("deadline")
-        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
+        if (
+            not isinstance(deadline, (int, float))
+            or isinstance(deadline, bool)
+            or not math.isfinite(deadline)
+        ):
             deadline = time.time() + self.default_timeout
         return CollaborationMessage(
             id=str(ours.get("id") or context.task_id),
             type=MessageType.REQUEST,
-            from_agent=str(ours.get("from_agent") or "a2a-client"),
+            from_agent=str(ours.get("from_agent") or "a2a-client")[:200],
             to_agent=self.protocol.name,
             content={"tool": body["tool"], "parameters": body.get("parameters") or {}},
             deadline=float(deadline),
@@ -285,12 +290,45 @@ async def _plain(send: Callable, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _bounded_task_store(limit: int) -> Any:
+    """The SDK's in-memory task store, forgetting the oldest finished tasks beyond ``limit``.
+
+    (Without a bound a long-running server would keep every task it ever ran.)
+    """
+    from collections import OrderedDict
+
+    from a2a.server.tasks import InMemoryTaskStore
+    from a2a.types import TaskState
+
+    terminal = {
+        TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
+        TaskState.TASK_STATE_REJECTED,
+    }  # fmt: skip
+
+    class BoundedTaskStore(InMemoryTaskStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.finished: OrderedDict[str, Any] = OrderedDict()
+
+        async def save(self, task: Any, context: Any) -> None:
+            await super().save(task, context)
+            if task.status.state in terminal:
+                self.finished[task.id] = context
+                self.finished.move_to_end(task.id)
+            while len(self.finished) > limit:
+                old_id, old_context = self.finished.popitem(last=False)
+                await self.delete(old_id, old_context)
+
+    return BoundedTaskStore()
+
+
 class A2AServer:
     """Serve a protocol's handlers as an A2A agent over HTTP (JSON-RPC binding, SSE streaming).
 
     Binds ``127.0.0.1`` and a free port by default; every call but the agent card needs
     ``Authorization: Bearer <token>`` (a random token is made when none is given). ``start()``
     returns once it listens; ``url`` and ``token`` say how to reach it; ``close()`` stops it.
+    It keeps the last ``max_finished_tasks`` finished A2A tasks readable (``tasks/get``).
     """
 
     def __init__(
@@ -303,6 +341,7 @@ class A2AServer:
         max_body_bytes: int = MAX_MESSAGE_BYTES + 64 * 1024,
         default_timeout: float = DEFAULT_TIMEOUT,
         description: str = "",
+        max_finished_tasks: int = 1000,
     ) -> None:
         self.protocol = protocol
         self.host = host
@@ -311,6 +350,7 @@ class A2AServer:
         self.max_body_bytes = max_body_bytes
         self.default_timeout = default_timeout
         self.description = description
+        self.max_finished_tasks = max_finished_tasks
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -322,14 +362,13 @@ class A2AServer:
         """The ASGI app (Starlette): agent card, JSON-RPC endpoint, token and size guard."""
         from a2a.server.request_handlers import DefaultRequestHandler
         from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
-        from a2a.server.tasks import InMemoryTaskStore
         from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
         from starlette.applications import Starlette
 
         card = agent_card(self.protocol, self.url, self.description)
         handler = DefaultRequestHandler(
             agent_executor=_Executor(self.protocol, self.default_timeout),
-            task_store=InMemoryTaskStore(),
+            task_store=_bounded_task_store(self.max_finished_tasks),
             agent_card=card,
         )
         app = Starlette(routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")])
@@ -510,7 +549,8 @@ class A2AAgent:
         from a2a.types import CancelTaskRequest
 
         try:
-            await (await self.client()).cancel_task(CancelTaskRequest(id=task_id))
+            client = await self.client()
+            await asyncio.wait_for(client.cancel_task(CancelTaskRequest(id=task_id)), self.connect_timeout)
         except Exception:  # noqa: BLE001 - it may have ended meanwhile; the stream still ends by the deadline
             pass
 

@@ -37,6 +37,7 @@ import asyncio
 import inspect
 import itertools
 import json
+import math
 import threading
 import time
 import uuid
@@ -64,6 +65,8 @@ __all__ = [
     "MessageType",
     "RequestHandle",
     "ask_agent_tool",
+    "attach_collaboration",
+    "COLLABORATION_GUIDANCE",
     "collaboration_extension",
     "default_directory",
 ]
@@ -143,9 +146,7 @@ class CollaborationMessage:
         try:
             stamp = data.get("timestamp")
             deadline = data.get("deadline")
-            if deadline is not None and (
-                isinstance(deadline, bool) or not isinstance(deadline, (int, float))
-            ):
+            if deadline is not None and not _is_time(deadline):
                 raise ValueError(f"deadline must be seconds since the epoch, got {deadline!r}")
             metadata = data.get("metadata") or {}
             if not isinstance(metadata, dict):
@@ -174,6 +175,11 @@ class CollaborationMessage:
             content=content,
             correlation_id=self.id,
         )
+
+
+def _is_time(value: Any) -> bool:
+    """A finite number of seconds (not a bool, not NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class CollaborationError(AsyncTaskSystemError, RuntimeError):
@@ -641,7 +647,9 @@ class CollaborationProtocol:
             done.set()
 
         self.start_request(to_agent, tool_name, parameters, timeout, finish, _progress_sink(on_progress))
-        done.wait()  # bounded: the request's own timer answers at the latest after ``timeout``
+        # The request's own timer answers by ``timeout``; the extra bound only guards against a bug.
+        if not done.wait((timeout if _is_time(timeout) and timeout > 0 else 0) + 30.0):
+            raise CollaborationError("timeout", f"no response within {timeout} s")
         return result_of(box[0].content)
 
     def close(self) -> None:
@@ -807,6 +815,41 @@ class AgentRequests:
         )
         if not suspension.active:  # cancelled while the request was being sent
             handle[0].cancel()
+
+
+COLLABORATION_GUIDANCE = """\
+Other agents: submit_task('agent_request', '<agent name>', {{'tool': ..., 'parameters': {{...}}}}) asks another agent to
+run one of its tools in the background (the task's result is its answer; check_task shows its progress), and
+ask_agent(agent, tool, parameters) does it in one blocking call. Known agents: {agents}."""
+
+
+def attach_collaboration(
+    target: Any, name: str | None = None, directory: AgentDirectory | None = None, **options: Any
+) -> CollaborationProtocol:
+    """Make an ``AsyncAgent`` (or a ``TaskManager``) a named agent: its protocol, and the ``ask_agent`` tool.
+
+    ``name`` registers it in ``directory`` (default: the process's) so others can ask it for its
+    handlers (``protocol.register_handler``); without a name it only asks. The agent's LLM gets
+    ``ask_agent`` and a paragraph of guidance naming the known agents; ``agent_request`` tasks go
+    out under this protocol's name. ``options`` go to :class:`CollaborationProtocol`.
+    """
+    manager = getattr(target, "task_manager", target)
+    if not isinstance(manager, TaskManager):
+        raise TypeError(
+            f"attach_collaboration expects an AsyncAgent or a TaskManager, got {type(target).__name__}"
+        )
+    protocol = CollaborationProtocol(
+        name or f"agent-{uuid.uuid4().hex[:8]}", manager, directory, register=name is not None, **options
+    )
+    agent = getattr(target, "agent", None)
+    if agent is not None and hasattr(agent, "tools"):
+        tool = ask_agent_tool(manager)
+        agent.tools[tool.name] = tool
+        others = [n for n in protocol.directory.names() if n != protocol.name]
+        guidance = COLLABORATION_GUIDANCE.format(agents=", ".join(others) or "none yet")
+        instructions = getattr(agent, "instructions", None) or ""
+        agent.instructions = f"{instructions}\n{guidance}" if instructions else guidance
+    return protocol
 
 
 def collaboration_extension(task_manager: TaskManager) -> AgentRequests:

@@ -274,3 +274,36 @@ def test_agent_request_task_across_processes(boss):
     task_id = boss.manager.submit("agent_request", "peer", {"tool": "square", "parameters": {"x": 5}})
     assert boss.manager.wait([task_id], timeout=WAIT).done
     assert boss.manager.result(task_id) == 25
+
+
+def test_the_server_keeps_a_bounded_number_of_finished_tasks():
+    from a2a.types import GetTaskRequest
+
+    protocol = CollaborationProtocol("small", TaskManager(max_workers=2), AgentDirectory())
+    protocol.register_handler("one", lambda: 1)
+    server = A2AServer(protocol, max_finished_tasks=2).start()
+
+    async def run():
+        client = await _sdk_client(server)
+        ids = []
+        for _ in range(4):
+            async for event in client.send_message(_request({"tool": "one"})):
+                if event.HasField("task"):
+                    ids.append(event.task.id)
+        kept = [await client.get_task(GetTaskRequest(id=task_id)) for task_id in ids[2:]]
+        try:
+            await client.get_task(GetTaskRequest(id=ids[0]))
+            forgotten = None
+        except Exception as exc:  # the SDK's "task not found"
+            forgotten = exc
+        await client.close()
+        return kept, forgotten
+
+    try:
+        kept, forgotten = asyncio.run(run())
+        assert [task.status.state for task in kept] == [TaskState.TASK_STATE_COMPLETED] * 2
+        assert forgotten is not None and "not found" in str(forgotten).lower()
+    finally:
+        server.close()
+        protocol.close()
+        protocol.manager.shutdown(wait=False)

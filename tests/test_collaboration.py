@@ -275,3 +275,40 @@ def test_ask_agent_tool(pair):
     assert tool(agent="worker", tool="add", parameters={"a": 20, "b": 22}) == 42
     with pytest.raises(CollaborationError, match="Known tools: add"):
         tool(agent="worker", tool="nope", parameters={})
+
+
+def test_an_llm_asks_another_agent_through_submit_task_and_ask_agent(directory):
+    from async_task_system import ScriptedModel, create_async_agent
+    from async_task_system.collaboration import attach_collaboration
+    from async_task_system.testing import message_text
+
+    worker = CollaborationProtocol("translator", TaskManager(max_workers=2), directory)
+    worker.register_handler("translate", lambda text: {"hello": "bonjour"}.get(text, "?"))
+    model = ScriptedModel(
+        [
+            "<code>\n"
+            "t = submit_task('agent_request', 'translator', {'tool': 'translate', 'parameters': {'text': 'hello'}})\n"
+            "wait_for_tasks([t], 30)\n"
+            "background = get_task_results([t])[t]\n"
+            "direct = ask_agent('translator', 'translate', {'text': 'hello'})\n"
+            "final_answer([background, direct])\n"
+            "</code>",
+        ]
+    )
+    try:
+        with create_async_agent(model=model, verbosity_level=0) as agent:
+            protocol = attach_collaboration(agent, "boss", directory)
+            assert agent.task_manager.extension("collaboration").protocol is protocol
+            answer = agent.run("Translate 'hello' with the translator agent.")
+        assert answer == ["bonjour", "bonjour"]
+        assert "Known agents: translator" in message_text(model.calls[0][0])  # the guidance
+    finally:
+        worker.close()
+        worker.manager.shutdown(wait=False)
+
+
+def test_non_finite_deadlines_are_refused():
+    for deadline in (float("nan"), float("inf"), True, "soon"):
+        data = {"id": "x", "type": "request", "from_agent": "a", "to_agent": "b", "deadline": deadline}
+        with pytest.raises(CollaborationError, match="deadline"):
+            CollaborationMessage.from_dict(data)
