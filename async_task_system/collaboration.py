@@ -12,7 +12,7 @@ never sends a message; here:
   ``reply`` as they happen, so a RESPONSE wakes the waiting request (a future or an event, never a
   poll) and PROGRESS reaches the requester while the handler runs.
 * **Each request is a task.** The receiving agent runs the handler as a task of its own
-  ``TaskManager`` (kind ``collaboration``), so it is traced, listed, bounded by the request's
+  ``TaskManager`` (kind ``collaboration``, named ``<agent>:<tool>``), so it is traced, listed, bounded by the request's
   deadline and cancellable: a CANCEL cancels that task through the manager's public ``cancel``,
   and an ``async`` handler's coroutine is really cancelled (a sync handler sees
   ``cancellation_requested()``). The handler's ``report_progress(...)`` becomes PROGRESS messages.
@@ -348,20 +348,6 @@ class CollaborationProtocol:
         self._pending: dict[str, _Pending] = {}
         self._incoming: dict[str, _Incoming] = {}
         self._ids = itertools.count(1)
-        self.manager.register_target(
-            Target(
-                kind=COLLABORATION,
-                name=name,
-                description=f"Runs a handler of agent {name!r} for a request another agent sent.",
-                inputs={
-                    "request_id": {"type": "string", "description": "the REQUEST's id"},
-                    "tool": {"type": "string", "description": "the handler's tool name"},
-                    "from_agent": {"type": "string", "description": "who asked"},
-                },
-                call=self._run_handler,
-                is_async=True,
-            )
-        )
         self._remove_listener = self.manager.add_listener(self._on_task_change)
         self.manager.extension("collaboration").adopt(self)
         if register:
@@ -377,7 +363,24 @@ class CollaborationProtocol:
         """
         if not callable(handler):
             raise TypeError(f"handler for {tool_name!r} must be callable")
-        self._handlers[tool_name] = (handler, description or (inspect.getdoc(handler) or "").split("\n")[0])
+        description = description or (inspect.getdoc(handler) or "").split("\n")[0]
+        is_async = inspect.iscoroutinefunction(handler)
+        # One target per tool, named "<agent>:<tool>" (what list_tasks shows): an async handler runs
+        # on the event loop, holding no thread; a plain one on the manager's worker threads.
+        self.manager.register_target(
+            Target(
+                kind=COLLABORATION,
+                name=f"{self.name}:{tool_name}",
+                description=f"Runs tool {tool_name!r} of agent {self.name!r} for a request another agent sent.",
+                inputs={
+                    "request_id": {"type": "string", "description": "the REQUEST's id"},
+                    "from_agent": {"type": "string", "description": "who asked"},
+                },
+                call=partial(self._run_async if is_async else self._run_sync, tool_name),
+                is_async=is_async,
+            )
+        )
+        self._handlers[tool_name] = (handler, description)
 
     def tools(self) -> dict[str, str]:
         """The tools this agent serves, with their descriptions."""
@@ -396,8 +399,8 @@ class CollaborationProtocol:
         try:
             task_id = self.manager.submit(
                 COLLABORATION,
-                self.name,
-                {"request_id": message.id, "tool": message.content["tool"], "from_agent": message.from_agent},
+                f"{self.name}:{message.content['tool']}",
+                {"request_id": message.id, "from_agent": message.from_agent},
                 timeout=timeout,
             )
         except Exception as exc:  # the manager is shut down
@@ -435,6 +438,10 @@ class CollaborationProtocol:
                 "expired", f"the request's deadline passed {time.time() - message.deadline:.3f} s ago"
             )
         with self._lock:
+            if message.id in self._incoming:
+                return CollaborationError(
+                    "bad_request", f"a request with id {message.id!r} is already in hand"
+                )
             if len(self._incoming) >= self.inbox_size:
                 return CollaborationError(
                     "busy", f"agent {self.name!r} has {self.inbox_size} requests in hand; try again later"
@@ -460,26 +467,29 @@ class CollaborationProtocol:
         self.deliver(message, reply)
         return await future
 
-    async def _run_handler(self, arguments: dict[str, Any]) -> Any:
+    def _take(self, tool: str, arguments: dict[str, Any]) -> tuple[_Incoming, Callable[..., Any]]:
         with self._lock:
             incoming = self._incoming.get(arguments["request_id"])
         if incoming is None:
             raise CollaborationError("bad_request", f"no request {arguments['request_id']!r} is waiting here")
-        incoming.coroutine_task = asyncio.current_task()
-        handler, _ = self._handlers[incoming.message.content["tool"]]
-        parameters = incoming.message.content["parameters"]
-        if inspect.iscoroutinefunction(handler):
-            result = await handler(**parameters)
-        else:
-            result = await asyncio.to_thread(handler, **parameters)  # copies the task's context
-            if inspect.isawaitable(result):
-                result = await result
+        return incoming, self._handlers[tool][0]
+
+    def _run_sync(self, tool: str, arguments: dict[str, Any]) -> Any:
+        incoming, handler = self._take(tool, arguments)
+        result = handler(**incoming.message.content["parameters"])
+        check_size(result, "the handler's result")
+        return result
+
+    async def _run_async(self, tool: str, arguments: dict[str, Any]) -> Any:
+        incoming, handler = self._take(tool, arguments)
+        incoming.coroutine_task = asyncio.current_task()  # cancelled with the task (see _on_task_change)
+        result = await handler(**incoming.message.content["parameters"])
         check_size(result, "the handler's result")
         return result
 
     def _on_task_change(self, info: TaskInfo) -> None:
         """Handler tasks: progress -> PROGRESS; the end -> RESPONSE; cancelled or timed out -> stop the coroutine."""
-        if info.kind is not COLLABORATION or info.name != self.name:
+        if info.kind is not COLLABORATION or not info.name.startswith(f"{self.name}:"):
             return
         request_id = info.arguments.get("request_id")
         with self._lock:

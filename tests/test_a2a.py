@@ -153,7 +153,7 @@ def test_sdk_client_cancel_stops_the_handlers_task(served):
     task = asyncio.run(run())
     assert task.status.state == TaskState.TASK_STATE_CANCELED
     assert events["stopped"].wait(WAIT)
-    handled = [t for t in served[0].protocol.manager.list() if t.name == "worker"]
+    handled = [t for t in served[0].protocol.manager.list() if t.name == "worker:hang"]
     assert handled and handled[0].status is TaskStatus.CANCELLED
 
 

@@ -61,7 +61,7 @@ def test_request_gets_the_handlers_result(pair):
     reply = asyncio.run(boss.request_collaboration("boss", "worker", "add", {"a": 2, "b": 3}, timeout=WAIT))
     assert reply == {"status": "success", "result": 5}
     assert boss.ask("worker", "add", {"a": 1, "b": 1}, timeout=WAIT) == 2
-    handled = [t for t in worker.manager.list() if t.kind.value == "collaboration"]
+    handled = [t for t in worker.manager.list() if t.kind.value == "collaboration" and t.name == "worker:add"]
     assert len(handled) == 2 and all(t.status is TaskStatus.COMPLETED for t in handled)
 
 
