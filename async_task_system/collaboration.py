@@ -388,13 +388,11 @@ class CollaborationProtocol:
 
     def deliver(self, message: CollaborationMessage, reply: Reply) -> None:
         """Accept a REQUEST (any thread, never blocks): answered at once if it must be refused, else run as a task."""
-        refusal = self._refusal(message)
+        incoming = _Incoming(message, reply)
+        refusal = self._refusal(message) or self._admit(incoming)
         if refusal is not None:
             reply(message.reply(MessageType.RESPONSE, refusal.content()))
             return
-        incoming = _Incoming(message, reply)
-        with self._lock:
-            self._incoming[message.id] = incoming
         timeout = None if message.deadline is None else max(message.deadline - time.time(), 0.001)
         try:
             task_id = self.manager.submit(
@@ -437,15 +435,21 @@ class CollaborationProtocol:
             return CollaborationError(
                 "expired", f"the request's deadline passed {time.time() - message.deadline:.3f} s ago"
             )
+        return None
+
+    def _admit(self, incoming: _Incoming) -> CollaborationError | None:
+        """Put a request in the inbox, or say why not: full, or its id already there (one lock: no race)."""
+        request_id = incoming.message.id
         with self._lock:
-            if message.id in self._incoming:
+            if request_id in self._incoming:
                 return CollaborationError(
-                    "bad_request", f"a request with id {message.id!r} is already in hand"
+                    "bad_request", f"a request with id {request_id!r} is already in hand"
                 )
             if len(self._incoming) >= self.inbox_size:
                 return CollaborationError(
                     "busy", f"agent {self.name!r} has {self.inbox_size} requests in hand; try again later"
                 )
+            self._incoming[request_id] = incoming
         return None
 
     def cancel(self, request_id: str) -> None:
