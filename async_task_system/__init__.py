@@ -27,6 +27,12 @@ register_extension(
 register_extension("journal", "async_task_system.platform.journal:Journal")
 register_extension("conversations", "async_task_system.conversation:Conversations", kinds=("conversation",))
 register_extension("scheduler", "async_task_system.scheduler:scheduler_extension")
+register_extension(
+    "collaboration",
+    "async_task_system.collaboration:collaboration_extension",
+    kinds=("agent_request",),
+    tools=("ask_agent",),
+)
 
 _EXPORTS: dict[str, str] = {
     "ASYNC_GUIDANCE": "agent",

@@ -23,7 +23,8 @@ Seed 001 §4 names the API (``ScheduleType.ONCE/INTERVAL/CRON``, ``schedule(...)
   time after the gap, and one whose wall time repeats runs once; a job with a wildcard hour
   (``*/15 * * * *``) follows real time, so it also fires in the repeated hour.
 * **Persistence** through a :class:`ScheduleStore`: :class:`MemoryScheduleStore` (the default)
-  or :class:`SqlScheduleStore` (SQLAlchemy, SQLite or PostgreSQL). Schedules are saved at every
+  or :class:`SqlScheduleStore`, the platform's store (SQLite by default, PostgreSQL by URL; tables
+  ``schedules`` and ``schedule_runs``, Alembic revision 0003). Schedules are saved at every
   change; a new scheduler on the same store loads them and catches up by each one's policy.
   Callbacks are code and are not stored: pass them again with :meth:`ToolScheduler.set_callback`.
 * **Time** is seconds since the epoch (floats) inside; ISO 8601 strings in what users read.
@@ -498,56 +499,39 @@ class MemoryScheduleStore:
 
 
 class SqlScheduleStore:
-    """Schedules in a SQL database through SQLAlchemy 2: ``sqlite:///schedules.db`` or ``postgresql+psycopg://...``.
+    """Schedules in the platform's store (:class:`async_task_system.platform.store.Store`).
 
-    One table, ``ats_schedules`` (id, name, record as JSON text, updated_at), created if absent.
-    SQLAlchemy is imported here, not at module import, so the core does not need it. (When the
-    platform's store lands, this table joins its metadata and Alembic migrations; the record
-    format stays as is.)
+    ``SqlScheduleStore()`` opens the default embedded SQLite file; ``SqlScheduleStore(url)`` any
+    database by URL (``sqlite:///schedules.db``, ``postgresql+psycopg://user@host/db``), migrated to
+    the newest Alembic revision on open; ``SqlScheduleStore(store)`` shares an open ``Store``
+    (it is then not closed here). Tables ``schedules`` (one row per schedule: queryable fields and
+    the full record as JSON) and ``schedule_runs`` (its recent runs: task id, status, error), written
+    in one transaction per save. SQLAlchemy is imported here, not when the scheduler is imported.
     """
 
-    TABLE = "ats_schedules"
-
-    def __init__(self, url: str, **engine_options: Any) -> None:
+    def __init__(self, store: Any = None, **store_options: Any) -> None:
         try:
-            import sqlalchemy as sa
+            from .platform.store import DEFAULT_URL, PlatformSchedules, Store
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise ImportError(
-                "SqlScheduleStore needs SQLAlchemy 2: pip install 'async_task_system[platform]'"
+                "SqlScheduleStore needs SQLAlchemy 2 and Alembic: pip install 'async_task_system[platform]'"
             ) from exc
-        self._sa = sa
-        self.engine = sa.create_engine(url, **engine_options)
-        metadata = sa.MetaData()
-        self.table = sa.Table(
-            self.TABLE,
-            metadata,
-            sa.Column("id", sa.String(64), primary_key=True),
-            sa.Column("name", sa.String(200), nullable=False),
-            sa.Column("record", sa.Text, nullable=False),
-            sa.Column("updated_at", sa.Float, nullable=False),
-        )
-        metadata.create_all(self.engine)
+        self.owns_store = not isinstance(store, Store)
+        self.store = Store(store or DEFAULT_URL, **store_options) if self.owns_store else store
+        self.schedules = PlatformSchedules(self.store)
 
     def load(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as connection:
-            rows = connection.execute(self._sa.select(self.table.c.record)).scalars().all()
-        return [json.loads(text) for text in rows]
+        return self.schedules.load()
 
     def save(self, record: dict[str, Any]) -> None:
-        values = {"name": record["name"], "record": json.dumps(record), "updated_at": time.time()}
-        with self.engine.begin() as connection:
-            updated = connection.execute(
-                self.table.update().where(self.table.c.id == record["id"]).values(**values)
-            ).rowcount
-            if not updated:
-                connection.execute(self.table.insert().values(id=record["id"], **values))
+        self.schedules.save(record)
 
     def delete(self, schedule_id: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(self.table.delete().where(self.table.c.id == schedule_id))
+        self.schedules.delete(schedule_id)
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self.owns_store:
+            self.store.close()
 
 
 # ---------------------------------------------------------------------------------------------- the scheduler

@@ -754,3 +754,129 @@ def _process_exists(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+# The scheduler's persisted schedules (async_task_system.scheduler, revision 0003): one row per
+# schedule with its queryable fields and the full record as JSON, and its recent runs (the status
+# and error of each) in schedule_runs. The scheduler's SqlScheduleStore reads and writes them
+# through PlatformSchedules.
+
+
+class Schedule(Base):
+    """A persisted schedule of a ToolScheduler: queryable fields, and ``record`` (everything, as JSON)."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    schedule_type: Mapped[str] = mapped_column(sa.String(16))  # once | interval | cron
+    tool_name: Mapped[str] = mapped_column(sa.String(256))
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    state: Mapped[str] = mapped_column(sa.String(16))  # scheduled | paused | finished
+    next_run: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    run_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    record: Mapped[dict[str, Any]] = mapped_column(sa.JSON)  # ScheduledTask.to_record() without history
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ScheduleRunRecord(Base):
+    """One recent run of a schedule (``seq`` orders them, oldest first): its task, status and error."""
+
+    __tablename__ = "schedule_runs"
+
+    schedule_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("schedules.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    scheduled_for: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(sa.String(32))  # a task status, or skipped / missed / lost
+    task_id: Mapped[str | None] = mapped_column(sa.String(128))
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    catch_up: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+
+
+_RUN_TIMES = ("scheduled_for", "started_at", "finished_at")
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+class PlatformSchedules:
+    """The scheduler's records: ``load()`` all, ``save(record)`` one (with its run history), ``delete(id)``.
+
+    Records are the scheduler's JSON-able dicts (times in seconds since the epoch); a save
+    replaces the schedule's row and its runs in one transaction.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def load(self) -> list[dict[str, Any]]:
+        with self.store.sessions() as session:
+            schedules = list(session.scalars(sa.select(Schedule).order_by(Schedule.created_at)))
+            runs = list(session.scalars(sa.select(ScheduleRunRecord).order_by(ScheduleRunRecord.seq)))
+        history: dict[str, list[dict[str, Any]]] = {}
+        for run in runs:
+            values = {c.key: getattr(run, c.key) for c in ScheduleRunRecord.__table__.columns}
+            del values["schedule_id"], values["seq"]
+            for key in _RUN_TIMES:
+                values[key] = _epoch(values[key])
+            history.setdefault(run.schedule_id, []).append(values)
+        return [{**row.record, "history": history.get(row.id, [])} for row in schedules]
+
+    def save(self, record: Mapping[str, Any]) -> None:
+        body = {key: value for key, value in record.items() if key != "history"}
+        created = body.get("created_at") or time.time()
+        row = {
+            "id": body["id"], "name": cap_text(body["name"], 190), "schedule_type": body["schedule_type"],
+            "tool_name": body["tool_name"], "enabled": bool(body.get("enabled", True)),
+            "state": body.get("state", "scheduled"), "next_run": body.get("next_run"),
+            "run_count": int(body.get("run_count", 0)), "record": body,
+            "created_at": created, "updated_at": time.time(),
+        }  # fmt: skip
+        runs = [
+            {
+                "schedule_id": body["id"],
+                "seq": seq,
+                "scheduled_for": run["scheduled_for"],
+                "status": run["status"],
+                "task_id": run.get("task_id"),
+                "started_at": run.get("started_at"),
+                "finished_at": run.get("finished_at"),
+                "error": cap_text(run.get("error"), 4000),
+                "catch_up": bool(run.get("catch_up")),
+            }  # fmt: skip
+            for seq, run in enumerate(record.get("history", ()))
+        ]
+        with self.store.engine.begin() as connection:
+            _upsert(connection, Schedule.__table__, [row], keep=("created_at",))
+            connection.execute(
+                sa.delete(ScheduleRunRecord).where(ScheduleRunRecord.schedule_id == body["id"])
+            )
+            if runs:
+                connection.execute(sa.insert(ScheduleRunRecord), runs)
+
+    def delete(self, schedule_id: str) -> None:
+        with self.store.engine.begin() as connection:
+            connection.execute(
+                sa.delete(ScheduleRunRecord).where(ScheduleRunRecord.schedule_id == schedule_id)
+            )
+            connection.execute(sa.delete(Schedule).where(Schedule.id == schedule_id))
+
+    def get(self, schedule_id: str) -> Schedule | None:
+        with self.store.sessions() as session:
+            return session.get(Schedule, schedule_id)
+
+    def runs(self, schedule_id: str) -> list[ScheduleRunRecord]:
+        """The schedule's stored runs, oldest first."""
+        with self.store.sessions() as session:
+            query = sa.select(ScheduleRunRecord).where(ScheduleRunRecord.schedule_id == schedule_id)
+            return list(session.scalars(query.order_by(ScheduleRunRecord.seq)))
+
+
+__all__ += ["Schedule", "ScheduleRunRecord", "PlatformSchedules"]
