@@ -107,6 +107,8 @@ class Extensions:
         """The name of the extension that provides tool ``tool`` to conversations, if any."""
         return _tool_providers.get(tool)
 
-    def providing(self, kind: TaskKind) -> list[str]:
-        """Names of the registered extensions that register targets of ``kind``."""
-        return [name for name, (_, kinds) in _factories.items() if kind.value in kinds]
+    def providing(self, kind: TaskKind | str) -> list[str]:
+        """Names of the registered extensions that register targets of ``kind`` (a kind, or its name:
+        a kind is often defined by the extension's own module, not imported yet)."""
+        value = kind.value if isinstance(kind, TaskKind) else str(kind).strip().lower().replace("-", "_")
+        return [name for name, (_, kinds) in _factories.items() if value in kinds]

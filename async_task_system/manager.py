@@ -234,7 +234,15 @@ class TaskManager(TaskRunner):
         unknown dependency, with a message that says how to fix the call, and
         ``ManagerClosedError`` (a ``RuntimeError``) after ``shutdown``.
         """
-        task_kind = TaskKind.parse(kind)
+        try:
+            task_kind = TaskKind.parse(kind)
+        except ValueError as exc:
+            providers = self._extensions.providing(kind) if isinstance(kind, str) else []
+            if not providers:
+                raise TaskValidationError(str(exc)) from None
+            for extension in providers:  # its module defines the kind
+                self._extensions.get(extension)
+            task_kind = TaskKind.parse(kind)
         if not self._registry.has_kind(task_kind):
             for extension in self._extensions.providing(task_kind):
                 self._extensions.get(extension)  # registers its targets

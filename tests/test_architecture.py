@@ -145,3 +145,27 @@ def test_every_exception_class_of_the_package_derives_from_the_root():
             ):
                 offenders.append(f"{module.__name__}.{name}")
     assert offenders == []
+
+
+def test_a_kind_defined_by_an_extension_not_imported_yet_is_accepted():
+    """``submit_task("agent_request", ...)`` in a fresh process: the kind's module is imported on demand
+    (through the extension that declares it), so the call reaches the kind's own validation."""
+    code = (
+        "import sys\n"
+        "from async_task_system import TaskManager\n"
+        "assert 'async_task_system.collaboration' not in sys.modules\n"
+        "with TaskManager() as manager:\n"
+        "    try:\n"
+        "        manager.submit('agent_request', 'nobody', {'tool': 'x', 'parameters': {}})\n"
+        "    except ValueError as exc:\n"
+        "        print(exc)\n"
+        "    try:\n"
+        "        manager.submit('no_such_kind', 'x')\n"
+        "    except ValueError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()[:2]
+    assert "Unknown agent_request 'nobody'" in first and "task type" not in first, first
+    assert "Unknown task type 'no_such_kind'" in second, second
