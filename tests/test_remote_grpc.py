@@ -319,3 +319,19 @@ def test_stop_fails_routed_requests_with_hub_stopped(setup, raw):
     hub.stop()
     assert manager.wait(task_id, timeout=10).not_done == []
     assert manager.check(task_id).error.type == "hub_stopped"
+
+
+def test_a_websocket_worker_never_loads_grpc():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from async_task_system.remote.worker import connector\n"
+        "connector('ws://127.0.0.1:1')\n"
+        "print(sorted(m for m in ('grpc', 'google.protobuf') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
