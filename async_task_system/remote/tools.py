@@ -200,13 +200,15 @@ def attach_remote(
     token: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    transport: str = "ws",
     **hub_options: Any,
 ) -> Any:
     """Wire remote execution into an ``AsyncAgent`` (or a bare ``TaskManager``) and start a hub.
 
     Registers the ``remote`` target (so ``submit_task`` lists it), adds the ``remote_execute``
-    tool to the agent, and with ``hub=True`` starts a :class:`~async_task_system.remote.hub.RemoteHub`
-    on ``host:port`` (port 0 picks a free one) that workers join with ``token``. Returns the
+    tool to the agent, and with ``hub=True`` starts a hub on ``host:port`` (port 0 picks a free one)
+    that workers join with ``token``: ``transport="ws"`` a :class:`~async_task_system.remote.hub.RemoteHub`,
+    ``"grpc"`` a :class:`~async_task_system.remote.grpc_hub.GrpcHub`. Returns the
     started hub, or ``None`` with ``hub=False``. The hub stops when the manager shuts down
     (after its tasks are waited for); ``hub.stop()`` stops it earlier.
     """
@@ -222,8 +224,12 @@ def attach_remote(
             agent.instructions = f"{instructions}\n{REMOTE_GUIDANCE}" if instructions else REMOTE_GUIDANCE
     if not hub:
         return None
-    from .hub import RemoteHub
-
-    started = RemoteHub(manager, host=host, port=port, token=token, **hub_options).start()
+    if transport == "grpc":
+        from .grpc_hub import GrpcHub as hub_class
+    elif transport == "ws":
+        from .hub import RemoteHub as hub_class
+    else:
+        raise ValueError(f"transport must be 'ws' or 'grpc', got {transport!r}")
+    started = hub_class(manager, host=host, port=port, token=token, **hub_options).start()
     manager.add_shutdown_callback(started.stop)
     return started
