@@ -158,11 +158,12 @@ class CappedOutput:
         pending = self._partial + chunk
         lines = pending.split(b"\n")
         self._partial = lines.pop()
-        if len(self._partial) > _MAX_LINE:
-            lines.append(self._partial)
-            self._partial = b""
+        while len(self._partial) > _MAX_LINE:  # a line without end: streamed in pieces of _MAX_LINE
+            lines.append(self._partial[:_MAX_LINE])
+            self._partial = self._partial[_MAX_LINE:]
         for line in lines:
-            self._emit(line)
+            for start in range(0, max(len(line), 1), _MAX_LINE):
+                self._emit(line[start : start + _MAX_LINE])
 
     def close(self) -> None:
         if self._partial and self.on_line is not None and self.streamed < self.cap:

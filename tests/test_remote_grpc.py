@@ -34,8 +34,13 @@ LIMIT = 16 * 1024
 
 
 @pytest.fixture
-def setup() -> Iterator[tuple[TaskManager, GrpcHub, list[Worker]]]:
-    with running_hub(GrpcHub, register_timeout=3.0) as running:
+def setup(request: pytest.FixtureRequest) -> Iterator[tuple[TaskManager, GrpcHub, list[Worker]]]:
+    # Tests that drive a stream by hand and are not about heartbeats ask for a long timeout: a
+    # loaded machine must not declare the hand-driven worker lost between two messages.
+    marker = request.node.get_closest_marker("heartbeat_timeout")
+    with running_hub(
+        GrpcHub, marker.args[0] if marker else HEARTBEAT_TIMEOUT, register_timeout=3.0
+    ) as running:
         yield running
 
 
@@ -128,6 +133,19 @@ def test_shell_and_python_scripts_exit_codes_and_streamed_logs(setup):
     task_id, _ = run_remote(manager, "echo partial; exit 3")
     error = manager.check(task_id).error
     assert error.type == "remote_error" and "exit code 3" in error.message and "partial" in error.message
+
+
+def test_a_result_larger_than_the_hub_limit_is_shortened_to_fit(setup):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "g1")
+    lines: list[str] = []
+    manager.remote_manager.add_log_listener(lambda task, request, stream, line: lines.append(line))
+    task_id, result = run_remote(manager, "head -c 100000 /dev/zero | tr '\\0' x", timeout=30)
+    assert isinstance(result, dict), manager.check(task_id)
+    assert result["truncated"] is True and 0 < len(result["stdout"]) < LIMIT
+    assert set(result["stdout"]) == {"x"}
+    # one 100,000-character line without an end is streamed in pieces that each fit a message
+    assert len(lines) > 1 and max(map(len, lines)) <= 8192 and sum(map(len, lines)) == 100_000
 
 
 def test_timeout_kills_the_script(setup):
@@ -224,6 +242,7 @@ def test_label_selector_routes_and_an_unsatisfiable_one_fails_fast(setup):
 # ---------------------------------------------------------------------------------------------- hostile streams
 
 
+@pytest.mark.heartbeat_timeout(60)
 def test_a_wrong_token_is_refused_before_any_message_is_read(setup, raw):
     _, hub, _ = setup
     stream = raw("not-the-token")
@@ -233,6 +252,7 @@ def test_a_wrong_token_is_refused_before_any_message_is_read(setup, raw):
     assert hub.refused_connections == 1 and hub.rejected_frames == 0
 
 
+@pytest.mark.heartbeat_timeout(60)
 def test_garbage_bytes_are_answered_with_an_error_and_the_stream_keeps_serving(setup, raw):
     _, hub, _ = setup
     stream = raw()
@@ -247,6 +267,7 @@ def test_garbage_bytes_are_answered_with_an_error_and_the_stream_keeps_serving(s
     assert [w["name"] for w in hub.workers()] == ["g"]
 
 
+@pytest.mark.heartbeat_timeout(60)
 def test_wrong_order_register_twice_and_unknown_results_are_errors(setup, raw):
     _, hub, _ = setup
     first = raw()
@@ -268,6 +289,7 @@ def test_wrong_order_register_twice_and_unknown_results_are_errors(setup, raw):
     assert [w["name"] for w in hub.workers()] == ["twice"]
 
 
+@pytest.mark.heartbeat_timeout(60)
 def test_oversized_messages_are_refused_and_the_server_keeps_serving(setup, raw):
     _, hub, _ = setup
     stream = raw()
@@ -299,6 +321,8 @@ def test_a_silent_worker_is_lost_after_the_heartbeat_timeout(setup, raw):
     manager, hub, _ = setup
     stream = raw()
     assert stream.register("quiet").register_response.success
+    stream.send(heartbeat())  # re-arms the deadline: the request below goes out well within it
+    assert stream.next(skip_acks=False).HasField("heartbeat_ack")
     task_id = manager.submit("remote", "remote_execute", {"command": "echo hi"})
     request = stream.next()
     assert request.task_request.script == "echo hi" and request.task_request.type == task_pb2.TASK_TYPE_SHELL
@@ -310,6 +334,7 @@ def test_a_silent_worker_is_lost_after_the_heartbeat_timeout(setup, raw):
     assert "no heartbeat" in ended.details()
 
 
+@pytest.mark.heartbeat_timeout(60)
 def test_stop_fails_routed_requests_with_hub_stopped(setup, raw):
     manager, hub, _ = setup
     stream = raw()

@@ -406,6 +406,11 @@ class WorkerDaemon:
         request_id = request["request_id"]
 
         def on_line(stream: str, line: str) -> None:
+            limit = self._frame_limit
+            if limit is not None and 4 * len(line) > limit - 512 and len(line.encode("utf-8")) > limit - 512:
+                line = line.encode("utf-8")[: limit - 512].decode(
+                    "utf-8", errors="ignore"
+                )  # fit the hub's limit
             outbox.put_nowait(log_frame(request_id, stream, line))
 
         waiting = True
