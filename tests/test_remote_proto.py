@@ -74,3 +74,71 @@ def test_the_seed_messages_are_verbatim():
     ]
     method = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].methods_by_name["Connect"]
     assert method.client_streaming and method.server_streaming
+
+
+def test_frames_survive_the_grpc_edge_both_ways():
+    from async_task_system.remote import grpc_codec as codec
+    from async_task_system.remote.protocol import (
+        cancel_frame,
+        error_frame,
+        execute_frame,
+        heartbeat_frame,
+        log_frame,
+        register_frame,
+        result_frame,
+    )
+
+    register = register_frame(
+        "w1", ["shell"], 3, labels={"region": "eu"}, worker_version="1.0", runtimes=["native"]
+    )
+    back = codec.agent_frame(codec.agent_message(register))
+    assert {
+        k: back[k] for k in ("name", "capabilities", "max_concurrent", "labels", "worker_version", "runtimes")
+    } == {
+        "name": "w1",
+        "capabilities": ["shell"],
+        "max_concurrent": 3,
+        "labels": {"region": "eu"},
+        "worker_version": "1.0",
+        "runtimes": ["native"],
+    }
+    assert codec.agent_frame(codec.agent_message(heartbeat_frame(2, 1))) == heartbeat_frame(2, 1)
+    assert codec.agent_frame(codec.agent_message(log_frame("r", "stderr", "oops"))) == log_frame(
+        "r", "stderr", "oops"
+    )
+    output = {"exit_code": None, "stdout": "", "stderr": "x", "timed_out": True, "cancelled": False}
+    output.update(truncated=True, duration=1.5, worker="w1")
+    failed = result_frame("r", False, output, "timed out", "timeout")
+    assert codec.agent_frame(codec.agent_message(failed)) == failed
+    value = result_frame("r", True, [1, 2], None)  # a result that is not an output dict
+    assert codec.agent_frame(codec.agent_message(value)) == value
+
+    execute = execute_frame("r", "echo hi", "shell", 2.5, {"A": "1"}, {"traceparent": "00-x"})
+    back = codec.server_frame(codec.server_message(execute))
+    assert {k: back[k] for k in execute} == execute
+    call = {"runtime": "javascript", "entry": "t.js", "parameters": {"n": 1}}
+    back = codec.server_frame(codec.server_message(execute_frame("r", "add", "shell", 1.0, runtime=call)))
+    assert (back["runtime"], back["command"]) == (call, "add")
+    assert codec.server_frame(codec.server_message(cancel_frame("r", "timeout"))) == cancel_frame(
+        "r", "timeout"
+    )
+    error = {**error_frame("bad", "r"), "error_type": "malformed"}
+    assert codec.server_frame(codec.server_message(error)) == error
+
+
+def test_a_result_from_an_agent_built_from_the_seed_proto_is_read_by_its_exit_code():
+    from async_task_system.remote import grpc_codec as codec
+    from async_task_system.remote._proto import agent_pb2, task_pb2
+
+    def seed_result(exit_code: int) -> dict:
+        result = task_pb2.TaskResult(task_id="t", exit_code=exit_code, stdout="out", stderr="err")
+        return codec.agent_frame(agent_pb2.AgentMessage(task_result=result))
+
+    ok = seed_result(0)
+    assert ok["success"] is True and ok["result"]["stdout"] == "out" and ok["error"] is None
+    failed = seed_result(2)
+    assert (failed["success"], failed["error"], failed["error_type"]) == (
+        False,
+        "exit code 2",
+        "remote_error",
+    )

@@ -181,15 +181,21 @@ def _result_frame(message: task_pb2.TaskResult) -> dict[str, Any]:
             "duration": message.duration,
             **extra,
         }
+    success, error, error_type = message.success, message.error or None, message.error_type or None
+    if not success and error_type is None and not message.no_exit_code:
+        # only the seed's fields (an agent built from seed 002's proto): the exit code decides
+        success = message.exit_code == 0
+        if not success:
+            error, error_type = error or f"exit code {message.exit_code}", "remote_error"
     frame: dict[str, Any] = {
         "type": "result",
         "request_id": message.task_id,
-        "success": message.success,
+        "success": success,
         "result": result,
-        "error": message.error or None,
+        "error": None if success else error,
     }
-    if message.error_type:
-        frame["error_type"] = message.error_type
+    if error_type and not success:
+        frame["error_type"] = error_type
     return frame
 
 
