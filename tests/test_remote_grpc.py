@@ -360,3 +360,24 @@ def test_a_websocket_worker_never_loads_grpc():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_streams_beyond_max_connections_are_refused_and_the_first_keeps_serving():
+    manager = TaskManager(max_workers=1)
+    hub = GrpcHub(manager, token=TOKEN, max_connections=1, heartbeat_timeout=60).start()
+    streams = []
+    try:
+        first = RawStream(hub)
+        streams.append(first)
+        assert first.register("only").register_response.success
+        second = RawStream(hub)
+        streams.append(second)
+        refused = second.next()
+        assert isinstance(refused, grpc.RpcError) and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        first.send(heartbeat())
+        assert first.next(skip_acks=False).HasField("heartbeat_ack")
+    finally:
+        for stream in streams:
+            stream.close()
+        hub.stop()
+        manager.shutdown(wait=False)
