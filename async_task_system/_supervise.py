@@ -11,8 +11,10 @@ Standard library only, no imports from the package (it starts in a fraction of t
 * ``PR_SET_PDEATHSIG``: when the worker dies (even by ``SIGKILL``) the supervisor gets ``SIGTERM``.
 * ``PR_SET_CHILD_SUBREAPER``: a process of the script whose parent exits (a double fork, a
   ``setsid`` daemon) is re-parented to the supervisor, not to init, so nothing leaves the tree.
-* ``SIGTERM`` (timeout, cancel, the worker's death) and the script's own end: every process of the
-  tree is killed with ``SIGKILL``, again until none is left, whatever its session or group.
+* ``SIGTERM`` (timeout, cancel, the worker's death): every process of the tree gets ``SIGTERM``
+  and ``term_grace`` seconds to end (a script may trap it to clean up); then, as at the script's
+  own end, every process left is killed with ``SIGKILL``, again until none is left, whatever its
+  session or group.
 * Limits on the whole tree, checked every ``poll`` seconds from ``/proc``: CPU seconds (live
   processes plus all reaped ones), resident memory, number of processes. Over a limit, the tree is
   killed and the supervisor ends as the script would have with ``SIGXCPU`` (CPU) or ``SIGKILL``.
@@ -119,6 +121,30 @@ def _kill_tree(me, first=None):
     return reaped
 
 
+def _terminate(me, pid, grace):
+    """SIGTERM every process of the tree and wait up to ``grace`` seconds for all to end; returns
+    the script's status if it was reaped meanwhile (``_kill_tree`` kills what is left)."""
+    if grace <= 0:
+        return None
+    for target in _tree(me, _table()):
+        try:
+            os.kill(target, signal.SIGTERM)
+        except OSError:
+            pass
+    status = None
+    deadline = time.monotonic() + grace
+    while True:
+        reaped = _reap()
+        if pid in reaped:
+            status = reaped[pid]
+        if status is not None and not _tree(me, _table()):
+            return status
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return status
+        signal.sigtimedwait({signal.SIGCHLD}, min(remaining, 0.05))
+
+
 def _child(config, argv):
     """In the forked child: limits, privileges, then exec the script (never returns)."""
     try:
@@ -196,6 +222,7 @@ def main():
             break
         if received is not None and received.si_signo != signal.SIGCHLD:
             verdict = (None, signal.SIGKILL)  # timeout, cancel, or the worker is gone
+            status = _terminate(me, pid, float(config.get("term_grace") or 0))
             break
         now = time.monotonic()
         if (cpu_limit or memory_limit or process_limit) and now >= next_check:

@@ -15,6 +15,8 @@ scripts a hub sends (:meth:`ScriptRunner.run`), and the tool runtimes
 * limits on the whole tree (CPU seconds of all its processes, resident memory, number of
   processes) and per process (``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, no core dumps);
   a root runner's programs run with no capabilities and ``no_new_privs`` (or as ``user``);
+* on timeout and cancel, ``SIGTERM`` to every process of the tree, then after
+  :attr:`RunLimits.kill_grace` seconds ``SIGKILL`` to what is left;
 * a clean environment: only the variables on an allow-list, plus those the caller sets (and the
   caller's W3C trace context as ``TRACEPARENT`` / ``TRACESTATE``);
 * stdout and stderr captured up to a byte cap each (the result says when output was truncated),
@@ -94,6 +96,10 @@ class RunLimits:
     """Interpreter for ``python`` scripts."""
     workdir: str | None = None
     """Working directory of scripts (``None``: this process's)."""
+    kill_grace: float = 2.0
+    """Seconds a stopped program (timeout, cancel) has between ``SIGTERM`` and ``SIGKILL``: every
+    process of its tree gets ``SIGTERM`` first (a script may trap it to clean up), and what is left
+    after the grace period is killed. 0: ``SIGKILL`` at once."""
 
 
 class RunOutcome(NamedTuple):
@@ -152,11 +158,12 @@ class CappedOutput:
         pending = self._partial + chunk
         lines = pending.split(b"\n")
         self._partial = lines.pop()
-        if len(self._partial) > _MAX_LINE:
-            lines.append(self._partial)
-            self._partial = b""
+        while len(self._partial) > _MAX_LINE:  # a line without end: streamed in pieces of _MAX_LINE
+            lines.append(self._partial[:_MAX_LINE])
+            self._partial = self._partial[_MAX_LINE:]
         for line in lines:
-            self._emit(line)
+            for start in range(0, max(len(line), 1), _MAX_LINE):
+                self._emit(line[start : start + _MAX_LINE])
 
     def close(self) -> None:
         if self._partial and self.on_line is not None and self.streamed < self.cap:
@@ -208,6 +215,7 @@ class ScriptRunner:
             "tree_memory_bytes": memory,
             "file_bytes": None if limits.file_size_mb is None else int(limits.file_size_mb) * mib,
             "max_processes": limits.max_processes,
+            "term_grace": max(0.0, float(limits.kill_grace)),
             "user": _user_ids(str(limits.user)) if limits.user is not None and os.geteuid() == 0 else None,
         }
         return json.dumps(config)
@@ -312,7 +320,7 @@ class ScriptRunner:
         def overflow() -> None:
             if stop_on_overflow and not flags["overflow"]:
                 flags["overflow"] = True
-                _stop_soon(process)
+                _stop_soon(process, limits.kill_grace)
 
         out = CappedOutput("stdout", limits.max_output_bytes, on_line, overflow)
         err = CappedOutput("stderr", limits.max_output_bytes, on_line, overflow)
@@ -327,14 +335,14 @@ class ScriptRunner:
                 await asyncio.wait_for(process.wait(), timeout)
             except TIMEOUT_ERRORS:
                 flags["timed_out"] = True
-                await _stop(process)
+                await _stop(process, limits.kill_grace)
             # Output still buffered in the pipes; bounded, because a grandchild that left the
             # process group could keep a pipe open forever.
             _done, pending = await asyncio.wait(pumps, timeout=2.0)
             for pump in pending:
                 pump.cancel()
         except asyncio.CancelledError:
-            _stop_soon(process)
+            _stop_soon(process, limits.kill_grace)
             for pump in pumps:
                 pump.cancel()
             raise
@@ -387,7 +395,7 @@ class ScriptRunner:
             return False
         process, flags = entry
         flags["cancelled"] = True
-        _stop_soon(process)
+        _stop_soon(process, self.limits.kill_grace)
         return True
 
     def kill_all(self) -> int:
@@ -438,24 +446,25 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _stop_soon(process: asyncio.subprocess.Process) -> None:
-    """Ask the supervisor to kill the script's whole tree; kill its group outright if it has not
-    ended within the grace period (the script, as the same user, may have stopped it)."""
+def _stop_soon(process: asyncio.subprocess.Process, grace: float = 0.0) -> None:
+    """Ask the supervisor to stop the script's whole tree (``SIGTERM``, ``SIGKILL`` after ``grace``
+    seconds); kill its group outright if it has not ended well after that (the script, as the
+    same user, may have stopped the supervisor)."""
     if process.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(process.pid, signal.SIGTERM)
     with contextlib.suppress(RuntimeError):
         asyncio.get_running_loop().call_later(
-            _GRACE, lambda: process.returncode is None and _kill_group(process)
+            grace + _GRACE, lambda: process.returncode is None and _kill_group(process)
         )
 
 
-async def _stop(process: asyncio.subprocess.Process) -> None:
+async def _stop(process: asyncio.subprocess.Process, grace: float = 0.0) -> None:
     """:func:`_stop_soon` and wait for the supervisor's end."""
-    _stop_soon(process)
+    _stop_soon(process, grace)
     with contextlib.suppress(*TIMEOUT_ERRORS):
-        await asyncio.wait_for(process.wait(), _GRACE + 1)
+        await asyncio.wait_for(process.wait(), grace + _GRACE + 1)
     if process.returncode is None:
         _kill_group(process)
         await process.wait()

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "ASYNC_AGENT_TOKEN"}
@@ -18,9 +20,12 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
-def test_hub_spawns_workers_runs_commands_streams_and_reports():
+@pytest.mark.parametrize("transport", ["ws", "grpc"])
+def test_hub_spawns_workers_runs_commands_streams_and_reports(transport: str):
     done = run_cli(
         "hub",
+        "--transport",
+        transport,
         "--port",
         "0",
         "--token",

@@ -52,18 +52,18 @@ class Worker:
                 self.process.wait(5)
 
 
-@pytest.fixture
-def setup(request: pytest.FixtureRequest) -> Iterator[tuple[TaskManager, RemoteHub, list[Worker]]]:
-    # A test that is not about heartbeats may ask for a long timeout: a loaded machine must not
-    # declare its hand-driven fake worker lost between two frames.
-    marker = request.node.get_closest_marker("heartbeat_timeout")
+@contextlib.contextmanager
+def running_hub(hub_class: type, heartbeat_timeout: float = HEARTBEAT_TIMEOUT, **options) -> Iterator[tuple]:
+    """A started hub of ``hub_class`` (WebSocket or gRPC) on a fresh manager, and the list of its worker
+    processes; everything is stopped afterwards."""
     manager = TaskManager(max_workers=4)
-    hub = RemoteHub(
+    hub = hub_class(
         manager,
         token=TOKEN,
         heartbeat_interval=HEARTBEAT,
-        heartbeat_timeout=marker.args[0] if marker else HEARTBEAT_TIMEOUT,
+        heartbeat_timeout=heartbeat_timeout,
         max_message_bytes=16 * 1024,
+        **options,
     ).start()
     workers: list[Worker] = []
     try:
@@ -73,6 +73,15 @@ def setup(request: pytest.FixtureRequest) -> Iterator[tuple[TaskManager, RemoteH
         for worker in workers:
             worker.stop()
         manager.shutdown(wait=True, cancel_pending=True, timeout=10)
+
+
+@pytest.fixture
+def setup(request: pytest.FixtureRequest) -> Iterator[tuple[TaskManager, RemoteHub, list[Worker]]]:
+    # A test that is not about heartbeats may ask for a long timeout: a loaded machine must not
+    # declare its hand-driven fake worker lost between two frames.
+    marker = request.node.get_closest_marker("heartbeat_timeout")
+    with running_hub(RemoteHub, marker.args[0] if marker else HEARTBEAT_TIMEOUT) as running:
+        yield running
 
 
 def start_worker(

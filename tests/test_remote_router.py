@@ -26,10 +26,11 @@ class Endpoint:
         name: str,
         slots: int = 1,
         capabilities: tuple[str, ...] = ("shell", "python"),
+        **details,
     ) -> None:
         self.router = router
         self.frames: list[dict] = []
-        self.worker = Worker(name, list(capabilities), slots, self.frames.append)
+        self.worker = Worker(name, list(capabilities), slots, self.frames.append, **details)
         assert router.join(self.worker) is None
 
     def executes(self) -> list[str]:
@@ -266,3 +267,42 @@ def test_many_threads_route_and_answer_concurrently(bridge):
     assert all(w["in_flight"] == 0 for w in router.workers())
     assert sum(w["completed"] for w in router.workers()) == 300
     assert max(peak.values()) <= 2
+
+
+def test_label_selectors_route_and_a_waiting_selector_does_not_block_other_requests(bridge):
+    remote, router = bridge
+    eu = Endpoint(router, "eu", slots=1, labels={"region": "eu"}, transport="grpc", version="1.2")
+    us = Endpoint(router, "us", slots=1, labels={"region": "us"})
+    info = {w["name"]: w for w in router.workers()}
+    assert (info["eu"]["labels"], info["eu"]["transport"], info["eu"]["version"]) == (
+        {"region": "eu"},
+        "grpc",
+        "1.2",
+    )
+    assert info["us"]["transport"] == "ws" and info["us"]["runtimes"] == []
+    busy = send(remote, labels={"region": "eu"})
+    waiting = send(remote, labels={"region": "eu"})  # eu is full: it waits for eu's slot
+    other = send(remote, labels={"region": "us"})  # not stuck behind it
+    assert eu.executes() == [busy] and us.executes() == [other]
+    assert eu.answer(busy)
+    assert eu.executes() == [busy, waiting]
+    failed = send(remote, labels={"region": "eu", "gpu": "a100"})
+    outcome = remote.outcome(failed)
+    assert outcome.error_type == "no_worker"
+    assert (
+        "gpu=a100" in outcome.error and "eu [grpc]" in outcome.error and "labels region=us" in outcome.error
+    )
+
+
+def test_runtime_calls_go_only_to_workers_offering_the_runtime(bridge):
+    remote, router = bridge
+    Endpoint(router, "plain")
+    tools = Endpoint(router, "tools", runtimes=["javascript", "native"])
+    call = {"runtime": "javascript", "entry": "text.js", "parameters": {"text": "a b"}}
+    request_id = send(remote, "count", runtime=call)
+    frame = next(f for f in tools.frames if f["type"] == "execute")
+    assert frame["request_id"] == request_id and frame["runtime"] == call and frame["command"] == "count"
+    missing = send(remote, "add", runtime={"runtime": "wasm", "entry": "m.wasm", "parameters": {}})
+    outcome = remote.outcome(missing)
+    assert outcome.error_type == "no_worker" and "wasm runtime tools" in outcome.error
+    assert "runtimes javascript, native" in outcome.error

@@ -1,10 +1,12 @@
-"""Remote execution (seeds 000 and 002): suspend tasks on remote results, a WebSocket hub, a worker daemon.
+"""Remote execution (seeds 000 and 002): suspend tasks on remote results, WebSocket and gRPC hubs, a worker daemon.
 
 ``bridge`` (request ids, futures, deadlines, task transitions), ``protocol``, ``router`` (worker
-registry and routing, no I/O) and ``runner`` (sandboxed scripts) need nothing beyond the core; the
-hub (the WebSocket transport) and the worker daemon need the ``remote`` extra (``websockets``),
-the tool needs smolagents; they are imported on first use, so a worker machine loads neither
-smolagents nor litellm.
+registry and routing, no I/O), ``hub_base`` (what both hubs share) and ``runner`` (sandboxed
+scripts) need nothing beyond the core; the WebSocket hub and the worker daemon need the ``remote``
+extra (``websockets``), the gRPC hub and ``--hub grpc://`` workers the ``grpc`` extra (``grpcio``,
+``protobuf``; code generated from ``proto/`` into ``_proto``), the tool needs smolagents; they are
+imported on first use, so a worker machine loads neither smolagents nor litellm (nor grpc unless
+it connects over gRPC).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .bridge import (
 
 __all__ = [
     "REMOTE_TARGET_NAME",
+    "GrpcHub",
     "RemoteExecuteTool",
     "RemoteExecutionError",
     "RemoteExecutionHandler",
@@ -41,6 +44,7 @@ __all__ = [
 
 _LAZY = {
     "RemoteHub": "hub",  # needs websockets
+    "GrpcHub": "grpc_hub",  # needs grpcio and protobuf
     "RemoteExecuteTool": "tools",  # needs smolagents
     "attach_remote": "tools",
     "RemoteExecutionHandler": "handler",

@@ -42,7 +42,7 @@ from .._targets import Target
 from ..errors import AsyncTaskSystemError, TaskValidationError
 from ..manager import Suspension, TimerHandle, call_later, get_current_task_id
 from ..tasks import TaskError, TaskKind
-from .protocol import LANGUAGES
+from .protocol import LANGUAGES, ProtocolError, check_labels, check_runtime_call
 
 if TYPE_CHECKING:
     from ..manager import TaskManager
@@ -80,6 +80,13 @@ REMOTE_INPUTS: dict[str, dict[str, Any]] = {
         "nullable": True,
     },
     "language": {"type": "string", "description": "'shell' (default) or 'python'.", "nullable": True},
+    "labels": {
+        "type": "object",
+        "description": "Label selector, e.g. {'region': 'eu', 'gpu': 'a100'}: run only on a worker that has all "
+        "these labels (any such worker when 'worker' is omitted). Fails at once, listing the workers' labels, "
+        "when no connected worker matches.",
+        "nullable": True,
+    },
 }
 
 
@@ -140,6 +147,8 @@ class RemoteRequest:
         "logs",
         "trace",
         "suspension",
+        "labels",
+        "runtime",
     )
 
     def __init__(
@@ -153,8 +162,14 @@ class RemoteRequest:
         env: dict[str, str] | None,
         inline: bool,
         max_log_lines: int,
+        *,
+        labels: dict[str, str] | None = None,
+        runtime: dict[str, Any] | None = None,
     ) -> None:
         self.request_id = request_id
+        self.labels = dict(labels) if labels else None
+        # a runtime-tool call ({runtime, entry, parameters}; ``command`` is the tool's command), or None
+        self.runtime = runtime
         self.task_id = task_id
         self.command = command
         self.language = language
@@ -255,14 +270,21 @@ class RemoteExecutionManager:
         language: str = "shell",
         worker: str | None = None,
         env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        runtime: dict[str, Any] | None = None,
     ) -> str:
         """Register a request, arm its deadline, send it if a transport is attached; returns its id.
+
+        ``labels`` is a selector (the worker must carry every pair); ``runtime`` makes it one call of
+        a runtime tool, ``{"runtime", "entry", "parameters"}``, with ``command`` the tool's command.
 
         The task's status is not changed (use ``TaskManager.suspend_task_for_remote`` for that).
         With no transport, your own code delivers the command and later calls
         :meth:`handle_remote_response` (or ``TaskManager.handle_websocket_response``).
         """
-        request = self._register(task_id, command, timeout, language, worker, env, inline=False)
+        request = self._register(
+            task_id, command, timeout, language, worker, env, inline=False, labels=labels, runtime=runtime
+        )
         self._send(request)
         return request.request_id
 
@@ -400,12 +422,15 @@ class RemoteExecutionManager:
         language: str = "shell",
         worker: str | None = None,
         env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> str:
         """Seed 000's suspension (detached): RUNNING -> WAITING_REMOTE, slot given back, request sent.
 
         The response completes or fails the task; the caller's code may simply return.
         """
-        return self._suspend(task_id, command, timeout, language, worker, env, inline=False).request_id
+        return self._suspend(
+            task_id, command, timeout, language, worker, env, False, labels=labels
+        ).request_id
 
     def execute_inline(
         self,
@@ -416,10 +441,14 @@ class RemoteExecutionManager:
         language: str = "shell",
         worker: str | None = None,
         env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        runtime: dict[str, Any] | None = None,
     ) -> Any:
         """Run a command for a running task and block until its result (the task waits in WAITING_REMOTE
         without a slot meanwhile, and is RUNNING again when this returns). Raises RemoteExecutionError."""
-        request = self._suspend(task_id, command, timeout, language, worker, env, inline=True)
+        request = self._suspend(
+            task_id, command, timeout, language, worker, env, True, labels=labels, runtime=runtime
+        )
         return _unwrap(request.future.result())
 
     async def execute_async(
@@ -431,9 +460,13 @@ class RemoteExecutionManager:
         language: str = "shell",
         worker: str | None = None,
         env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        runtime: dict[str, Any] | None = None,
     ) -> Any:
         """:meth:`execute_inline` for coroutine tasks: awaits the result, holding neither a thread nor a slot."""
-        request = self._suspend(task_id, command, timeout, language, worker, env, inline=True)
+        request = self._suspend(
+            task_id, command, timeout, language, worker, env, True, labels=labels, runtime=runtime
+        )
         return _unwrap(await asyncio.wrap_future(request.future))
 
     def resume(self, task_id: str, result: Any) -> bool:
@@ -456,11 +489,25 @@ class RemoteExecutionManager:
             raise RuntimeError("this RemoteExecutionManager is not attached to a TaskManager")
         return self._manager
 
-    def validate_command(self, command: Any, timeout: Any, language: Any, worker: Any) -> float:
+    def validate_command(
+        self, command: Any, timeout: Any, language: Any, worker: Any, labels: Any = None, runtime: Any = None
+    ) -> float:
         """Check a command's fields; returns its timeout in seconds or raises ``TaskValidationError`` saying how to fix it."""
         if not isinstance(command, str) or not command.strip():
             raise TaskValidationError("command must be a non-empty string, e.g. remote_execute('uname -a')")
-        if language not in LANGUAGES:
+        if labels is not None:
+            try:
+                check_labels(labels, "labels")
+            except ProtocolError as exc:
+                raise TaskValidationError(
+                    f"{exc}; pass a label selector such as {{'region': 'eu'}}"
+                ) from None
+        if runtime is not None:
+            try:
+                check_runtime_call(runtime)
+            except ProtocolError as exc:
+                raise TaskValidationError(str(exc)) from None
+        elif language not in LANGUAGES:
             raise TaskValidationError(
                 f"language must be one of {', '.join(map(repr, LANGUAGES))}, got {language!r}"
             )
@@ -486,9 +533,12 @@ class RemoteExecutionManager:
         worker: str | None,
         env: dict[str, str] | None,
         inline: bool,
+        *,
+        labels: dict[str, str] | None = None,
+        runtime: dict[str, Any] | None = None,
     ) -> RemoteRequest:
         language = language or "shell"
-        seconds = self.validate_command(command, timeout, language, worker)
+        seconds = self.validate_command(command, timeout, language, worker, labels, runtime)
         request = RemoteRequest(
             uuid.uuid4().hex,
             task_id,
@@ -499,6 +549,8 @@ class RemoteExecutionManager:
             env,
             inline,
             self.max_log_lines,
+            labels=labels,
+            runtime=runtime,
         )
         with self._lock:
             self._requests[request.request_id] = request
@@ -547,14 +599,19 @@ class RemoteExecutionManager:
         worker: str | None,
         env: dict[str, str] | None,
         inline: bool,
+        *,
+        labels: dict[str, str] | None = None,
+        runtime: dict[str, Any] | None = None,
     ) -> RemoteRequest:
         manager = self._require_manager()
         if task_id is None:
             raise RuntimeError("no current task: suspend_task_for_remote must be called for a running task")
-        self.validate_command(command, timeout, language or "shell", worker)
+        self.validate_command(command, timeout, language or "shell", worker, labels, runtime)
         holder: list[RemoteRequest] = []
         suspension = manager.suspend(task_id, on_abandon=lambda error: self._abandoned(holder, error))
-        request = self._register(task_id, command, timeout, language, worker, env, inline)
+        request = self._register(
+            task_id, command, timeout, language, worker, env, inline, labels=labels, runtime=runtime
+        )
         request.suspension = suspension
         holder.append(request)
         if not suspension.active:  # cancelled or timed out between the two steps
@@ -648,6 +705,7 @@ class RemoteExecutionManager:
                 arguments.get("timeout"),
                 language=arguments.get("language") or "shell",
                 worker=arguments.get("worker"),
+                labels=arguments.get("labels"),
             )
 
         return Target(

@@ -26,6 +26,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port (0 picks a free one; default 8765)")
     parser.add_argument(
+        "--transport",
+        choices=("ws", "grpc"),
+        default="ws",
+        help="ws (WebSocket, default) or grpc: workers connect with --hub ws://... or grpc://...",
+    )
+    parser.add_argument(
         "--token",
         default=os.environ.get("ASYNC_AGENT_TOKEN"),
         help="shared secret workers must present (default: $ASYNC_AGENT_TOKEN, else a generated one)",
@@ -51,11 +57,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..manager import TaskManager
-    from .hub import RemoteHub
 
+    if args.transport == "grpc":
+        from .grpc_hub import GrpcHub as hub_class
+    else:
+        from .hub import RemoteHub as hub_class
     token = args.token or secrets.token_urlsafe(18)
     manager = TaskManager(max_workers=4)
-    hub = RemoteHub(
+    hub = hub_class(
         manager,
         host=args.host,
         port=args.port,

@@ -26,7 +26,9 @@ __all__ = [
     "ProtocolError",
     "decode",
     "encode",
+    "check_labels",
     "check_register",
+    "check_runtime_call",
     "check_result",
     "check_log",
     "check_execute",
@@ -123,8 +125,35 @@ def _require(message: dict[str, Any], key: str, kind: type | tuple[type, ...], w
     return value
 
 
+MAX_LABELS = 64
+MAX_RUNTIMES = 16
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
+_LABEL_VALUE_MAX = 256
+
+
+def check_labels(labels: Any, what: str = "register frame field 'labels'") -> dict[str, str]:
+    """Validate a label map (worker labels or a request's selector): at most 64 pairs, keys like
+    ``region`` or ``example.com/gpu`` (1-63 characters), string values up to 256 characters."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise ProtocolError(f"{what} must be an object of string values")
+    if len(labels) > MAX_LABELS:
+        raise ProtocolError(f"{what} has {len(labels)} labels; at most {MAX_LABELS}")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+            raise ProtocolError(
+                f"{what}: label key {key!r} must be 1-63 letters, digits, '.', '_', '/' or '-'"
+            )
+        if not isinstance(value, str) or len(value) > _LABEL_VALUE_MAX:
+            raise ProtocolError(
+                f"{what}: label {key!r} must have a string value of at most {_LABEL_VALUE_MAX} characters"
+            )
+    return dict(labels)
+
+
 def check_register(message: dict[str, Any]) -> dict[str, Any]:
-    """Validate a ``register`` frame; returns ``{name, capabilities, max_concurrent}``."""
+    """Validate a ``register`` frame; returns ``{name, capabilities, max_concurrent, labels, version, runtimes}``."""
     name = _require(message, "name", str, "register").strip()
     if not name or len(name) > _NAME_MAX or any(ch.isspace() for ch in name):
         raise ProtocolError(f"worker name must be 1-{_NAME_MAX} characters without spaces, got {name!r}")
@@ -134,7 +163,26 @@ def check_register(message: dict[str, Any]) -> dict[str, Any]:
     max_concurrent = message.get("max_concurrent", 5)
     if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
         raise ProtocolError("register frame field 'max_concurrent' must be a positive integer")
-    return {"name": name, "capabilities": list(capabilities), "max_concurrent": max_concurrent}
+    version = message.get("worker_version", "")
+    if not isinstance(version, str) or len(version) > _NAME_MAX:
+        raise ProtocolError(
+            f"register frame field 'worker_version' must be a string of at most {_NAME_MAX} characters"
+        )
+    runtimes = message.get("runtimes", [])
+    if (
+        not isinstance(runtimes, list)
+        or len(runtimes) > MAX_RUNTIMES
+        or not all(isinstance(r, str) and 0 < len(r) <= _NAME_MAX for r in runtimes)
+    ):
+        raise ProtocolError(f"register frame field 'runtimes' must be a list of at most {MAX_RUNTIMES} names")
+    return {
+        "name": name,
+        "capabilities": list(capabilities),
+        "max_concurrent": max_concurrent,
+        "labels": check_labels(message.get("labels")),
+        "version": version,
+        "runtimes": list(runtimes),
+    }
 
 
 def check_result(message: dict[str, Any]) -> dict[str, Any]:
@@ -166,12 +214,29 @@ def check_log(message: dict[str, Any]) -> dict[str, Any]:
     return {"request_id": request_id, "stream": stream, "line": line}
 
 
+def check_runtime_call(call: Any) -> dict[str, Any]:
+    """Validate an execute frame's ``runtime`` object: ``{runtime, entry, parameters}`` (the command is the frame's)."""
+    if not isinstance(call, dict):
+        raise ProtocolError("execute frame field 'runtime' must be an object {runtime, entry, parameters}")
+    name = _require(call, "runtime", str, "execute runtime")
+    entry = _require(call, "entry", str, "execute runtime")
+    parameters = call.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError("execute frame field 'runtime.parameters' must be an object")
+    return {"runtime": name, "entry": entry, "parameters": parameters}
+
+
 def check_execute(message: dict[str, Any]) -> dict[str, Any]:
-    """Validate an ``execute`` frame (on the worker); returns its fields with defaults filled in."""
+    """Validate an ``execute`` frame (on the worker); returns its fields with defaults filled in.
+
+    A frame with a ``runtime`` object is one command of a runtime tool (``command`` is the tool's
+    command, ``language`` is ignored); otherwise ``command`` is a script in ``language``.
+    """
     request_id = _require(message, "request_id", str, "execute")
     command = _require(message, "command", str, "execute")
+    runtime = check_runtime_call(message["runtime"]) if message.get("runtime") is not None else None
     language = message.get("language", "shell")
-    if language not in LANGUAGES:
+    if runtime is None and language not in LANGUAGES:
         raise ProtocolError(
             f"execute frame field 'language' must be one of {', '.join(LANGUAGES)}, got {language!r}"
         )
@@ -200,20 +265,36 @@ def check_execute(message: dict[str, Any]) -> dict[str, Any]:
         "language": language,
         "timeout": timeout,
         "env": env,
+        "runtime": runtime,
     }
 
 
 # ---------------------------------------------------------------------------------------------- builders
 
 
-def register_frame(name: str, capabilities: list[str], max_concurrent: int) -> dict[str, Any]:
-    return {
+def register_frame(
+    name: str,
+    capabilities: list[str],
+    max_concurrent: int,
+    *,
+    labels: dict[str, str] | None = None,
+    worker_version: str = "",
+    runtimes: list[str] | None = None,
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {
         "type": "register",
         "version": PROTOCOL_VERSION,
         "name": name,
         "capabilities": list(capabilities),
         "max_concurrent": max_concurrent,
     }
+    if labels:
+        frame["labels"] = dict(labels)
+    if worker_version:
+        frame["worker_version"] = worker_version
+    if runtimes:
+        frame["runtimes"] = list(runtimes)
+    return frame
 
 
 def registered_frame(
@@ -236,6 +317,7 @@ def execute_frame(
     timeout: float | None,
     env: dict[str, str] | None = None,
     trace: dict[str, str] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     frame: dict[str, Any] = {
         "type": "execute",
@@ -248,6 +330,8 @@ def execute_frame(
         frame["env"] = dict(env)
     if trace:
         frame["trace"] = dict(trace)
+    if runtime:
+        frame["runtime"] = dict(runtime)
     return frame
 
 

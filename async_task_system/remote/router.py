@@ -8,7 +8,7 @@ and turns what happens into calls here:
 =====================================  ==========================================================
 transport event                        router call
 =====================================  ==========================================================
-a worker registered                    ``join(Worker(name, capabilities, max_concurrent, send))``
+a worker registered                    ``join(Worker(name, capabilities, max_concurrent, send, ...))``
 any frame received / a heartbeat       ``seen(worker)`` / ``heartbeat(worker, running)``
 a log or result frame                  ``log(worker, ...)`` / ``result(worker, ...)``
 connection closed, or silent too long  ``leave(worker, reason)``
@@ -22,10 +22,15 @@ dicts: ``execute`` and ``cancel``; the transport encodes them) and through the b
 methods ``complete``, ``fail_request`` and ``handle_remote_log``.
 
 Routing: the named worker when a request names one (if it is busy, the request waits in that
-worker's own queue); otherwise the least loaded worker offering the language with a free slot.
-When all of those are busy the request waits here, oldest first, for the first slot that frees
-(or the first worker that joins); if no worker able to run it is left, it fails with
-``no_worker``.
+worker's own queue); otherwise the least loaded worker with a free slot that can run it (it offers
+the script's language, or for a runtime-tool call the runtime) and carries every label of the
+request's selector. When all of those are busy the request waits here, oldest first, for the first
+slot that frees (or the first worker that joins); if no worker able to run it is left, it fails
+with ``no_worker`` and a message listing the connected workers (their capabilities and labels).
+
+Workers joined through any transport share this registry: :class:`Worker` says which
+(``transport``: ``"ws"`` or ``"grpc"``), with the ``labels``, ``version`` and ``runtimes`` it
+registered.
 
 Threads: one lock guards the registry, and every method is safe from any thread (the bridge calls
 ``send_request`` / ``cancel_request`` from task threads and timers, a transport calls the rest
@@ -85,6 +90,10 @@ class Worker:
         "running",
         "dropped",
         "cancelled",
+        "labels",
+        "version",
+        "transport",
+        "runtimes",
     )
 
     def __init__(
@@ -94,8 +103,17 @@ class Worker:
         max_concurrent: int,
         send: SendFrame,
         connection: Any = None,
+        *,
+        labels: dict[str, str] | None = None,
+        version: str = "",
+        transport: str = "ws",
+        runtimes: list[str] | tuple[str, ...] = (),
     ) -> None:
         self.name = name
+        self.labels: dict[str, str] = dict(labels or {})
+        self.version = version
+        self.transport = transport
+        self.runtimes: list[str] = list(runtimes)
         self.capabilities = list(capabilities)
         self.max_concurrent = max_concurrent
         self.send = send
@@ -109,6 +127,25 @@ class Worker:
         self.dropped = False
         # recently cancelled request ids: their late log lines and results are expected
         self.cancelled: dict[str, None] = {}
+
+    def can_run(self, request: RemoteRequest) -> bool:
+        """Whether this worker offers what ``request`` needs (language or runtime) and has every selector label."""
+        runtime = request.runtime
+        if runtime is not None:
+            if runtime["runtime"] not in self.runtimes:
+                return False
+        elif request.language not in self.capabilities:
+            return False
+        labels = request.labels
+        return not labels or all(self.labels.get(key) == value for key, value in labels.items())
+
+    def describe(self) -> str:
+        """``name [transport] (shell, python; runtimes ...; labels k=v)`` for error messages."""
+        parts = [", ".join(self.capabilities) or "no scripts"]
+        if self.runtimes:
+            parts.append("runtimes " + ", ".join(self.runtimes))
+        parts.append("labels " + (", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none"))
+        return f"{self.name} [{self.transport}] ({'; '.join(parts)})"
 
     def __repr__(self) -> str:
         return f"<Worker {self.name!r} in_flight={len(self.in_flight)}/{self.max_concurrent}>"
@@ -245,12 +282,17 @@ class WorkerRouter:
             return len(self._routes) + len(self._backlog)
 
     def workers(self) -> list[dict[str, Any]]:
-        """The connected workers: name, capabilities, max_concurrent, in_flight, assigned, completed, times."""
+        """The connected workers: name, transport, capabilities, runtimes, labels, version,
+        max_concurrent, in_flight, assigned, completed, running, times."""
         with self._lock:
             return [
                 {
                     "name": w.name,
+                    "transport": w.transport,
                     "capabilities": list(w.capabilities),
+                    "runtimes": list(w.runtimes),
+                    "labels": dict(w.labels),
+                    "version": w.version,
                     "max_concurrent": w.max_concurrent,
                     "in_flight": len(w.in_flight),
                     "assigned": w.assigned,
@@ -372,9 +414,10 @@ class WorkerRouter:
         """Book waiting requests on free slots (lock held): what to send and what can no longer run."""
         assigned: list[tuple[Worker, RemoteRequest]] = []
         failed: list[tuple[str, RemoteUnavailable]] = []
-        blocked: set[str] = set()
+        blocked: set[tuple[Any, ...]] = set()
         for request_id, request in list(self._backlog.items()):
-            if request.language in blocked:
+            need = _need(request)
+            if need in blocked:
                 continue
             try:
                 worker = self._choose(request)
@@ -383,7 +426,7 @@ class WorkerRouter:
                 failed.append((request_id, exc))
                 continue
             if worker is None:
-                blocked.add(request.language)
+                blocked.add(need)
                 continue
             del self._backlog[request_id]
             self._assign(worker, request)
@@ -403,6 +446,7 @@ class WorkerRouter:
                 request.timeout,
                 request.env,
                 request.trace,
+                request.runtime,
             )
             try:
                 worker.send(frame)
@@ -428,8 +472,8 @@ class WorkerRouter:
 
     def _choose(self, request: RemoteRequest) -> Worker | None:
         """The worker for ``request``: the named one (its own queue holds it if busy), else the least
-        loaded capable worker with a free slot; ``None`` when all of those are busy (lock held)."""
-        language = request.language
+        loaded able worker with a free slot; ``None`` when all of those are busy (lock held)."""
+        what = _what(request)
         if request.worker:
             worker = self._workers.get(request.worker)
             if worker is None:
@@ -438,20 +482,15 @@ class WorkerRouter:
                     "no_worker",
                     f"no worker named {request.worker!r} is connected (connected workers: {names})",
                 )
-            if language not in worker.capabilities:
-                raise RemoteUnavailable(
-                    "no_worker",
-                    f"worker {worker.name!r} cannot run {language} commands (it offers {', '.join(worker.capabilities)})",
-                )
+            if not worker.can_run(request):
+                raise RemoteUnavailable("no_worker", f"worker {worker.describe()} cannot run {what}")
             return worker
-        candidates = [w for w in self._workers.values() if language in w.capabilities]
+        candidates = [w for w in self._workers.values() if w.can_run(request)]
         if not candidates:
             if not self._workers:
                 raise RemoteUnavailable("no_worker", self.no_worker_message())
-            offered = "; ".join(f"{w.name} ({', '.join(w.capabilities)})" for w in self._workers.values())
-            raise RemoteUnavailable(
-                "no_worker", f"no connected worker can run {language} commands (workers: {offered})"
-            )
+            offered = "; ".join(w.describe() for w in self._workers.values())
+            raise RemoteUnavailable("no_worker", f"no connected worker can run {what} (workers: {offered})")
         free = [w for w in candidates if len(w.in_flight) < w.max_concurrent]
         if not free:
             return None
@@ -459,3 +498,19 @@ class WorkerRouter:
 
     def __repr__(self) -> str:
         return f"<WorkerRouter workers={len(self._workers)} routed={len(self._routes)}>"
+
+
+def _need(request: RemoteRequest) -> tuple[Any, ...]:
+    """What a request needs of a worker, as a key: requests with the same key wait in one line."""
+    runtime = request.runtime
+    kind = ("runtime", runtime["runtime"]) if runtime is not None else ("language", request.language)
+    return (*kind, tuple(sorted((request.labels or {}).items())))
+
+
+def _what(request: RemoteRequest) -> str:
+    """``python commands`` / ``javascript runtime tools``, plus the label selector, for error messages."""
+    runtime = request.runtime
+    what = f"{runtime['runtime']} runtime tools" if runtime is not None else f"{request.language} commands"
+    if request.labels:
+        what += " with labels " + ", ".join(f"{k}={v}" for k, v in sorted(request.labels.items()))
+    return what

@@ -1,6 +1,6 @@
 """The ``remote_execute`` tool and :func:`attach_remote`, which wires remote execution into an agent.
 
-``remote_execute(command, timeout=None, worker=None, language=None)`` behaves by where it is called:
+``remote_execute(command, timeout=None, worker=None, language=None, labels=None)`` behaves by where it is called:
 
 * by the coordinating LLM (not inside a task): it starts a ``remote`` task and returns at once
   ``{"status": "pending_remote", "task_id", "request_id", "message"}``; the LLM waits with
@@ -25,8 +25,8 @@ from .bridge import REMOTE_INPUTS, REMOTE_TARGET_NAME, RemoteExecutionError
 __all__ = ["RemoteExecuteTool", "attach_remote", "REMOTE_GUIDANCE"]
 
 REMOTE_GUIDANCE = """\
-Remote machines: remote_execute(command, timeout=60, worker=None, language='shell') runs a shell command (or Python
-code with language='python') on a remote worker and returns at once {'status': 'pending_remote', 'task_id': ...}.
+Remote machines: remote_execute(command, timeout=60, worker=None, language='shell', labels=None) runs a shell command
+(or Python code with language='python') on a remote worker (labels={'region': 'eu'} picks one carrying those labels) and returns at once {'status': 'pending_remote', 'task_id': ...}.
 Start all independent commands first, then wait_for_tasks([...task_ids]) and read get_task_results([...]): each
 result is a dict with exit_code, stdout and stderr; a failed command maps to a string starting with 'ERROR:'."""
 
@@ -74,23 +74,27 @@ class RemoteExecuteTool(Tool):
         timeout: float | None = None,
         worker: str | None = None,
         language: str | None = None,
+        labels: dict | None = None,
     ) -> dict:
         manager = self._manager()
         remote = manager.remote_manager
-        remote.validate_command(
-            command, timeout, language or "shell", worker
-        )  # raises with a how-to-fix message
+        remote.validate_command(command, timeout, language or "shell", worker, labels)  # raises how to fix it
         task_id = get_current_task_id()
         in_task = task_id is not None and get_task_manager() is manager
         conversation = current_conversation()
         if conversation is not None and conversation.manager is manager and self._wait is not True:
-            self._hand_off(conversation, remote, command, timeout, worker, language)  # ends the step
+            self._hand_off(conversation, remote, command, timeout, worker, language, labels)  # ends the step
         if self._wait is not False and in_task:
-            return self._inline(remote, task_id, command, timeout, worker, language)
+            return self._inline(remote, task_id, command, timeout, worker, language, labels)
         if self._wait:  # blocking outside any task: a plain request, no task to suspend
-            return self._inline(remote, None, command, timeout, worker, language)
+            return self._inline(remote, None, command, timeout, worker, language, labels)
         arguments: dict[str, Any] = {"command": command}
-        for key, value in (("timeout", timeout), ("worker", worker), ("language", language)):
+        for key, value in (
+            ("timeout", timeout),
+            ("worker", worker),
+            ("language", language),
+            ("labels", labels),
+        ):
             if value is not None:
                 arguments[key] = value
         task_id = manager.submit("remote", REMOTE_TARGET_NAME, arguments)
@@ -122,13 +126,19 @@ class RemoteExecuteTool(Tool):
         timeout: float | None,
         worker: str | None,
         language: str | None,
+        labels: dict | None = None,
     ) -> None:
         """Inside a conversation task: suspend it (no thread, no slot) until the command's answer comes."""
         requests: list[str] = []
 
         def start(answer: Any) -> None:
             request_id = remote.create_remote_request(
-                conversation.task_id, command, timeout, language=language or "shell", worker=worker
+                conversation.task_id,
+                command,
+                timeout,
+                language=language or "shell",
+                worker=worker,
+                labels=labels,
             )
             requests.append(request_id)
             remote.add_done_callback(request_id, lambda outcome: answer(_outcome_value(outcome)))
@@ -147,16 +157,17 @@ class RemoteExecuteTool(Tool):
         timeout: float | None,
         worker: str | None,
         language: str | None,
+        labels: dict | None = None,
     ) -> dict:
         try:
             if task_id is None:
                 request_id = remote.create_remote_request(
-                    None, command, timeout, language=language or "shell", worker=worker
+                    None, command, timeout, language=language or "shell", worker=worker, labels=labels
                 )
                 result = remote.wait_result(request_id)  # ends by the request's own deadline at the latest
             else:
                 result = remote.execute_inline(
-                    task_id, command, timeout, language=language or "shell", worker=worker
+                    task_id, command, timeout, language=language or "shell", worker=worker, labels=labels
                 )
         except RemoteExecutionError as exc:
             if exc.error_type == "remote_error" and isinstance(exc.result, dict):
@@ -189,13 +200,15 @@ def attach_remote(
     token: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    transport: str = "ws",
     **hub_options: Any,
 ) -> Any:
     """Wire remote execution into an ``AsyncAgent`` (or a bare ``TaskManager``) and start a hub.
 
     Registers the ``remote`` target (so ``submit_task`` lists it), adds the ``remote_execute``
-    tool to the agent, and with ``hub=True`` starts a :class:`~async_task_system.remote.hub.RemoteHub`
-    on ``host:port`` (port 0 picks a free one) that workers join with ``token``. Returns the
+    tool to the agent, and with ``hub=True`` starts a hub on ``host:port`` (port 0 picks a free one)
+    that workers join with ``token``: ``transport="ws"`` a :class:`~async_task_system.remote.hub.RemoteHub`,
+    ``"grpc"`` a :class:`~async_task_system.remote.grpc_hub.GrpcHub`. Returns the
     started hub, or ``None`` with ``hub=False``. The hub stops when the manager shuts down
     (after its tasks are waited for); ``hub.stop()`` stops it earlier.
     """
@@ -211,8 +224,12 @@ def attach_remote(
             agent.instructions = f"{instructions}\n{REMOTE_GUIDANCE}" if instructions else REMOTE_GUIDANCE
     if not hub:
         return None
-    from .hub import RemoteHub
-
-    started = RemoteHub(manager, host=host, port=port, token=token, **hub_options).start()
+    if transport == "grpc":
+        from .grpc_hub import GrpcHub as hub_class
+    elif transport == "ws":
+        from .hub import RemoteHub as hub_class
+    else:
+        raise ValueError(f"transport must be 'ws' or 'grpc', got {transport!r}")
+    started = hub_class(manager, host=host, port=port, token=token, **hub_options).start()
     manager.add_shutdown_callback(started.stop)
     return started

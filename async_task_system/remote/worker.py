@@ -1,14 +1,19 @@
 """The worker daemon (seed 002's executor): ``async-agent worker --hub ws://HOST:PORT --token T --name N``.
 
-It connects to a :class:`~async_task_system.remote.hub.RemoteHub`, registers, sends heartbeats,
-and runs the shell and Python scripts it is sent through :class:`~.runner.ScriptRunner` (own
-process group killed on timeout or cancel, rlimits, clean environment, capped output; see
-:mod:`.runner`). This module is the daemon around it:
+It connects to a hub over WebSocket (``ws://``, :class:`~async_task_system.remote.hub.RemoteHub`)
+or gRPC (``grpc://``, :class:`~async_task_system.remote.grpc_hub.GrpcHub`; the client lives in
+:mod:`.grpc_worker`, imported only for that scheme), registers (name, capabilities, labels,
+version, the runtimes it offers), sends heartbeats, and runs what it is sent: shell and Python
+scripts through :class:`~async_task_system.sandbox.ScriptRunner` (own process group, SIGTERM then
+SIGKILL on timeout or cancel, rlimits, clean environment, capped output), and, with
+``--tools-dir``, commands of runtime tools (:mod:`async_task_system.runtimes`) whose entry files
+lie in that directory. Job execution is the same for both transports: each delivers and takes
+:mod:`.protocol` frames (a :class:`Connection`), translating at its edge.
 
 * output lines are streamed back to the hub while a script runs, then its result;
 * at most ``--max-concurrent`` scripts at once (default 5); the rest wait their turn, and a
   cancel for one still waiting means it never starts;
-* a result frame is shortened to fit the hub's frame limit rather than be refused;
+* a result is shortened to fit the hub's message limit rather than be refused;
 * when the hub goes away, running scripts are killed (the hub has failed them already) and the
   worker reconnects with exponential back-off. A refused token is fatal (exit code 3).
 """
@@ -21,18 +26,23 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from .. import __version__
 from .._compat import TIMEOUT_ERRORS
+from ..errors import AsyncTaskSystemError
 from ..sandbox import DEFAULT_ALLOW_ENV, RunLimits, ScriptRunner
 from .protocol import (
     LANGUAGES,
     ProtocolError,
     check_execute,
+    check_labels,
     decode,
     encode,
     heartbeat_frame,
@@ -41,12 +51,24 @@ from .protocol import (
     result_frame,
 )
 
-__all__ = ["WorkerConfig", "ScriptRunner", "WorkerDaemon", "configure_parser", "run", "EXIT_TOKEN_REFUSED"]
+__all__ = [
+    "Connection",
+    "ConnectionEnded",
+    "EXIT_TOKEN_REFUSED",
+    "ScriptRunner",
+    "TokenRefused",
+    "WorkerConfig",
+    "WorkerDaemon",
+    "configure_parser",
+    "run",
+]
 
 logger = logging.getLogger("async_task_system.remote.worker")
 
 EXIT_TOKEN_REFUSED = 3
 EXIT_REGISTRATION_FAILED = 4
+REMOTE_RUNTIMES = ("python", "javascript", "native", "wasm")
+"""The runtimes a worker can offer; it advertises those whose program is present (see :meth:`WorkerConfig.runtimes`)."""
 
 
 @dataclass
@@ -71,6 +93,10 @@ class WorkerConfig:
     reconnect_initial: float = 0.25
     reconnect_max: float = 30.0
     once: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    tools_dir: str | None = None
+    kill_grace: float = 2.0
+    version: str = __version__
 
     def limits(self) -> RunLimits:
         """The runner's share of the configuration."""
@@ -86,7 +112,127 @@ class WorkerConfig:
             languages=tuple(self.capabilities),
             python=self.python,
             workdir=self.workdir,
+            kill_grace=self.kill_grace,
         )
+
+    def runtimes(self) -> list[str]:
+        """The runtime tools this worker offers: none without ``tools_dir``; else python and native,
+        javascript when ``node`` is on PATH, wasm when ``wasmtime`` is installed (found, not imported)."""
+        if not self.tools_dir:
+            return []
+        import importlib.util
+
+        offered = ["python", "native"]
+        if shutil.which("node"):
+            offered.append("javascript")
+        if importlib.util.find_spec("wasmtime") is not None:
+            offered.append("wasm")
+        return offered
+
+
+# ---------------------------------------------------------------------------------------------- connections
+
+
+class ConnectionEnded(AsyncTaskSystemError):
+    """The connection to the hub failed or closed; the daemon reconnects."""
+
+
+class TokenRefused(AsyncTaskSystemError):
+    """The hub refused the token; the daemon exits (:data:`EXIT_TOKEN_REFUSED`)."""
+
+
+class BadAddress(AsyncTaskSystemError):
+    """``--hub`` is not a usable address; the daemon exits with code 2."""
+
+
+class Connection(Protocol):
+    """One connection to a hub, in :mod:`.protocol` frames (each transport translates at its edge)."""
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send one frame; ConnectionEnded or TokenRefused when the connection is gone."""
+
+    async def recv(self) -> dict[str, Any]:
+        """The next frame; ProtocolError for one that cannot be read, ConnectionEnded at the end."""
+
+    async def close(self, reason: str) -> None:
+        """Close the connection (the worker is stopping)."""
+
+    def size(self, frame: dict[str, Any]) -> int:
+        """Bytes ``frame`` takes on the wire (to fit results to the hub's limit)."""
+
+
+class _WsConnection:
+    """A :class:`Connection` over a ``websockets`` client connection: JSON text frames."""
+
+    def __init__(self, ws: Any, closed: type[BaseException]) -> None:
+        self.ws = ws
+        self._closed = closed
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        try:
+            await self.ws.send(encode(frame))
+        except self._closed as exc:
+            raise ConnectionEnded(str(exc)) from None
+
+    async def recv(self) -> dict[str, Any]:
+        try:
+            raw = await self.ws.recv()
+        except self._closed as exc:
+            raise ConnectionEnded(str(exc)) from None
+        return decode(raw)
+
+    async def close(self, reason: str) -> None:
+        await self.ws.close(1001, reason)
+
+    def size(self, frame: dict[str, Any]) -> int:
+        return len(encode(frame).encode("utf-8"))
+
+
+@contextlib.asynccontextmanager
+async def ws_connect(config: WorkerConfig) -> AsyncIterator[Connection]:
+    """Open a WebSocket connection to ``config.hub`` with the token in ``Authorization``."""
+    try:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise BadAddress(
+            "the worker needs the websockets library (>= 15): pip install 'async_task_system[remote]'"
+        ) from None
+    try:
+        client = connect(
+            config.hub,
+            additional_headers={"Authorization": f"Bearer {config.token}"},
+            proxy=None,
+            open_timeout=10,
+            max_size=None,
+            close_timeout=2,
+        )
+        ws = await client.__aenter__()
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status in (401, 403):
+            raise TokenRefused(f"HTTP {status}") from None
+        raise ConnectionEnded(f"the hub answered HTTP {status}") from None
+    except InvalidURI as exc:
+        raise BadAddress(str(exc)) from None
+    except ConnectionClosed as exc:
+        raise ConnectionEnded(str(exc)) from None
+    try:
+        yield _WsConnection(ws, ConnectionClosed)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.__aexit__(None, None, None)
+
+
+def connector(hub: str) -> Any:
+    """The connect function for ``hub``'s scheme: ``ws://``/``wss://`` or ``grpc://`` (imported only then)."""
+    if hub.startswith("grpc://"):
+        from .grpc_worker import grpc_connect
+
+        return grpc_connect
+    if hub.startswith(("ws://", "wss://")):
+        return ws_connect
+    raise BadAddress(f"--hub must start with ws://, wss:// or grpc://, got {hub!r}")
 
 
 # ---------------------------------------------------------------------------------------------- daemon
@@ -98,6 +244,9 @@ class WorkerDaemon:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.runner = ScriptRunner(config.limits())
+        self.runtimes = config.runtimes()
+        self._runtime_manager: Any = None
+        self._calls: dict[str, asyncio.Future[Any]] = {}  # runtime calls running, by request id
         self._slots = asyncio.Semaphore(config.max_concurrent)
         self._stop = asyncio.Event()
         self._queued = 0
@@ -105,6 +254,7 @@ class WorkerDaemon:
         self._queued_ids: set[str] = set()
         self._cancelled_queued: set[str] = set()
         self._frame_limit: int | None = None  # the hub's max_message_bytes, learned at registration
+        self._size: Any = None  # the connection's size of a frame on the wire
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler on the worker's loop)."""
@@ -112,48 +262,32 @@ class WorkerDaemon:
 
     async def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
-        try:
-            from websockets.asyncio.client import connect
-            from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
-        except ImportError:  # pragma: no cover - depends on the installed extras
-            logger.error(
-                "the worker needs the websockets library (>= 15): pip install 'async_task_system[remote]'"
-            )
-            return 2
-
         config = self.config
+        try:
+            connect = connector(config.hub)
+        except (BadAddress, ImportError) as exc:
+            logger.error("%s", exc)
+            return 2
         delay = config.reconnect_initial
         while not self._stop.is_set():
             try:
-                async with connect(
-                    config.hub,
-                    additional_headers={"Authorization": f"Bearer {config.token}"},
-                    proxy=None,
-                    open_timeout=10,
-                    max_size=None,
-                    close_timeout=2,
-                ) as ws:
-                    code = await self._session(ws)
+                async with connect(config) as connection:
+                    code = await self._session(connection)
                     if code is not None:
                         return code
                     delay = config.reconnect_initial
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                if status in (401, 403):
-                    logger.error(
-                        "the hub at %s refused the token (HTTP %s); check --token", config.hub, status
-                    )
-                    return EXIT_TOKEN_REFUSED
-                logger.warning("the hub at %s answered HTTP %s", config.hub, status)
-            except InvalidURI as exc:
+            except TokenRefused as exc:
+                logger.error("the hub at %s refused the token (%s); check --token", config.hub, exc)
+                return EXIT_TOKEN_REFUSED
+            except BadAddress as exc:
                 logger.error("bad --hub address: %s", exc)
                 return 2
-            except (OSError, ConnectionClosed, *TIMEOUT_ERRORS) as exc:
+            except (OSError, ConnectionEnded, ProtocolError, *TIMEOUT_ERRORS) as exc:
                 logger.warning("connection to %s failed or ended: %s", config.hub, exc or type(exc).__name__)
             except Exception:  # a daemon keeps serving: log it, back off, reconnect
                 logger.exception("unexpected error in the connection to %s", config.hub)
             finally:
-                killed = self.runner.kill_all()
+                killed = self.runner.kill_all() + self._cancel_calls()
                 if killed:
                     logger.warning("killed %d running script(s): the hub connection ended", killed)
             if config.once or self._stop.is_set():
@@ -172,11 +306,26 @@ class WorkerDaemon:
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
 
-    async def _session(self, ws: Any) -> int | None:
+    def _cancel_calls(self) -> int:
+        calls = list(self._calls.values())
+        for call in calls:
+            call.cancel()
+        return len(calls)
+
+    async def _session(self, connection: Connection) -> int | None:
         """One connection: register, then serve frames until it closes. An int return ends the daemon."""
         config = self.config
-        await ws.send(encode(register_frame(config.name, list(config.capabilities), config.max_concurrent)))
-        reply = decode(await asyncio.wait_for(ws.recv(), 10))
+        await connection.send(
+            register_frame(
+                config.name,
+                list(config.capabilities),
+                config.max_concurrent,
+                labels=config.labels,
+                worker_version=config.version,
+                runtimes=self.runtimes,
+            )
+        )
+        reply = await asyncio.wait_for(connection.recv(), 10)
         if reply.get("type") != "registered":
             if reply.get("error_type") == "name_taken":  # our previous connection is not gone yet
                 logger.warning("the hub still has a connection named %r; retrying", config.name)
@@ -186,16 +335,17 @@ class WorkerDaemon:
         interval = float(reply.get("heartbeat_interval") or 5.0)
         limit = reply.get("max_message_bytes")
         self._frame_limit = limit if isinstance(limit, int) and limit > 0 else None
+        self._size = connection.size
         logger.info("registered with %s as %r", config.hub, config.name)
-        outbox: asyncio.Queue[str] = asyncio.Queue()
-        sender = asyncio.ensure_future(self._send_loop(ws, outbox))
+        outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        sender = asyncio.ensure_future(self._send_loop(connection, outbox))
         beats = asyncio.ensure_future(self._heartbeats(outbox, interval))
         stopper = asyncio.ensure_future(self._stop.wait())
-        receiver = asyncio.ensure_future(self._receive_loop(ws, outbox))
+        receiver = asyncio.ensure_future(self._receive_loop(connection, outbox))
         try:
             done, _ = await asyncio.wait({sender, receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if stopper in done:
-                await ws.close(1001, "worker stopping")
+                await connection.close("worker stopping")
             for task in done:
                 if task is not stopper and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
@@ -205,13 +355,15 @@ class WorkerDaemon:
             await self._drain_jobs()
         return 0 if self._stop.is_set() else None
 
-    async def _receive_loop(self, ws: Any, outbox: asyncio.Queue[str]) -> None:
-        async for raw in ws:
+    async def _receive_loop(self, connection: Connection, outbox: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
             try:
-                message = decode(raw)
+                message = await connection.recv()
             except ProtocolError as exc:
                 logger.warning("ignored a bad frame from the hub: %s", exc)
                 continue
+            except ConnectionEnded:
+                return
             kind = message.get("type")
             if kind == "execute":
                 try:
@@ -219,39 +371,47 @@ class WorkerDaemon:
                 except ProtocolError as exc:
                     request_id = message.get("request_id")
                     if isinstance(request_id, str):
-                        outbox.put_nowait(
-                            encode(result_frame(request_id, False, None, str(exc), "remote_error"))
-                        )
+                        outbox.put_nowait(result_frame(request_id, False, None, str(exc), "remote_error"))
                     continue
                 self._queued_ids.add(request["request_id"])  # now, so a cancel right behind it finds it
                 job = asyncio.ensure_future(self._execute(request, outbox))
                 self._jobs.add(job)
                 job.add_done_callback(self._jobs.discard)
             elif kind == "cancel":
-                request_id = str(message.get("request_id"))
-                if not self.runner.cancel(request_id) and request_id in self._queued_ids:
-                    self._cancelled_queued.add(request_id)  # still waiting for a slot: it will not start
+                self._cancel(str(message.get("request_id")))
             elif kind == "error":
                 logger.warning("the hub reported an error: %s", message.get("error"))
             else:
                 logger.debug("ignored a %r frame", kind)
 
-    async def _send_loop(self, ws: Any, outbox: asyncio.Queue[str]) -> None:
+    def _cancel(self, request_id: str) -> None:
+        call = self._calls.get(request_id)
+        if call is not None:
+            call.cancel()
+        elif not self.runner.cancel(request_id) and request_id in self._queued_ids:
+            self._cancelled_queued.add(request_id)  # still waiting for a slot: it will not start
+
+    async def _send_loop(self, connection: Connection, outbox: asyncio.Queue[dict[str, Any]]) -> None:
         # One sender keeps frames in order: a script's log lines always precede its result.
         while True:
             frame = await outbox.get()
-            await ws.send(frame)
+            await connection.send(frame)
 
-    async def _heartbeats(self, outbox: asyncio.Queue[str], interval: float) -> None:
+    async def _heartbeats(self, outbox: asyncio.Queue[dict[str, Any]], interval: float) -> None:
         while True:
-            outbox.put_nowait(encode(heartbeat_frame(self.runner.running, self._queued)))
+            outbox.put_nowait(heartbeat_frame(self.runner.running + len(self._calls), self._queued))
             await asyncio.sleep(interval)
 
-    async def _execute(self, request: dict[str, Any], outbox: asyncio.Queue[str]) -> None:
+    async def _execute(self, request: dict[str, Any], outbox: asyncio.Queue[dict[str, Any]]) -> None:
         request_id = request["request_id"]
 
         def on_line(stream: str, line: str) -> None:
-            outbox.put_nowait(encode(log_frame(request_id, stream, line)))
+            limit = self._frame_limit
+            if limit is not None and 4 * len(line) > limit - 512 and len(line.encode("utf-8")) > limit - 512:
+                line = line.encode("utf-8")[: limit - 512].decode(
+                    "utf-8", errors="ignore"
+                )  # fit the hub's limit
+            outbox.put_nowait(log_frame(request_id, stream, line))
 
         waiting = True
         self._queued += 1
@@ -265,6 +425,8 @@ class WorkerDaemon:
                         self._cancelled_queued.discard(request_id)
                         result = {"exit_code": None, "cancelled": True}
                         success, error, error_type = False, "cancelled before it started", "cancelled"
+                    elif request.get("runtime") is not None:
+                        success, result, error, error_type = await self._run_tool(request)
                     else:
                         success, result, error, error_type = await self.runner.run(
                             request["command"],
@@ -289,25 +451,92 @@ class WorkerDaemon:
             result["worker"] = self.config.name
         outbox.put_nowait(self._fitted_result(request_id, success, result, error, error_type))
 
+    # ------------------------------------------------------------------ runtime tools
+
+    def _entry_path(self, entry: str) -> str:
+        """``entry`` inside ``--tools-dir`` (symlinks resolved), or ValueError saying why not."""
+        tools_dir = self.config.tools_dir
+        if not tools_dir:
+            raise ValueError(
+                f"worker {self.config.name!r} runs no runtime tools: it was started without --tools-dir"
+            )
+        if not entry or "\x00" in entry:
+            raise ValueError("the tool's entry must be a non-empty path inside the worker's tools directory")
+        root = os.path.realpath(tools_dir)
+        path = os.path.realpath(os.path.join(root, entry))
+        if os.path.commonpath([root, path]) != root:
+            raise ValueError(
+                f"entry {entry!r} is outside the worker's tools directory; give a path relative to --tools-dir"
+            )
+        return path
+
+    async def _run_tool(self, request: dict[str, Any]) -> tuple[bool, Any, str | None, str | None]:
+        """One runtime-tool command; the result is a RuntimeResult dict (``success`` is its ``ok``)."""
+        from ..runtimes.base import RuntimeResult
+
+        call = request["runtime"]
+        name = call["runtime"]
+        try:
+            if name not in self.runtimes:
+                offered = ", ".join(self.runtimes) or "none (start it with --tools-dir)"
+                raise ValueError(
+                    f"worker {self.config.name!r} does not offer the {name} runtime (it offers {offered})"
+                )
+            entry = self._entry_path(call["entry"])
+        except ValueError as exc:
+            outcome = RuntimeResult.failure(name, "invalid_entry", str(exc))
+        else:
+            if self._runtime_manager is None:
+                from ..runtimes.manager import RuntimeManager
+
+                self._runtime_manager = RuntimeManager(self.runner.limits)
+            job = asyncio.ensure_future(
+                self._runtime_manager.execute(
+                    name, entry, request["command"], call["parameters"], request.get("timeout")
+                )
+            )
+            self._calls[request["request_id"]] = job
+            try:
+                await asyncio.wait({job})
+            except asyncio.CancelledError:
+                job.cancel()
+                raise
+            finally:
+                self._calls.pop(request["request_id"], None)
+            if job.cancelled():
+                outcome = RuntimeResult.failure(name, "cancelled", "cancelled; the call was stopped")
+            else:
+                outcome = job.result()
+        success = outcome.ok
+        return (
+            success,
+            outcome.to_dict(),
+            None if success else outcome.error,
+            None if success else "remote_error",
+        )
+
+    # ------------------------------------------------------------------ results
+
     def _fitted_result(
         self, request_id: str, success: bool, result: Any, error: str | None, error_type: str | None
-    ) -> str:
+    ) -> dict[str, Any]:
         """The result frame, with stdout/stderr shortened (``truncated: true``) until it fits the hub's
-        frame limit: a refused frame would leave the request unanswered until its deadline."""
-        frame = encode(result_frame(request_id, success, result, error, error_type))
+        message limit: a refused message would leave the request unanswered until its deadline."""
+        frame = result_frame(request_id, success, result, error, error_type)
         limit = self._frame_limit
         if limit is None or not isinstance(result, dict):
             return frame
+        size = self._size
         budget = limit - 1024  # headroom for the envelope
-        while len(frame.encode("utf-8")) > budget:
+        while size(frame) > budget:
             longest = max(("stdout", "stderr"), key=lambda key: len(result.get(key) or ""))
             text = result.get(longest) or ""
             if not text:
                 result = {"exit_code": result.get("exit_code"), "truncated": True, "worker": self.config.name}
-                return encode(result_frame(request_id, success, result, error, error_type))
+                return result_frame(request_id, success, result, error, error_type)
             result[longest] = text[: len(text) // 2]
             result["truncated"] = True
-            frame = encode(result_frame(request_id, success, result, error, error_type))
+            frame = result_frame(request_id, success, result, error, error_type)
         return frame
 
 
@@ -355,7 +584,11 @@ def protect_secret(secret: str) -> list[str]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """``async-agent worker`` flags."""
-    parser.add_argument("--hub", required=True, help="hub address, e.g. ws://127.0.0.1:8765")
+    parser.add_argument(
+        "--hub",
+        required=True,
+        help="hub address: ws://127.0.0.1:8765 (WebSocket) or grpc://127.0.0.1:50051 (gRPC)",
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get("ASYNC_AGENT_TOKEN"),
@@ -421,6 +654,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--once", action="store_true", help="exit when the connection ends instead of reconnecting"
     )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label requests can select this worker by, e.g. --label region=eu (repeatable)",
+    )
+    parser.add_argument(
+        "--tools-dir",
+        default=None,
+        help="directory of runtime tools (JS, native, WASM, Python) this worker runs; entries outside it are "
+        "refused; without it the worker offers no runtimes",
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=float,
+        default=2.0,
+        help="seconds between SIGTERM and SIGKILL when a script is cancelled or times out (default 2)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -438,8 +690,25 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             pwd.getpwuid(int(args.run_as)) if args.run_as.isdigit() else pwd.getpwnam(args.run_as)
         except KeyError:
             raise SystemExit(f"--run-as: no user {args.run_as!r}") from None
+    labels: dict[str, str] = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--label {item!r}: use KEY=VALUE")
+        labels[key.strip()] = value.strip()
+    try:
+        check_labels(labels, "--label")
+    except ProtocolError as exc:
+        raise SystemExit(str(exc)) from None
+    if args.tools_dir is not None and not os.path.isdir(args.tools_dir):
+        raise SystemExit(f"--tools-dir {args.tools_dir!r} is not a directory")
+    if args.kill_grace < 0:
+        raise SystemExit("--kill-grace must be 0 or more seconds")
     return WorkerConfig(
         hub=args.hub,
+        labels=labels,
+        tools_dir=args.tools_dir,
+        kill_grace=args.kill_grace,
         token=args.token,
         name=args.name,
         max_concurrent=args.max_concurrent,

@@ -55,7 +55,8 @@ class RuntimeResult:
     ``status`` is ``"success"`` (then ``result`` holds the tool's value) or ``"error"`` (then
     ``error`` says what went wrong and ``error_type`` is one of ``invalid_entry``, ``unavailable``,
     ``timeout``, ``cancelled``, ``exit_code``, ``invalid_output``, ``output_limit``, ``limit``,
-    ``trap``, ``tool_error``, ``invalid_arguments``, ``unknown_runtime``). ``stdout``/``stderr`` are ``None`` where a runtime has no such
+    ``trap``, ``tool_error``, ``invalid_arguments``, ``unknown_runtime``; for a remote tool also
+    ``no_worker``, ``worker_lost``, ``hub_stopped``). ``stdout``/``stderr`` are ``None`` where a runtime has no such
     stream; ``duration`` is in seconds; ``truncated`` says an output stream passed its byte cap.
     """
 

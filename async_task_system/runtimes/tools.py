@@ -21,10 +21,18 @@ Declare one in Python with :func:`runtime_tool`, or many at once in a manifest (
     description = "Counts the words of a text."
     output_type = "integer"
     inputs.text = { type = "string", description = "The text." }
+
+Where a tool runs: ``where="local"`` (default) runs it in this process's sandbox; ``where="remote"``
+sends each call to a fleet worker that advertises the runtime (``async-agent worker --tools-dir
+DIR``), as a task suspension through the remote bridge like ``remote_execute`` (the calling task
+waits in WAITING_REMOTE without a slot). A remote tool's ``entry`` is a path inside the worker's
+tools directory (the file must exist there; the worker refuses paths outside it); ``worker=`` and
+``labels=`` choose the worker. Same tool, same inputs and result either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import keyword
 import os
@@ -42,7 +50,23 @@ from .manager import RuntimeManager, default_runtime_manager
 
 __all__ = ["ManifestError", "RuntimeTool", "load_tools", "runtime_tool"]
 
-_SPEC_KEYS = {"name", "description", "runtime", "entry", "command", "inputs", "output_type", "timeout"}
+_SPEC_KEYS = {
+    "name",
+    "description",
+    "runtime",
+    "entry",
+    "command",
+    "inputs",
+    "output_type",
+    "timeout",
+    "where",
+    "worker",
+    "labels",
+}
+_WHERE = ("local", "remote")
+_TRANSPORT_ERRORS = {"timeout": "timeout", "cancelled": "cancelled"}
+"""The remote failures with a RuntimeResult error type of the same name; others keep theirs
+(``no_worker``, ``worker_lost``, ``hub_stopped``)."""
 
 
 class ManifestError(AsyncTaskSystemError, ValueError):
@@ -60,8 +84,14 @@ class RuntimeTool(Tool):
         command: the command passed to the program (default: ``name``).
         inputs: smolagents-style ``{"arg": {"type": "string", "description": "...", "nullable": False}}``.
         output_type: one of smolagents' types (default ``"any"``).
-        timeout: seconds per call (default: the runtime manager's limits).
+        timeout: seconds per call (default: the runtime manager's limits; remote: the bridge's default).
         runtimes: the :class:`RuntimeManager` to run on (default: the process-wide one).
+        where: ``"local"`` (this process) or ``"remote"`` (a fleet worker offering the runtime; then
+            ``entry`` is a path inside the worker's ``--tools-dir``).
+        worker: remote only: the worker's name (default: any that offers the runtime).
+        labels: remote only: a label selector the worker must match, e.g. ``{"region": "eu"}``.
+        manager: remote only: the ``TaskManager`` whose bridge carries the call (default: the one
+            running the current task, as for ``remote_execute``).
     """
 
     skip_forward_signature_validation = True  # inputs are data, forward takes them as keywords
@@ -77,7 +107,20 @@ class RuntimeTool(Tool):
         output_type: str = "any",
         timeout: float | None = None,
         runtimes: RuntimeManager | None = None,
+        *,
+        where: str = "local",
+        worker: str | None = None,
+        labels: dict[str, str] | None = None,
+        manager: Any = None,
     ) -> None:
+        if where not in _WHERE:
+            raise ManifestError(f"tool {name!r}: where must be 'local' or 'remote', got {where!r}")
+        if where == "local" and (worker is not None or labels):
+            raise ManifestError(f"tool {name!r}: worker and labels choose a fleet worker: use where='remote'")
+        self.where = where
+        self.worker = worker
+        self.labels = dict(labels) if labels else None
+        self._task_manager = manager
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise ManifestError(
                 f"tool {name!r}: the name must be a Python identifier (the LLM calls it by it)"
@@ -128,16 +171,57 @@ class RuntimeTool(Tool):
         """
         self.check_arguments(arguments)
         parameters = {key: value for key, value in arguments.items() if value is not None}
+        if self.where == "remote":
+            return self._run_remote(parameters)
         return self.runtimes.execute_sync(
             self.runtime, self.entry, self.command, parameters, self.timeout, stop_with_task=True
         )
+
+    def _run_remote(self, parameters: dict[str, Any]) -> RuntimeResult:
+        """One call on a fleet worker through the remote bridge: inside a task, the task suspends
+        (WAITING_REMOTE, no slot) until the answer; elsewhere this thread waits for it."""
+        from ..manager import get_current_task_id, get_task_manager
+        from ..remote.bridge import RemoteExecutionError
+
+        manager = self._task_manager or get_task_manager()
+        if manager is None:
+            raise RuntimeError(
+                f"remote tool {self.name!r} needs a TaskManager with a hub: pass manager= or call it inside an AsyncAgent"
+            )
+        remote = manager.remote_manager
+        call = {"runtime": self.runtime, "entry": self.entry, "parameters": parameters}
+        options = {"worker": self.worker, "labels": self.labels, "runtime": call}
+        task_id = get_current_task_id()
+        try:
+            if task_id is not None and get_task_manager() is manager:
+                value = remote.execute_inline(task_id, self.command, self.timeout, **options)
+            else:
+                request_id = remote.create_remote_request(None, self.command, self.timeout, **options)
+                value = remote.wait_result(request_id)  # ends by the request's own deadline at the latest
+        except RemoteExecutionError as exc:
+            if isinstance(exc.result, dict) and "status" in exc.result:  # the call ran and failed
+                return _result_from(exc.result)
+            error_type = _TRANSPORT_ERRORS.get(exc.error_type, exc.error_type)
+            return RuntimeResult.failure(self.runtime, error_type, str(exc.args[0]))
+        return _result_from(value)
 
     def forward(self, **arguments: Any) -> Any:
         """The tool's value; a failed call raises :class:`RuntimeToolError` with the runtime's error."""
         return self.run(**arguments).value()
 
     def __repr__(self) -> str:
-        return f"<RuntimeTool {self.name!r} {self.runtime}:{self.entry}#{self.command}>"
+        where = "" if self.where == "local" else " remote"
+        return f"<RuntimeTool {self.name!r}{where} {self.runtime}:{self.entry}#{self.command}>"
+
+
+def _result_from(value: Any) -> RuntimeResult:
+    """A worker's answer (a :meth:`RuntimeResult.to_dict`, plus the worker's name) as a result."""
+    if not isinstance(value, dict):
+        return RuntimeResult.failure(
+            "", "invalid_output", f"the worker answered {type(value).__name__}, not a result"
+        )
+    known = {f.name for f in dataclasses.fields(RuntimeResult)}
+    return RuntimeResult(**{key: item for key, item in value.items() if key in known})
 
 
 def _normalise_inputs(inputs: dict[str, Any], tool: str) -> dict[str, dict[str, Any]]:
@@ -174,6 +258,10 @@ def runtime_tool(
     output_type: str = "any",
     timeout: float | None = None,
     runtimes: RuntimeManager | None = None,
+    where: str = "local",
+    worker: str | None = None,
+    labels: dict[str, str] | None = None,
+    manager: Any = None,
 ) -> RuntimeTool:
     """Declare one runtime tool in Python (see :class:`RuntimeTool`); ``inputs`` may use the shorthand
     ``{"text": "string"}``."""
@@ -187,6 +275,10 @@ def runtime_tool(
         output_type=output_type,
         timeout=timeout,
         runtimes=runtimes,
+        where=where,
+        worker=worker,
+        labels=labels,
+        manager=manager,
     )
 
 
@@ -217,8 +309,9 @@ def load_tools(
     directory (not recursive, in name order), or in several such paths.
 
     A manifest has a ``tool`` (or ``tools``) list; its top-level ``runtime``, ``entry``,
-    ``timeout`` and ``output_type`` are defaults for each tool; a relative ``entry`` is taken from
-    the manifest's directory. ``check_entries`` refuses an entry file the runtime cannot use
+    ``timeout``, ``output_type``, ``where`` and ``labels`` are defaults for each tool; a relative
+    ``entry`` is taken from the manifest's directory (for ``where = "remote"`` it is kept as written:
+    a path in the worker's tools directory, not checked here). ``check_entries`` refuses an entry file the runtime cannot use
     (missing, not executable). Raises :class:`ManifestError` naming the file and tool; a missing
     runtime program (Node.js not installed) is not a load error: calls then fail saying so.
     """
@@ -239,7 +332,11 @@ def load_tools(
         specs = data.get("tool", data.get("tools"))
         if not isinstance(specs, list) or not specs:
             raise ManifestError(f"{file}: no tools declared (a 'tool' list of tables/objects)")
-        defaults = {key: data[key] for key in ("runtime", "entry", "timeout", "output_type") if key in data}
+        defaults = {
+            key: data[key]
+            for key in ("runtime", "entry", "timeout", "output_type", "where", "labels")
+            if key in data
+        }
         for index, raw in enumerate(specs):
             if not isinstance(raw, dict):
                 raise ManifestError(f"{file}: tool #{index + 1} is not a table/object")
@@ -253,15 +350,17 @@ def load_tools(
                 raise ManifestError(f"{label}: missing {', '.join(missing)}")
             if spec["name"] in seen:
                 raise ManifestError(f"{label}: the name is already declared in {seen[spec['name']]}")
+            remote = spec.get("where") == "remote"
             entry = Path(spec["entry"])
-            spec["entry"] = str(entry if entry.is_absolute() else (file.parent / entry).resolve())
+            if not remote:  # a remote entry is a path in the worker's tools directory, kept as written
+                spec["entry"] = str(entry if entry.is_absolute() else (file.parent / entry).resolve())
             try:
                 tool = RuntimeTool(**spec, runtimes=runtimes)
             except ManifestError as exc:
                 raise ManifestError(f"{file}: {exc}") from exc
             except LookupError as exc:  # an unknown runtime
                 raise ManifestError(f"{label}: {exc}") from exc
-            if check_entries:
+            if check_entries and not remote:
                 problem = runtimes.get_runtime(tool.runtime).problem(tool.entry)
                 if problem is not None:
                     raise ManifestError(f"{label}: {problem}")
