@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTHONS ?= 3.10 3.11 3.12 3.13
 SKIP_PYTHONS ?=
 
-.PHONY: demo test pytest test-pythons lint format bench clean phoenix peer-test
+.PHONY: demo test pytest test-pythons lint format bench clean phoenix peer-test proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ lint: $(STAMP)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
+
+# Regenerate async_task_system/remote/_proto from proto/*.proto with the pinned grpcio-tools (a test
+# checks that the committed files are exactly what it generates).
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
