@@ -46,7 +46,7 @@ def test_an_empty_database_is_upgraded_to_head_and_the_models_match_the_migratio
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             tables = set(sa.inspect(connection).get_table_names())
-        assert {"tasks", "journal_tasks", "id_prefixes", "alembic_version"} <= tables
+        assert {"tasks", "agents", "log_events", "journal_tasks", "id_prefixes", "alembic_version"} <= tables
         store.upgrade()  # at head already: nothing to do
         assert store.current_revision() == _head()
     finally:
