@@ -115,10 +115,6 @@ def error_response(
 # ---------------------------------------------------------------------------------------------- guard
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class RequestGuard:
     """ASGI middleware: the token, then the body size, before the app reads a byte of the body."""
 
@@ -126,6 +122,7 @@ class RequestGuard:
         self.app = app
         self.token = token.encode()
         self.max_body_bytes = max_body_bytes
+        self.drain_bytes = 4 * max_body_bytes
         self.public = public
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -153,31 +150,48 @@ class RequestGuard:
                 )
                 return
             if int(length) > self.max_body_bytes:
+                if int(length) <= self.drain_bytes:
+                    await self._drain(receive, 0)
                 await self._too_large(scope, receive, send)
                 return
-        started = False
+        started = False  # the app began its response
+        refused = False  # we answered 413 ourselves: the app's own answer is dropped
         received = 0
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not refused:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge
+                    if not started:
+                        refused = True
+                        if message.get("more_body"):
+                            await self._drain(receive, received)
+                        await self._too_large(scope, receive, send)
+                    return {"type": "http.disconnect"}  # the app stops reading
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._too_large(scope, receive, send)
+        await self.app(scope, limited_receive, tracking_send)
+
+    async def _drain(self, receive: Any, received: int) -> None:
+        """Read and drop the rest of a refused body, up to ``drain_bytes``: a client still sending when
+        the connection closes would get a reset instead of the 413 (past that, it does)."""
+        while received <= self.drain_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            received += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
 
     async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
         await error_response(
