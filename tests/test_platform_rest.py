@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -142,22 +143,30 @@ def test_labels_selector_env_and_agent_states(fleet, workers):
 
 def test_cancel_kills_the_script_and_a_finished_task_cannot_be_cancelled(fleet, tmp_path):
     platform, http = fleet
-    marker = tmp_path / "still-running"
-    script = f"echo started; sleep 3; touch {marker}"
-    task = post_task(http, agent_id="a1", type="shell", script=script, timeout=30)
+    pidfile = tmp_path / "pid"
+    script = f"echo $$ > {pidfile}; echo started; exec sleep 60"
+    task = post_task(http, agent_id="a1", type="shell", script=script, timeout=120)
     with http.stream("GET", f"/tasks/{task['task_id']}/logs") as response:
         for _id, event, data in read_events(response):
             if event == "log":
                 assert json.loads(data)["line"] == "started"
                 break
+    pid = int(pidfile.read_text())
     cancelled = http.post(f"/tasks/{task['task_id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["cancelled"] is True
     again = http.post(f"/tasks/{task['task_id']}/cancel")
     assert again.status_code == 409 and again.json()["error"] == "task already finished"
     assert http.post("/tasks/nope/cancel").status_code == 404
-    time.sleep(4)  # longer than the script would have needed: it was killed, so the file never appears
-    assert not marker.exists()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the worker kills the script's process group
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the cancelled script is still running")
 
 
 def test_live_log_resumes_after_last_event_id(fleet):
@@ -271,3 +280,25 @@ def test_wrong_token_everywhere(fleet):
         for method, path in (("GET", "/tasks"), ("POST", "/tasks"), ("GET", "/agents"), ("GET", "/timeline")):
             response = stranger.request(method, path)
             assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_the_dashboard_directory_is_served_without_a_token_when_present(tmp_path, monkeypatch):
+    import httpx
+
+    from async_task_system.platform import rest
+
+    board = tmp_path / "dashboard"
+    board.mkdir()
+    (board / "index.html").write_text("<html>fleet board</html>")
+    (board / "app.js").write_text("// calls the REST API with the token the user enters")
+    monkeypatch.setattr(rest, "DASHBOARD", board)
+    with running_platform(f"sqlite:///{tmp_path / 'p.db'}") as platform:
+        root = httpx.get(f"{platform.http_url}/", follow_redirects=False)
+        assert root.status_code in (302, 307) and root.headers["location"] == "/dashboard/"
+        page = httpx.get(f"{platform.http_url}/dashboard/")
+        assert page.status_code == 200 and "fleet board" in page.text
+        assert httpx.get(f"{platform.http_url}/dashboard/app.js").status_code == 200
+        assert httpx.get(f"{platform.http_url}/tasks").status_code == 401  # the API still needs the token
+    monkeypatch.setattr(rest, "DASHBOARD", tmp_path / "absent")
+    with running_platform(f"sqlite:///{tmp_path / 'q.db'}") as platform:
+        assert httpx.get(f"{platform.http_url}/dashboard/").status_code == 401  # nothing public to serve

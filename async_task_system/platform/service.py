@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import Target
-from ..errors import AsyncTaskSystemError
+from ..errors import AsyncTaskSystemError, ManagerClosedError, TaskValidationError
 from ..manager import TaskManager, get_current_task_id
 from ..remote.bridge import REMOTE_TARGET_NAME, RemoteExecutionManager
 from ..tasks import TaskInfo, TaskKind, TaskStatus
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Platform",
     "PlatformError",
+    "NoAgentAvailable",
     "RecordWriter",
     "LogBroker",
     "SCRIPT_TARGET",
@@ -633,7 +634,12 @@ class Platform:
             "type": type, "script": script, "timeout": timeout if timeout is not None else self.default_timeout,
             "agent_id": agent_id, "labels": dict(labels) if labels else None, "env": dict(env) if env else None,
         }  # fmt: skip
-        task_id = manager.submit(TaskKind.REMOTE, SCRIPT_TARGET, arguments, retries=retries)
+        try:
+            task_id = manager.submit(TaskKind.REMOTE, SCRIPT_TARGET, arguments, retries=retries)
+        except TaskValidationError as exc:
+            raise PlatformError(422, f"invalid request: {exc}") from None
+        except ManagerClosedError:
+            raise PlatformError(503, "the platform is shutting down") from None
         writer.flush()
         record = store.tasks.get(task_id)
         return record.to_dict() if record is not None else {"task_id": task_id, "status": "pending"}
