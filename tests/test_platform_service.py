@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 
+import pytest
 from _platform import (  # noqa: F401  (fixtures)
     client,
     hub_url,
@@ -190,3 +191,36 @@ def test_router_listeners_hear_joins_and_leaves_and_a_failing_one_is_only_logged
     assert heard[0][1]["name"] == "w1" and heard[0][1]["max_concurrent"] == 2 and "reason" not in heard[0][1]
     assert heard[1][1]["reason"] == "connection closed" and heard[1][1]["capabilities"] == ["shell"]
     assert "worker joined listener failed" in caplog.text and router.has_worker("w2")
+
+
+def _worker_labels_built() -> bool:
+    from async_task_system.remote.router import Worker
+
+    return "labels" in Worker.__slots__
+
+
+@pytest.mark.skipif(not _worker_labels_built(), reason="worker labels not built (the gRPC branch adds them)")
+def test_a_label_selector_picks_a_matching_agent_per_attempt(tmp_path, transport, workers):
+    with running_platform(f"sqlite:///{tmp_path / 'p.db'}") as platform, client(platform) as http:
+        url = hub_url(platform, transport)
+        for name, zone in (("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us")):
+            workers.start(url, name, "--label", f"zone={zone}")
+        assert platform.router.wait_for_workers(3, timeout=30)
+        us = post_task(http, labels={"zone": "us"}, type="shell", script="echo us")
+        assert wait_end(http, us["task_id"])[1]["agent_id"] == "us-1"
+        eu = post_task(
+            http, labels={"zone": "eu"}, type="shell", script="echo go; sleep 2; echo done", retries=1
+        )
+        _first_line(http, eu["task_id"])
+        platform.writer.flush()
+        first = http.get(f"/tasks/{eu['task_id']}").json()["agent_id"]
+        assert first in ("eu-1", "eu-2") and eu["labels"] == {"zone": "eu"}
+        gone, _info = _left_event(platform, first)
+        workers.processes[first].send_signal(signal.SIGKILL)
+        assert gone.wait(30)
+        _lines, record = wait_end(http, eu["task_id"])
+        assert record["status"] == "completed" and record["attempt"] == 2
+        assert record["agent_id"] == ({"eu-1", "eu-2"} - {first}).pop()
+        agents = {a["agent_id"]: a for a in http.get("/agents").json()}
+        assert agents["us-1"]["labels"] == {"zone": "us"} and agents["us-1"]["transport"] == transport
+        assert agents[first]["state"] == "offline" and agents[first]["labels"] == {"zone": "eu"}

@@ -436,6 +436,7 @@ class Platform:
         self._owns_manager = manager is None
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
+        self._chosen: dict[str, str] = {}  # task id -> the agent its current attempt was sent to
         self._removers: list[Callable[[], None]] = []
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
@@ -770,10 +771,8 @@ class Platform:
                 agent = min(
                     found, key=lambda w: (w["in_flight"] / max(1, w["max_concurrent"]), w["assigned"])
                 )["name"]
-            with self._lock:
-                live = self._live.get(task_id)
-                if live is not None:
-                    live.agent_id = agent
+            with self._lock:  # the listener may not have seen this task yet: keep the choice apart
+                self._chosen[task_id] = agent
             assert self.bridge is not None
             self.bridge.suspend(
                 task_id, arguments["script"], arguments.get("timeout"), language=language, worker=agent,
@@ -793,7 +792,7 @@ class Platform:
     # ------------------------------------------------------------------ listeners (any thread)
 
     def _on_task(self, info: TaskInfo) -> None:
-        if info.kind is not TaskKind.REMOTE or info.name not in (SCRIPT_TARGET, REMOTE_TARGET_NAME):
+        if not _recorded(info):
             return
         writer = self.writer
         if writer is None:
@@ -817,9 +816,13 @@ class Platform:
                     if first:
                         fields.update(queued_at=time.time(), started_at=info.started_at)
             elif status is TaskStatus.WAITING_REMOTE:
-                live.status = "dispatched"
-                fields.update(status="dispatched", dispatched_at=time.time(), agent_id=live.agent_id)
+                live.agent_id = self._chosen.get(info.id, live.agent_id)
+                fields.update(dispatched_at=time.time(), agent_id=live.agent_id)
+                if live.status in ("pending", "queued"):  # not "running": its output may have come first
+                    live.status = "dispatched"
+                    fields["status"] = "dispatched"
             else:
+                live.agent_id = self._chosen.pop(info.id, live.agent_id)
                 fields.update(self._final_fields(info, live))
                 self._live.pop(info.id, None)
             if status is not TaskStatus.PENDING or info.attempts:
@@ -921,9 +924,14 @@ class Platform:
         with self._lock:
             live = self._live.get(task_id)
             if live is None:
-                return
+                # Task events reach listeners in order but possibly later than output lines reach
+                # this one (another thread may be delivering): start the record from the manager.
+                info = self._check(task_id)
+                if info is None or not _recorded(info) or info.status.is_terminal:
+                    return
+                live = self._new_record(info, writer)
             fields: dict[str, Any] = {}
-            if live.status == "dispatched":
+            if live.status in ("pending", "queued", "dispatched"):
                 live.status = "running"
                 fields.update(status="running", updated_at=now)
             if live.request_id != request_id:
@@ -952,6 +960,12 @@ class Platform:
                 writer.update(task_id, fields)
         if line is not None:
             self.broker.publish(task_id, "log", (seq, payload))
+
+    def _check(self, task_id: str) -> TaskInfo | None:
+        try:
+            return self.manager.check(task_id) if self.manager is not None else None
+        except Exception:  # unknown or dropped: not a task to record
+            return None
 
     def _on_agent(self, event: str, info: dict[str, Any]) -> None:
         writer = self.writer
@@ -982,6 +996,11 @@ class Platform:
 
     def __repr__(self) -> str:
         return f"<Platform {self.http_url} ws={self.ws_url} grpc={self.grpc_url}>"
+
+
+def _recorded(info: TaskInfo) -> bool:
+    """Whether the platform keeps a record of this task: REST scripts and ``remote_execute`` commands."""
+    return info.kind is TaskKind.REMOTE and info.name in (SCRIPT_TARGET, REMOTE_TARGET_NAME)
 
 
 def _error_fields(info: TaskInfo) -> dict[str, Any]:
