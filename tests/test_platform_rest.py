@@ -302,3 +302,20 @@ def test_the_dashboard_directory_is_served_without_a_token_when_present(tmp_path
     monkeypatch.setattr(rest, "DASHBOARD", tmp_path / "absent")
     with running_platform(f"sqlite:///{tmp_path / 'q.db'}") as platform:
         assert httpx.get(f"{platform.http_url}/dashboard/").status_code == 401  # nothing public to serve
+
+
+def test_an_idle_live_log_gets_keepalive_comments(tmp_path, workers):
+    with (
+        running_platform(f"sqlite:///{tmp_path / 'p.db'}", sse_keepalive=0.2) as platform,
+        client(platform) as http,
+    ):
+        workers.start(platform.ws_url, "a1")
+        assert platform.router.wait_for_workers(1, timeout=30)
+        task = post_task(http, agent_id="a1", type="shell", script="sleep 1.5; echo late", timeout=20)
+        seen = []
+        with http.stream("GET", f"/tasks/{task['task_id']}/logs") as response:
+            for line in response.iter_lines():
+                seen.append(line)
+                if line.startswith("event: end"):
+                    break
+        assert ": keepalive" in seen[: seen.index("event: log")]  # before the first line, while it slept
