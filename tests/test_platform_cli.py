@@ -22,7 +22,7 @@ class PlatformProcess:
 
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "async_task_system", "platform", "--no-grpc", *args],
+            [sys.executable, "-m", "async_task_system", "platform", "--grpc-port", "0", *args],
             env={**os.environ, "ASYNC_AGENT_TOKEN": TOKEN},
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -120,7 +120,7 @@ def test_sigkill_of_the_platform_mid_task_then_restart_on_the_same_database(data
 def test_a_generated_token_is_printed_once_and_guards_the_api(tmp_path, cleanup):
     env_free = {k: v for k, v in os.environ.items() if k != "ASYNC_AGENT_TOKEN"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "async_task_system", "platform", "--no-grpc", "--db", f"sqlite:///{tmp_path / 'x.db'}",
+        [sys.executable, "-m", "async_task_system", "platform", "--grpc-port", "0", "--db", f"sqlite:///{tmp_path / 'x.db'}",
          "--http-port", "0", "--ws-port", "0"],
         env=env_free, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
