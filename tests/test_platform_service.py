@@ -126,9 +126,10 @@ def test_remote_execute_from_an_llm_agent_lands_in_the_same_records(tmp_path, wo
     assert records["rest"]["stdout"] == "from-rest\n"
 
 
-def test_output_and_log_lines_are_bounded_per_task(tmp_path, workers):
+def test_output_log_lines_and_finished_tasks_in_memory_are_bounded(tmp_path, workers):
     db = f"sqlite:///{tmp_path / 'p.db'}"
-    with running_platform(db, max_log_lines=5, max_output_chars=100) as platform, client(platform) as http:
+    options = {"max_log_lines": 5, "max_output_chars": 100, "retention": 2}
+    with running_platform(db, **options) as platform, client(platform) as http:
         workers.start(platform.ws_url, "a1")
         assert platform.router.wait_for_workers(1, timeout=30)
         task = post_task(http, agent_id="a1", type="python", script="for i in range(50): print('x' * 10, i)")
@@ -137,6 +138,12 @@ def test_output_and_log_lines_are_bounded_per_task(tmp_path, workers):
         assert record["log_truncated"] is True and record["truncated"] is True
         assert record["status"] == "completed" and len(record["stdout"]) == 100
         assert len(platform.store.logs.after(task["task_id"])) == 5
+        for _ in range(4):
+            wait_end(http, post_task(http, agent_id="a1", type="shell", script="true")["task_id"])
+        platform.writer.flush()
+        assert platform.manager.get_statistics()["retained"] <= 2  # the manager forgets finished REST tasks
+        assert http.get("/tasks").headers["X-Total-Count"] == "5"  # the store does not
+        assert http.get(f"/tasks/{task['task_id']}").json()["status"] == "completed"
 
 
 def test_a_new_platform_reaps_what_a_dead_one_left_unfinished(database_url):

@@ -377,6 +377,8 @@ class Platform:
         sse_keepalive: seconds between ``: keepalive`` comments on an idle log stream.
         default_timeout: seconds a script may run when a REST request gives none.
         heartbeat_interval, heartbeat_timeout, max_message_bytes, register_timeout: the hubs' limits.
+        retention: finished REST tasks the platform's own manager keeps in memory (their records stay
+            in the store); a manager passed in keeps its own setting.
 
     ``start()`` opens everything (and reaps records a dead platform left unfinished), ``stop()``
     closes it; a ``with`` block does both.
@@ -404,8 +406,10 @@ class Platform:
         heartbeat_timeout: float = 15.0,
         max_message_bytes: int = 1 << 20,
         register_timeout: float = 10.0,
+        retention: int = 1000,
     ) -> None:
         self.db = db
+        self.retention = retention
         self.token = token or secrets.token_urlsafe(24)
         self.host = host
         self.http_port = http_port
@@ -509,7 +513,7 @@ class Platform:
     def _open_manager(self, store: Store) -> TaskManager:
         given = self._given
         if given is None:
-            return TaskManager(max_workers=8, id_prefix=_reserve_prefix(store))
+            return TaskManager(max_workers=8, retention=self.retention, id_prefix=_reserve_prefix(store))
         manager = getattr(given, "task_manager", given)
         if not isinstance(manager, TaskManager):
             raise TypeError(f"manager must be a TaskManager or an AsyncAgent, got {type(given).__name__}")
@@ -827,6 +831,10 @@ class Platform:
                 self._live.pop(info.id, None)
             if status is not TaskStatus.PENDING or info.attempts:
                 writer.update(info.id, fields, ended=ended)
+        if ended and info.name == SCRIPT_TARGET:
+            # A REST task's outcome lives in the store: reading it here lets the manager drop it from
+            # memory past its retention (a task nobody read is kept forever). The LLM reads its own.
+            self._check(info.id)
 
     def _new_record(self, info: TaskInfo, writer: RecordWriter) -> _Live:
         """Start tracking a task and queue its row (lock held)."""
