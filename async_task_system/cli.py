@@ -34,6 +34,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "async_task_system.remote.cli",
         "Run a remote-execution hub; optionally start workers and run commands through it.",
     ),
+    "platform": (
+        "async_task_system.platform.cli",
+        "Run the fleet platform: task store, WebSocket and gRPC hubs, REST API (seed 002).",
+    ),
 }
 
 

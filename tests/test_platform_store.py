@@ -46,7 +46,7 @@ def test_an_empty_database_is_upgraded_to_head_and_the_models_match_the_migratio
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             tables = set(sa.inspect(connection).get_table_names())
-        assert {"tasks", "journal_tasks", "id_prefixes", "alembic_version"} <= tables
+        assert {"tasks", "agents", "log_events", "journal_tasks", "id_prefixes", "alembic_version"} <= tables
         store.upgrade()  # at head already: nothing to do
         assert store.current_revision() == _head()
     finally:
@@ -207,3 +207,51 @@ def _dead_pid() -> int:
     process.wait()
     assert process.pid != os.getpid()
     return process.pid
+
+
+def test_agents_log_events_and_platform_task_queries(database_url):
+    from async_task_system.platform.store import write_records
+
+    store = Store(database_url)
+    try:
+        row = {
+            "agent_id": "a1", "labels": {"zone": "eu"}, "capabilities": ["shell"], "capacity": 2, "version": "1",
+            "transport": "ws", "state": "online", "first_seen": 100.0, "last_seen": 100.0, "connected_at": 100.0,
+            "disconnected_at": None, "last_reason": None,
+        }  # fmt: skip
+        store.agents.upsert([row])
+        store.agents.upsert([{**row, "state": "offline", "first_seen": 200.0, "last_reason": "gone"}])
+        agent = store.agents.get("a1")
+        assert (agent.state, agent.last_reason, agent.labels) == ("offline", "gone", {"zone": "eu"})
+        assert agent.first_seen.timestamp() == 100.0  # kept from the first insert
+        store.agents.upsert([row])
+        assert store.agents.mark_all_offline("restarted") == 1 and store.agents.list("online") == []
+
+        store.tasks.create("t1", "shell", "echo", agent_id="a1", source="llm", retries=2)
+        store.tasks.create("t2", "python", "print()", agent_id="a1")
+        write_records(
+            store,
+            new_tasks=[],
+            task_updates={"t1": {"status": "running"}},
+            log_rows=[
+                {"task_id": "t1", "seq": n, "stream": "stdout", "line": f"l{n}", "ts": 1.0} for n in (1, 2, 3)
+            ],
+        )
+        store.logs.append(
+            [{"task_id": "t1", "seq": 2, "stream": "stdout", "line": "again", "ts": 1.0}]
+        )  # kept
+        assert [(e.seq, e.line) for e in store.logs.after("t1", 1)] == [(2, "l2"), (3, "l3")]
+        assert (
+            store.tasks.count(type="python") == 1 and store.tasks.count(agent_id="a1", status="running") == 1
+        )
+        assert store.tasks.get("t1").source == "llm" and store.tasks.get("t1").retries == 2
+        assert sorted(store.tasks.reap("platform died")) == ["t1", "t2"]
+        dead = store.tasks.get("t1")
+        assert (dead.status, dead.lost, dead.error_type, dead.error) == (
+            "lost",
+            True,
+            "interrupted",
+            "platform died",
+        )
+    finally:
+        store.close()

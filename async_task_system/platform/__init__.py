@@ -1,15 +1,18 @@
-"""The fleet platform's persistence (seed 002): one store and the durable journal of a TaskManager.
+"""The fleet platform (seed 002): one store, the durable journal of a TaskManager, the platform service.
 
 ``store`` holds the SQLAlchemy models, the Alembic-migrated :class:`~.store.Store` and small
-repositories (:class:`~.store.PlatformTasks`, :class:`~.store.JournalRecords`,
-:class:`~.store.IdPrefixes`) that the transports and the REST API build on; ``journal`` is the
-``journal`` extension of a TaskManager (``TaskManager(journal=URL)``). Both need the ``platform``
-extra (SQLAlchemy, Alembic, psycopg); nothing here is imported by the core or by a worker.
+repositories (:class:`~.store.PlatformTasks`, :class:`~.store.PlatformAgents`,
+:class:`~.store.LogEvents`, :class:`~.store.JournalRecords`, :class:`~.store.IdPrefixes`);
+``journal`` is the ``journal`` extension of a TaskManager (``TaskManager(journal=URL)``);
+``service`` is :class:`~.service.Platform` (store + manager + WebSocket and gRPC hubs + REST API),
+``rest`` its FastAPI app, ``cli`` the ``async-agent platform`` command. They need the ``platform``
+extra (SQLAlchemy, Alembic, psycopg, FastAPI, uvicorn); nothing here is imported by the core or by a
+worker.
 """
 
 from __future__ import annotations
 
-__all__ = ["Store", "Journal", "RecoveryReport"]
+__all__ = ["Store", "Journal", "RecoveryReport", "Platform", "create_app"]
 
 
 def __getattr__(name: str) -> object:
@@ -18,6 +21,14 @@ def __getattr__(name: str) -> object:
         from .store import Store
 
         return Store
+    if name == "Platform":
+        from .service import Platform
+
+        return Platform
+    if name == "create_app":
+        from .rest import create_app
+
+        return create_app
     if name in ("Journal", "RecoveryReport"):
         from . import journal
 

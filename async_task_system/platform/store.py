@@ -6,7 +6,7 @@ a :class:`Store` brings the schema to the newest Alembic revision shipped in ``m
 (programmatic configuration: no ``alembic.ini`` is needed), under a lock so that several processes
 opening one database at once migrate it once.
 
-Three tables:
+Five tables:
 
 * ``tasks`` -- seed 002's task record (a shell or Python script sent to a fleet agent) plus what
   operators need: attempt, queued/dispatched times, cancelled / timed_out / lost flags, a truncated
@@ -14,6 +14,10 @@ Three tables:
 * ``journal_tasks`` -- the latest state of every task of every TaskManager with a journal
   (:mod:`.journal`); :class:`JournalRecords`. Status ``interrupted`` exists only here: a task whose
   manager died while it was in flight.
+* ``agents`` -- every fleet agent (worker daemon) the platform has seen: labels, capacity, version,
+  transport, online/offline and when (:class:`PlatformAgents`).
+* ``log_events`` -- tasks' output lines numbered per task, for live logs that resume after a
+  reconnect (:class:`LogEvents`).
 * ``id_prefixes`` -- one row per manager's id prefix (``task_k3m9_``), unique, so task ids never
   collide across managers or restarts; the row's host, pid, heartbeat and close time tell a dead
   manager from a live one (:class:`IdPrefixes`).
@@ -49,14 +53,20 @@ __all__ = [
     "PLATFORM_STATUSES",
     "Base",
     "PlatformTask",
+    "PlatformAgent",
+    "LogEvent",
     "JournalTask",
     "IdPrefix",
     "Store",
     "PlatformTasks",
+    "PlatformAgents",
+    "LogEvents",
     "JournalRecords",
     "IdPrefixes",
     "cap_text",
     "utcnow",
+    "write_records",
+    "TERMINAL_STATUSES",
 ]
 
 DEFAULT_URL = "sqlite:///async_task_system.db"
@@ -70,6 +80,9 @@ LIVE_STATUSES = ("pending", "running", "waiting_remote")
 PLATFORM_STATUSES = (
     "pending", "queued", "dispatched", "running", "completed", "failed", "cancelled", "timed_out", "lost",
 )  # fmt: skip
+
+#: Statuses a platform task ends in.
+TERMINAL_STATUSES = ("completed", "failed", "cancelled", "timed_out", "lost")
 
 _UTC = dt.timezone.utc
 _NAMING = {
@@ -156,21 +169,70 @@ class PlatformTask(Base):
     cancelled: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     timed_out: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     lost: Mapped[bool] = mapped_column(sa.Boolean, default=False)  # its agent stopped answering
-    labels: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    labels: Mapped[dict[str, Any]] = mapped_column(
+        sa.JSON, default=dict
+    )  # the label selector it was sent with
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     queued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # revision 0002
+    source: Mapped[str] = mapped_column(sa.String(16), default="rest", server_default="rest")  # rest | llm
+    error_type: Mapped[str | None] = mapped_column(sa.String(64))  # worker_lost, timeout, interrupted, ...
+    retries: Mapped[int] = mapped_column(
+        sa.Integer, default=0, server_default="0"
+    )  # attempts allowed after the first
+    request_id: Mapped[str | None] = mapped_column(sa.String(64))  # the remote request of the latest attempt
+    log_truncated: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (times as ISO 8601 strings), the shape seed 002's REST API returns."""
-        out: dict[str, Any] = {}
-        for column in self.__table__.columns:
-            value = getattr(self, column.key)
-            out[column.key] = value.isoformat() if isinstance(value, dt.datetime) else value
-        return out
+        return _row_dict(self)
+
+
+class PlatformAgent(Base):
+    """A fleet agent (a worker daemon) the platform has seen, and whether it is connected now."""
+
+    __tablename__ = "agents"
+
+    agent_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    capabilities: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # shell, python
+    capacity: Mapped[int] = mapped_column(sa.Integer, default=1)  # scripts it runs at once
+    version: Mapped[str | None] = mapped_column(sa.String(64))
+    transport: Mapped[str | None] = mapped_column(sa.String(8))  # ws | grpc
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)  # online | offline
+    first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    connected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    disconnected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_reason: Mapped[str | None] = mapped_column(sa.Text)  # why it last disconnected
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view (times as ISO 8601 strings)."""
+        return _row_dict(self)
+
+
+class LogEvent(Base):
+    """One output line of a platform task, numbered per task from 1 (the SSE event id)."""
+
+    __tablename__ = "log_events"
+
+    task_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    stream: Mapped[str] = mapped_column(sa.String(8))  # stdout | stderr
+    line: Mapped[str] = mapped_column(sa.Text)
+    ts: Mapped[float] = mapped_column(sa.Float)  # POSIX seconds
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for column in row.__table__.columns:
+        value = getattr(row, column.key)
+        out[column.key] = value.isoformat() if isinstance(value, dt.datetime) else value
+    return out
 
 
 class JournalTask(Base):
@@ -286,8 +348,8 @@ class Store:
             it (``upgrade()`` later, or manage it with Alembic yourself).
         busy_timeout: seconds a SQLite writer waits for another one before failing.
 
-    ``store.tasks``, ``store.journal`` and ``store.prefixes`` are the repositories; ``store.session()``
-    a SQLAlchemy session for anything else. ``close()`` disposes of the connection pool.
+    ``store.tasks``, ``store.agents``, ``store.logs``, ``store.journal`` and ``store.prefixes`` are the
+    repositories; ``store.session()`` a SQLAlchemy session for anything else. ``close()`` disposes of the connection pool.
     """
 
     def __init__(
@@ -307,6 +369,8 @@ class Store:
         self.engine = _make_engine(self.url, schema, busy_timeout, echo)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.tasks = PlatformTasks(self)
+        self.agents = PlatformAgents(self)
+        self.logs = LogEvents(self)
         self.journal = JournalRecords(self)
         self.prefixes = IdPrefixes(self)
         if upgrade:
@@ -497,6 +561,8 @@ class PlatformTasks:
         timeout: float | None = None,
         labels: Mapping[str, Any] | None = None,
         status: str = "pending",
+        source: str = "rest",
+        retries: int = 0,
     ) -> PlatformTask:
         """Store a new task (``type`` is ``shell`` or ``python``); ``IntegrityError`` if the id exists."""
         if type not in ("shell", "python"):
@@ -507,7 +573,7 @@ class PlatformTasks:
         task = PlatformTask(
             task_id=task_id, agent_id=agent_id, type=type, script=cap_text(script), timeout=timeout,
             status=status, labels=dict(labels or {}), created_at=now, updated_at=now,
-            queued_at=now if status == "queued" else None,
+            queued_at=now if status == "queued" else None, source=source, retries=retries,
         )  # fmt: skip
         with self.store.session() as session:
             session.add(task)
@@ -523,19 +589,48 @@ class PlatformTasks:
         *,
         agent_id: str | None = None,
         status: str | Iterable[str] | None = None,
+        type: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[PlatformTask]:
-        """Tasks, newest first, optionally of one agent and of some statuses; ``limit``/``offset`` page."""
-        query = sa.select(PlatformTask)
-        if agent_id is not None:
-            query = query.where(PlatformTask.agent_id == agent_id)
-        if status is not None:
-            statuses = [status] if isinstance(status, str) else list(status)
-            query = query.where(PlatformTask.status.in_(statuses))
+        """Tasks, newest first, optionally of one agent, of some statuses, of one type; ``limit``/``offset`` page."""
+        query = _task_filters(sa.select(PlatformTask), agent_id, status, type)
         query = query.order_by(PlatformTask.created_at.desc(), PlatformTask.task_id.desc())
         with self.store.sessions() as session:
             return list(session.scalars(query.limit(limit).offset(offset)))
+
+    def count(
+        self,
+        *,
+        agent_id: str | None = None,
+        status: str | Iterable[str] | None = None,
+        type: str | None = None,
+    ) -> int:
+        """How many tasks :meth:`list` would page through with the same filters."""
+        query = _task_filters(sa.select(sa.func.count()).select_from(PlatformTask), agent_id, status, type)
+        with self.store.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def reap(self, message: str, error_type: str = "interrupted") -> list[str]:
+        """End every unfinished task as ``lost`` (their platform died with them in flight); returns their ids."""
+        now = utcnow()
+        live = ("pending", "queued", "dispatched", "running")
+        with self.store.session() as session:
+            ids = list(session.scalars(sa.select(PlatformTask.task_id).where(PlatformTask.status.in_(live))))
+            if ids:
+                session.execute(
+                    sa.update(PlatformTask)
+                    .where(PlatformTask.task_id.in_(ids), PlatformTask.status.in_(live))
+                    .values(
+                        status="lost",
+                        lost=True,
+                        error=message,
+                        error_type=error_type,
+                        completed_at=now,
+                        updated_at=now,
+                    )  # fmt: skip
+                )
+        return ids
 
     def update(self, task_id: str, **fields: Any) -> bool:
         """Set columns of one task (``status="running", started_at=utcnow()``); False if there is none."""
@@ -590,6 +685,120 @@ class PlatformTasks:
                     .values(status="lost", lost=True, error=message, completed_at=now, updated_at=now)
                 )
         return ids
+
+
+def _task_filters(
+    query: Any, agent_id: str | None, status: str | Iterable[str] | None, type: str | None
+) -> Any:
+    if agent_id is not None:
+        query = query.where(PlatformTask.agent_id == agent_id)
+    if status is not None:
+        query = query.where(PlatformTask.status.in_([status] if isinstance(status, str) else list(status)))
+    if type is not None:
+        query = query.where(PlatformTask.type == type)
+    return query
+
+
+class PlatformAgents:
+    """The agents table: written when a worker joins or leaves, read by ``GET /agents``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.table: sa.Table = PlatformAgent.__table__  # type: ignore[assignment]
+
+    def upsert(self, rows: Sequence[Mapping[str, Any]], connection: Connection | None = None) -> None:
+        """Insert or overwrite agents (one row per agent id; ``first_seen`` is kept from the first insert)."""
+        if not rows:
+            return
+        if connection is not None:
+            _upsert(connection, self.table, rows, keep=("first_seen",))
+            return
+        with self.store.engine.begin() as own:
+            _upsert(own, self.table, rows, keep=("first_seen",))
+
+    def get(self, agent_id: str) -> PlatformAgent | None:
+        """One agent, or ``None`` if it never connected."""
+        with self.store.sessions() as session:
+            return session.get(PlatformAgent, agent_id)
+
+    def list(self, state: str | None = None) -> list[PlatformAgent]:
+        """Every agent ever seen (or those in ``state``), by id."""
+        query = sa.select(PlatformAgent).order_by(PlatformAgent.agent_id)
+        if state is not None:
+            query = query.where(PlatformAgent.state == state)
+        with self.store.sessions() as session:
+            return list(session.scalars(query))
+
+    def mark_all_offline(self, reason: str) -> int:
+        """Set every ``online`` agent ``offline`` (the platform that saw them connected is gone)."""
+        now = utcnow()
+        statement = (
+            sa.update(PlatformAgent)
+            .where(PlatformAgent.state == "online")
+            .values(state="offline", disconnected_at=now, last_reason=reason)
+        )
+        with self.store.engine.begin() as connection:
+            return int(connection.execute(statement).rowcount)
+
+
+class LogEvents:
+    """Tasks' output lines, numbered per task: appended in batches, read back after a sequence number."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def append(self, rows: Sequence[Mapping[str, Any]], connection: Connection | None = None) -> None:
+        """Insert lines (``task_id, seq, stream, line, ts``); a line already stored is skipped."""
+        if not rows:
+            return
+        if connection is not None:
+            _insert_new(connection, LogEvent.__table__, rows)  # type: ignore[arg-type]
+            return
+        with self.store.engine.begin() as own:
+            _insert_new(own, LogEvent.__table__, rows)  # type: ignore[arg-type]
+
+    def after(self, task_id: str, seq: int = 0, limit: int = 1000) -> list[LogEvent]:
+        """Up to ``limit`` lines of ``task_id`` numbered above ``seq``, in order."""
+        query = (
+            sa.select(LogEvent)
+            .where(LogEvent.task_id == task_id, LogEvent.seq > seq)
+            .order_by(LogEvent.seq)
+            .limit(limit)
+        )
+        with self.store.sessions() as session:
+            return list(session.scalars(query))
+
+
+def _insert_new(connection: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows``, skipping those whose primary key exists (one statement, executemany)."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    connection.execute(insert(table).on_conflict_do_nothing(), list(rows))
+
+
+def write_records(
+    store: Store,
+    *,
+    new_tasks: Sequence[Mapping[str, Any]] = (),
+    task_updates: Mapping[str, Mapping[str, Any]] | None = None,
+    log_rows: Sequence[Mapping[str, Any]] = (),
+    agent_rows: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Write one batch of platform changes in one transaction: new task rows (kept if they exist),
+    column updates per task, output lines, agents. The platform's record writer calls this."""
+    with store.engine.begin() as connection:
+        if new_tasks:
+            _insert_new(connection, PlatformTask.__table__, new_tasks)  # type: ignore[arg-type]
+        for task_id, fields in (task_updates or {}).items():
+            connection.execute(
+                sa.update(PlatformTask).where(PlatformTask.task_id == task_id).values(**fields)
+            )
+        if log_rows:
+            _insert_new(connection, LogEvent.__table__, log_rows)  # type: ignore[arg-type]
+        if agent_rows:
+            _upsert(connection, PlatformAgent.__table__, agent_rows, keep=("first_seen",))  # type: ignore[arg-type]
 
 
 class JournalRecords:

@@ -176,6 +176,7 @@ class WorkerRouter:
         self._backlog: dict[str, RemoteRequest] = {}  # waiting for a free worker slot, oldest first
         self._open = False
         self._closed = False
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -230,6 +231,7 @@ class WorkerRouter:
             self._workers[worker.name] = worker
             self._workers_changed.notify_all()
         logger.info("worker %r joined (%s)", worker.name, ", ".join(worker.capabilities))
+        self._announce("joined", self._worker_info(worker))
         self.pump()  # requests waiting for a free slot may go to the newcomer
 
     def has_worker(self, name: str) -> bool:
@@ -239,6 +241,7 @@ class WorkerRouter:
 
     def leave(self, worker: Worker, reason: str) -> list[str]:
         """Forget ``worker`` and fail its in-flight requests with ``worker_lost``; idempotent."""
+        info = self._worker_info(worker) if self._listeners and not worker.dropped else None
         with self._lock:
             if worker.dropped:
                 return []
@@ -258,7 +261,38 @@ class WorkerRouter:
             )
         self.pump()  # waiting requests nobody can run any more fail now
         logger.info("worker %r left: %s", worker.name, reason)
+        if info is not None:
+            self._announce("left", {**info, "reason": reason})
         return lost
+
+    def add_listener(self, callback: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        """Call ``callback(event, info)`` when a worker ``"joined"`` or ``"left"``; returns a remover.
+
+        ``info`` is the worker's dict as in :meth:`workers` (plus ``reason`` for ``"left"``). Callbacks
+        run outside the lock, in the transport's thread (keep them short); exceptions are logged.
+        """
+        with self._lock:
+            self._listeners.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return remove
+
+    def _worker_info(self, worker: Worker) -> dict[str, Any]:
+        """``worker``'s entry of :meth:`workers` (it must still be registered), else its name."""
+        return next((info for info in self.workers() if info["name"] == worker.name), {"name": worker.name})
+
+    def _announce(self, event: str, info: dict[str, Any]) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            try:
+                callback(event, info)
+            except Exception:
+                logger.exception("worker %s listener failed", event)
 
     @staticmethod
     def seen(worker: Worker) -> None:

@@ -1,0 +1,188 @@
+"""Platform throughput: tasks per second through the REST API with 2 agents, against baselines measured
+in the same run on the same 2 worker processes.
+
+    .venv/bin/python benchmarks/bench_platform.py [--tasks 400] [--clients 8] [--db URL]
+
+(``--db postgresql+psycopg://postgres@127.0.0.1:5432/test`` runs in a schema of its own, dropped after.)
+
+Each task is the shell script ``true`` (the worker starts ``/bin/sh`` for it). Three ways in:
+
+  bare        TaskManager + RemoteHub, no platform: ``submit("remote", "remote_execute", ...)``
+  manager     the same submissions to the platform's own manager: every task also recorded in the
+              store (the listener, the batched writer thread)
+  rest        ``POST /tasks`` over HTTP from ``--clients`` threads (keep-alive connections), then
+              every task's end: HTTP parsing, the token check, validation, and a POST that returns
+              only once its record is written
+
+Times run from the first submission to the last task's end. The workers have 8 slots each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+
+from async_task_system import TaskManager
+from async_task_system.platform.service import Platform
+from async_task_system.remote.hub import RemoteHub
+
+TOKEN = "bench-platform-token"
+
+
+def start_workers(url: str) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "async_task_system",
+                "worker",
+                "--hub",
+                url,
+                "--name",
+                name,
+                "--max-concurrent",
+                "8",
+            ],
+            env={**os.environ, "ASYNC_AGENT_TOKEN": TOKEN},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name in ("agent-1", "agent-2")
+    ]
+
+
+def stop(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        worker.terminate()
+        worker.wait(10)
+
+
+def through_manager(manager: TaskManager, n: int) -> float:
+    started = time.perf_counter()
+    ids = [manager.submit("remote", "remote_execute", {"command": "true", "timeout": 60}) for _ in range(n)]
+    result = manager.wait(ids, timeout=600)
+    elapsed = time.perf_counter() - started
+    assert not result.not_done, "tasks left unfinished"
+    return elapsed
+
+
+def bare(n: int) -> float:
+    manager = TaskManager(max_workers=8, retention=10 * n)
+    hub = RemoteHub(manager, token=TOKEN).start()
+    workers = start_workers(hub.url)
+    try:
+        assert hub.wait_for_workers(2, timeout=60)
+        through_manager(manager, 20)  # warm-up
+        return through_manager(manager, n)
+    finally:
+        hub.stop()
+        stop(workers)
+        manager.shutdown()
+
+
+def through_rest(platform: Platform, n: int, clients: int) -> float:
+    ids: list[str] = []
+    lock = threading.Lock()
+    per_client = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+
+    def post(count: int) -> None:
+        with httpx.Client(base_url=platform.http_url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            for number in range(count):
+                body = {
+                    "agent_id": f"agent-{1 + number % 2}",
+                    "type": "shell",
+                    "script": "true",
+                    "timeout": 60,
+                }
+                response = http.post("/tasks", json=body)
+                response.raise_for_status()
+                with lock:
+                    ids.append(response.json()["task_id"])
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=post, args=(count,)) for count in per_client]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert platform.manager is not None
+    result = platform.manager.wait(ids, timeout=600)
+    platform.writer.flush(60)  # every record written
+    elapsed = time.perf_counter() - started
+    assert not result.not_done and len(ids) == n
+    return elapsed
+
+
+def with_platform(db: str, n: int, clients: int) -> tuple[float, float, int]:
+    platform = Platform(db, token=TOKEN, http_port=0, ws_port=0, grpc=False).start()
+    workers = start_workers(platform.ws_url)
+    try:
+        assert platform.router.wait_for_workers(2, timeout=60)
+        assert platform.manager is not None
+        through_manager(platform.manager, 20)  # warm-up
+        manager_time = through_manager(platform.manager, n)
+        platform.writer.flush(60)
+        rest_time = through_rest(platform, n, clients)
+        stored = platform.store.tasks.count()
+        return manager_time, rest_time, stored
+    finally:
+        stop(workers)
+        platform.stop()
+
+
+@contextlib.contextmanager
+def own_schema(db: str) -> Iterator[str]:
+    """A PostgreSQL URL gets a schema of its own for the run (dropped afterwards); SQLite is left as is."""
+    if not db.startswith("postgresql"):
+        yield db
+        return
+    import sqlalchemy as sa
+
+    schema = f"bench_platform_{os.getpid()}"
+    engine = sa.create_engine(db)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{db}{'&' if '?' in db else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=400)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--db", default=None, help="store URL (default: a SQLite file in a temporary directory)"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, own_schema(args.db or f"sqlite:///{tmp}/bench.db") as db:
+        bare_time = bare(args.tasks)
+        manager_time, rest_time, stored = with_platform(db, args.tasks, args.clients)
+    rows: list[tuple[str, float]] = [("bare", bare_time), ("manager", manager_time), ("rest", rest_time)]
+    rate: Callable[[float], float] = lambda seconds: args.tasks / seconds  # noqa: E731
+    print(
+        f"{args.tasks} tasks ('true'), 2 agents x 8 slots, store {db.split('://')[0]}, {args.clients} REST clients"
+    )
+    print(f"  {'way in':<10} {'wall':>9} {'tasks/s':>9} {'vs bare':>8}")
+    for name, seconds in rows:
+        print(f"  {name:<10} {seconds:>8.2f}s {rate(seconds):>9.0f} {rate(seconds) / rate(bare_time):>7.2f}x")
+    print(f"  records stored: {stored} (manager + rest + warm-up)")
+
+
+if __name__ == "__main__":
+    main()
