@@ -4,7 +4,6 @@ and reading a task's live log (SSE) to its end instead of polling its record."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,7 +20,6 @@ pytest.importorskip("sqlalchemy")
 from async_task_system.platform.service import Platform  # noqa: E402
 
 TOKEN = "platform-test-token-1234"
-GRPC_BUILT = importlib.util.find_spec("async_task_system.remote.grpc_hub") is not None
 
 
 @contextlib.contextmanager
@@ -108,9 +106,7 @@ def post_task(http: httpx.Client, **body: Any) -> dict:
 
 @pytest.fixture(name="transport", params=["ws", "grpc"])
 def transport_fixture(request: pytest.FixtureRequest) -> str:
-    """``ws`` or ``grpc`` (skipped while the gRPC hub is not in the tree)."""
-    if request.param == "grpc" and not GRPC_BUILT:
-        pytest.skip("grpc_hub not built")
+    """``ws`` or ``grpc``: every transport-parametrized platform test runs over both."""
     return request.param
 
 

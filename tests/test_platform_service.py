@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 
-import pytest
 from _platform import (  # noqa: F401  (fixtures)
     client,
     hub_url,
@@ -200,13 +199,6 @@ def test_router_listeners_hear_joins_and_leaves_and_a_failing_one_is_only_logged
     assert "worker joined listener failed" in caplog.text and router.has_worker("w2")
 
 
-def _worker_labels_built() -> bool:
-    from async_task_system.remote.router import Worker
-
-    return "labels" in Worker.__slots__
-
-
-@pytest.mark.skipif(not _worker_labels_built(), reason="worker labels not built (the gRPC branch adds them)")
 def test_a_label_selector_picks_a_matching_agent_per_attempt(tmp_path, transport, workers):
     with running_platform(f"sqlite:///{tmp_path / 'p.db'}") as platform, client(platform) as http:
         url = hub_url(platform, transport)

@@ -534,7 +534,7 @@ class Platform:
 
     def _start_grpc(self) -> None:
         try:
-            from ..remote.grpc_hub import GrpcHub  # type: ignore[import-not-found]
+            from ..remote.grpc_hub import GrpcHub
         except ImportError as exc:
             logger.warning("the gRPC transport is not available (%s): serving WebSocket workers only", exc)
             return
