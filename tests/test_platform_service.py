@@ -171,6 +171,31 @@ def test_a_new_platform_reaps_what_a_dead_one_left_unfinished(database_url):
         assert agent["state"] == "offline" and agent["last_reason"] == "the platform restarted"
 
 
+def test_a_second_platform_on_the_same_database_leaves_the_live_ones_tasks_alone(tmp_path, workers):
+    """Reaping is for platforms that are gone: a record of a platform that still runs (its process
+    exists here) is not touched; one of a prefix whose process is gone is reaped; a clean stop marks
+    the prefix closed, so the next start knows at once."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    with running_platform(db) as first, client(first) as http:
+        workers.start(first.ws_url, "a1")
+        assert first.router.wait_for_workers(1, timeout=30)
+        running = post_task(http, agent_id="a1", type="shell", script="echo go; sleep 30", timeout=60)
+        _first_line(http, running["task_id"])
+        store = Store(db)
+        assert store.prefixes.reserve("task_ghost_", pid=2**22 + 12345)  # no such process here
+        store.tasks.create("task_ghost_1", "shell", "sleep 1", agent_id="a1", status="running")
+        store.close()
+        with running_platform(db) as second:
+            assert second.reaped == ["task_ghost_1"]
+        assert http.get(f"/tasks/{running['task_id']}").json()["status"] == "running"
+        prefix = first.manager.id_prefix
+    store = Store(db)
+    try:
+        assert store.prefixes.get(prefix).closed_at is not None  # a clean stop closes the prefix
+    finally:
+        store.close()
+
+
 def test_labels_match_needs_every_selected_label_with_its_value():
     assert labels_match({"zone": "a", "gpu": "yes"}, {"zone": "a"})
     assert not labels_match({"zone": "b"}, {"zone": "a"})

@@ -379,6 +379,10 @@ class Platform:
         heartbeat_interval, heartbeat_timeout, max_message_bytes, register_timeout: the hubs' limits.
         retention: finished REST tasks the platform's own manager keeps in memory (their records stay
             in the store); a manager passed in keeps its own setting.
+        stale_after: at start, unfinished records of a platform that is gone are reaped (marked
+            ``lost``): one whose process no longer exists on this host, that stopped cleanly, or that
+            sent no heartbeat (every ``stale_after / 4`` seconds, at most 10) for this many seconds
+            (another host's). A platform still running on the same database keeps its tasks.
 
     ``start()`` opens everything (and reaps records a dead platform left unfinished), ``stop()``
     closes it; a ``with`` block does both.
@@ -407,8 +411,11 @@ class Platform:
         max_message_bytes: int = 1 << 20,
         register_timeout: float = 10.0,
         retention: int = 1000,
+        stale_after: float = 60.0,
     ) -> None:
         self.db = db
+        self.stale_after = stale_after
+        self.heartbeat_every = min(10.0, stale_after / 4)
         self.retention = retention
         self.token = token or secrets.token_urlsafe(24)
         self.host = host
@@ -446,6 +453,8 @@ class Platform:
         self._http_thread: threading.Thread | None = None
         self._started = False
         self._stopped = False
+        self._stopping = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -483,9 +492,12 @@ class Platform:
         from ..remote.hub import RemoteHub
 
         self.store = store = Store(self.db)
+        # Only what a platform that is gone left unfinished: another one running on this database
+        # (alive: its process exists here, or it heartbeats) keeps its tasks.
         self.reaped = store.tasks.reap(
             "the platform stopped while this task was in flight (its outcome is unknown); "
-            "it was marked lost when the platform started again"
+            "it was marked lost when the platform started again",
+            stale_after=self.stale_after,
         )
         if self.reaped:
             logger.warning(
@@ -494,6 +506,10 @@ class Platform:
         store.agents.mark_all_offline("the platform restarted")
         self.writer = RecordWriter(store, self._committed)
         self.manager = self._open_manager(store)
+        self._heartbeat = threading.Thread(
+            target=self._beat, args=(self.manager.id_prefix,), name="platform-heartbeat", daemon=True
+        )
+        self._heartbeat.start()
         self.bridge = self.manager.remote_manager
         self.bridge.default_timeout = self.default_timeout
         self.manager.register_target(self._script_target())
@@ -597,8 +613,24 @@ class Platform:
         self._removers.clear()
         if self.writer is not None:
             self.writer.close(timeout)
+        self._stopping.set()
         if self.store is not None:
+            if self._heartbeat is not None:
+                self._heartbeat.join(timeout)
+            if self._owns_manager and self.manager is not None:
+                try:  # a clean stop: the next platform need not wait to know this one is gone
+                    self.store.prefixes.close(self.manager.id_prefix)
+                except Exception:
+                    logger.warning("could not mark the platform's id prefix closed", exc_info=True)
             self.store.close()
+
+    def _beat(self, prefix: str) -> None:
+        """Tell other platforms on this database that this one is alive (see ``stale_after``)."""
+        while not self._stopping.wait(self.heartbeat_every):
+            try:
+                self.store.prefixes.heartbeat(prefix)  # type: ignore[union-attr]
+            except Exception:
+                logger.warning("platform heartbeat failed", exc_info=True)
 
     def __enter__(self) -> Platform:
         if not self._started:

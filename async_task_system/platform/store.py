@@ -611,12 +611,24 @@ class PlatformTasks:
         with self.store.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
-    def reap(self, message: str, error_type: str = "interrupted") -> list[str]:
-        """End every unfinished task as ``lost`` (their platform died with them in flight); returns their ids."""
+    def reap(
+        self, message: str, error_type: str = "interrupted", *, stale_after: float | None = None
+    ) -> list[str]:
+        """End unfinished tasks as ``lost`` (their platform died with them in flight); returns their ids.
+
+        With ``stale_after`` only the tasks whose id prefix belongs to a process that is gone (see
+        :meth:`IdPrefixes.dead`) or to no reservation at all: a platform that is still running on
+        the same database keeps its tasks. Without it, every unfinished task.
+        """
         now = utcnow()
         live = ("pending", "queued", "dispatched", "running")
+        if stale_after is not None:  # read before the write transaction (SQLite: one writer at a time)
+            known = set(self.store.prefixes.all())
+            dead = set(self.store.prefixes.dead(stale_after))
         with self.store.session() as session:
             ids = list(session.scalars(sa.select(PlatformTask.task_id).where(PlatformTask.status.in_(live))))
+            if ids and stale_after is not None:
+                ids = [i for i in ids if (p := i.rstrip("0123456789")) in dead or p not in known]
             if ids:
                 session.execute(
                     sa.update(PlatformTask)
@@ -932,6 +944,11 @@ class IdPrefixes:
         )
         with self.store.engine.begin() as connection:
             connection.execute(statement)
+
+    def all(self) -> list[str]:
+        """Every prefix ever reserved on this store."""
+        with self.store.sessions() as session:
+            return list(session.scalars(sa.select(IdPrefix.prefix)))
 
     def dead(self, stale_after: float, exclude: Iterable[str] = ()) -> list[str]:
         """Prefixes whose manager is gone: closed, or a process of this host that no longer exists,
