@@ -428,6 +428,23 @@ class Store:
         return f"<Store {self.url.render_as_string(hide_password=True)}>"
 
 
+def _upsert_statement(dialect_name: str, table: sa.Table, columns: Iterable[str], keep: Iterable[str]) -> Any:
+    """INSERT ... ON CONFLICT (primary key) DO UPDATE of ``columns`` but the key and ``keep``
+    (PostgreSQL and SQLite); ``None`` for another database."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect_name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    statement = insert(table)
+    skip = {c.name for c in table.primary_key.columns} | set(keep)
+    return statement.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={name: statement.excluded[name] for name in columns if name not in skip},
+    )
+
+
 def _upsert(
     connection: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], keep: Iterable[str]
 ) -> None:
@@ -436,11 +453,8 @@ def _upsert(
     Columns in ``keep`` are written on insert only. ``rows`` must not repeat a key (PostgreSQL
     refuses to update one row twice in a statement).
     """
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif connection.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - other databases: slower, portable
+    statement = _upsert_statement(connection.dialect.name, table, rows[0].keys(), keep)
+    if statement is None:  # pragma: no cover - other databases: slower, portable
         key = [c.name for c in table.primary_key.columns]
         for row in rows:
             updated = connection.execute(
@@ -449,13 +463,6 @@ def _upsert(
             if not updated:
                 connection.execute(table.insert().values(**row))
         return
-    statement = insert(table)
-    skip = {c.name for c in table.primary_key.columns} | set(keep)
-    columns = rows[0].keys()
-    statement = statement.on_conflict_do_update(
-        index_elements=list(table.primary_key.columns),
-        set_={name: statement.excluded[name] for name in columns if name not in skip},
-    )
     connection.execute(statement, list(rows))
 
 
@@ -499,16 +506,8 @@ class _FastUpsert:
     """
 
     def __init__(self, dialect: sa.Dialect, table: sa.Table, columns: list[str], keep: Iterable[str]) -> None:
-        if dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        statement = insert(table).values({name: sa.bindparam(name) for name in columns})
-        skip = {c.name for c in table.primary_key.columns} | set(keep)
-        statement = statement.on_conflict_do_update(
-            index_elements=list(table.primary_key.columns),
-            set_={name: statement.excluded[name] for name in columns if name not in skip},
-        )
+        statement = _upsert_statement(dialect.name, table, columns, keep)
+        statement = statement.values({name: sa.bindparam(name) for name in columns})
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
         self.columns = columns
