@@ -15,6 +15,8 @@ import signal
 import sys
 import threading
 
+from ..remote.cli import add_hub_limit_arguments
+
 __all__ = ["configure_parser", "run"]
 
 
@@ -51,15 +53,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--default-timeout", type=float, default=60.0, help="seconds a script may run by default"
     )
-    parser.add_argument(
-        "--heartbeat-interval", type=float, default=5.0, help="seconds between worker heartbeats"
-    )
-    parser.add_argument(
-        "--heartbeat-timeout", type=float, default=15.0, help="a worker silent this long is lost (15 s)"
-    )
-    parser.add_argument(
-        "--max-message-bytes", type=int, default=1 << 20, help="largest worker frame/message (1 MiB)"
-    )
+    add_hub_limit_arguments(parser)
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
 
 

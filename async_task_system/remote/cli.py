@@ -22,6 +22,22 @@ from typing import Any
 __all__ = ["configure_parser", "run"]
 
 
+def add_hub_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The worker-facing limits of a hub, as flags (``async-agent hub`` and ``async-agent platform``)."""
+    parser.add_argument(
+        "--heartbeat-interval", type=float, default=5.0, help="seconds between worker heartbeats (5)"
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=15.0,
+        help="seconds of silence before a worker is lost (15)",
+    )
+    parser.add_argument(
+        "--max-message-bytes", type=int, default=1 << 20, help="largest worker frame/message (1 MiB)"
+    )
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port (0 picks a free one; default 8765)")
@@ -36,12 +52,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("ASYNC_AGENT_TOKEN"),
         help="shared secret workers must present (default: $ASYNC_AGENT_TOKEN, else a generated one)",
     )
-    parser.add_argument(
-        "--heartbeat-interval", type=float, default=5.0, help="seconds between worker heartbeats"
-    )
-    parser.add_argument(
-        "--heartbeat-timeout", type=float, default=15.0, help="seconds of silence before a worker is lost"
-    )
+    add_hub_limit_arguments(parser)
     parser.add_argument("--spawn-workers", type=int, default=0, help="start this many local worker processes")
     parser.add_argument("--workers", type=int, default=None, help="wait for this many workers before running")
     parser.add_argument("--wait-workers-timeout", type=float, default=30.0, help="seconds to wait for them")
@@ -71,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         token=token,
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
+        max_message_bytes=args.max_message_bytes,
     ).start()
     print(f"hub listening on {hub.url}", flush=True)
     if not args.token:
