@@ -42,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "current_conversation": "conversation",
     "create_async_agent": "agent",
     "model_from_env": "config",
+    "ChangeBatch": "_changes",
+    "ChangeFeed": "_changes",
     "AsyncTaskSystemError": "errors",
     "InvalidTransition": "errors",
     "ManagerClosedError": "errors",
@@ -74,6 +76,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "ASYNC_GUIDANCE",
     "AsyncAgent",
+    "ChangeBatch",
+    "ChangeFeed",
     "ChatAgent",
     "ConversationSuspended",
     "AsyncTaskSystemError",
@@ -124,6 +128,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from ._changes import ChangeBatch, ChangeFeed
     from ._targets import Target
     from .agent import ASYNC_GUIDANCE, AsyncAgent, ChatAgent, create_async_agent
     from .config import model_from_env

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import _timers
 from ._attempt import AttemptCall
+from ._changes import ChangeFeed
 from ._dependencies import DependencyGraph, dependency_failure
 from ._listeners import ListenerQueue
 from ._loop import background_loop, spawn
@@ -57,6 +58,7 @@ class TaskRunner(TaskRecords):
         self._free_slots = max_workers
         self._graph = DependencyGraph()
         self._listeners = ListenerQueue()
+        self._feeds: tuple[ChangeFeed, ...] = ()
         self._deferred: deque[Callable[[], Any]] = deque()
 
     def _make_ready(self, task: TaskRecord) -> list[AttemptCall]:
@@ -300,10 +302,13 @@ class TaskRunner(TaskRecords):
         return starts
 
     def _snapshot(self, task: TaskRecord) -> None:
-        """Queue a copy of the task's record for the listeners (lock held); ``_notify`` delivers it."""
+        """Queue a copy of the task's record for the listeners (lock held); ``_notify`` delivers it.
+        Change feeds only note the live record: they copy it when drained."""
         listeners = self._listeners
         if listeners.active:
             listeners.put(task.info.snapshot())
+        for feed in self._feeds:
+            feed.record(task.info)
 
     def _notify(self) -> None:
         """After a change, outside the lock: deferred actions (cancel a future, tell a suspension's owner), then listeners."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import _timers
 from ._attempt import AttemptCall
+from ._changes import ChangeFeed
 from ._context import (
     active_manager,
     cancellation_requested,
@@ -265,6 +266,8 @@ class TaskManager(TaskRunner):
             depends_on=depends_on,
         )  # fmt: skip
         task = TaskRecord(info, target, contextvars.copy_context())
+        for feed in self._feeds:
+            feed.admit()  # a recorder that falls behind holds new submissions back (bounded)
         with self._lock:
             if self._closed:
                 raise ManagerClosedError("TaskManager is shut down: no new tasks are accepted")
@@ -423,6 +426,25 @@ class TaskManager(TaskRunner):
         happened, in whichever thread made a change; keep them short.
         """
         return self._listeners.add(callback)
+
+    def watch(self, max_pending: int = 50_000, put_timeout: float = 10.0) -> ChangeFeed:
+        """A :class:`ChangeFeed` of this manager's task changes, coalesced per task, for a recorder.
+
+        Unlike ``add_listener`` nothing is called per change: the feed notes which tasks changed
+        and the recorder takes their latest state when it is ready (``feed.wait()``, then
+        ``feed.drain()``), on its own thread. At most ``max_pending`` tasks wait; a submission that
+        would add one more waits for the recorder at most ``put_timeout`` seconds (see
+        :mod:`async_task_system._changes`). ``feed.close()`` stops it.
+        """
+
+        def remove(feed: ChangeFeed) -> None:
+            with self._lock:
+                self._feeds = tuple(f for f in self._feeds if f is not feed)
+
+        feed = ChangeFeed(self._lock, max_pending, put_timeout, remove)
+        with self._lock:
+            self._feeds = (*self._feeds, feed)
+        return feed
 
     # ------------------------------------------------------------------ waiting
 

@@ -1,14 +1,15 @@
-"""The durable journal (``TaskManager(journal=URL)``) on a SQLite file and the real PostgreSQL:
-every task recorded, dropped results read back, unique prefixes, the queue policy, and recovery
-after a manager process is killed with SIGKILL mid-task."""
+"""The durable journal (``TaskManager(journal=URL)``) on a SQLite file and the real PostgreSQL,
+written by its own thread and by its writer process: every task recorded, dropped results read
+back, unique prefixes, the queue policy against a database that really fails, a writer process
+killed mid-run, and recovery after a manager process is killed with SIGKILL mid-task."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -16,8 +17,29 @@ import pytest
 pytest.importorskip("sqlalchemy")
 
 from async_task_system import TaskFailure, TaskManager, TaskStatus  # noqa: E402
-from async_task_system.platform.journal import Journal, encode_value  # noqa: E402
+from async_task_system.platform.journal import Journal, encode_json  # noqa: E402
 from async_task_system.platform.store import INTERRUPTED, Store  # noqa: E402
+
+try:
+    import sqlalchemy as sa
+except ImportError:  # pragma: no cover - skipped above
+    sa = None
+
+
+@pytest.fixture(params=["thread", "process"])
+def writer(request, monkeypatch):
+    """Who writes the rows: the journal's thread, or (from the first batch on) its writer process."""
+    monkeypatch.setattr(Journal, "process_threshold", None if request.param == "thread" else 1)
+    return request.param
+
+
+def rename_table(url: str, old: str, new: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")
+    finally:
+        engine.dispose()
 
 
 def echo(value):
@@ -32,7 +54,7 @@ def boom():
     raise ValueError("nope")
 
 
-def test_every_task_is_recorded_and_dropped_results_are_read_from_the_journal(database_url):
+def test_every_task_is_recorded_and_dropped_results_are_read_from_the_journal(database_url, writer):
     with TaskManager(functions=[echo, opaque, boom], retention=0, journal=database_url) as manager:
         journal = manager.extension("journal")
         assert isinstance(journal, Journal) and manager.id_prefix == journal.prefix
@@ -51,6 +73,12 @@ def test_every_task_is_recorded_and_dropped_results_are_read_from_the_journal(da
         assert info.status is TaskStatus.COMPLETED and info.arguments == {"value": {"n": 0}}
         assert info.started_at is not None and info.finished_at >= info.started_at
         assert journal.store.journal.count(prefix=journal.prefix, status="completed") == 21
+        row = journal.store.journal.get(ids[5])  # read back through the ORM: the types bound right
+        assert row.arguments == {"value": {"n": 5}} and row.result == {"n": 5} and row.depends_on == []
+        assert row.created_at.tzinfo is not None and row.finished_at >= row.started_at >= row.created_at
+        odd_row = journal.store.journal.get(odd)
+        assert odd_row.result is None and odd_row.result_text.startswith("<object object at")
+        assert (journal._process is not None) == (writer == "process")
     # After shutdown the prefix is closed and the rows stay readable.
     with Store(database_url) as store:
         assert store.prefixes.get(journal.prefix).closed_at is not None
@@ -58,12 +86,14 @@ def test_every_task_is_recorded_and_dropped_results_are_read_from_the_journal(da
 
 
 def test_results_are_size_capped_json_with_a_readable_fallback():
-    assert encode_value({"a": [1, 2.5, None]}, 100) == ({"a": [1, 2.5, None]}, None, False)
-    assert encode_value("x" * 20, 10) == (None, "xxxxxxxxxx... [truncated, 20 chars]", True)
-    value, text, truncated = encode_value(float("nan"), 100)
-    assert value is None and text == "nan" and not truncated
-    value, text, truncated = encode_value({"big": list(range(100))}, 50)
-    assert value is None and text.startswith('{"big": [0, 1,') and truncated
+    assert encode_json({"a": [1, 2.5, None]}, 100) == ('{"a": [1, 2.5, null]}', None, False)
+    assert encode_json(None, 100) == ("null", None, False)
+    assert encode_json(True, 100) == ("true", None, False)
+    assert encode_json(12, 100) == ("12", None, False)
+    assert encode_json("x" * 20, 10) == ("null", "xxxxxxxxxx... [truncated, 20 chars]", True)
+    assert encode_json(float("nan"), 100) == ("null", "nan", False)
+    value, text, truncated = encode_json({"big": list(range(100))}, 50)
+    assert value == "null" and text.startswith('{"big": [0, 1,') and truncated
 
 
 def test_prefixes_are_unique_in_the_journal(database_url):
@@ -81,38 +111,106 @@ def test_prefixes_are_unique_in_the_journal(database_url):
 
 
 def test_a_full_queue_holds_submitters_back_then_drops_and_a_failing_database_is_retried(
-    database_url, monkeypatch
+    database_url, writer, monkeypatch
 ):
     monkeypatch.setattr(Journal, "max_pending", 2)
     monkeypatch.setattr(Journal, "put_timeout", 0.2)
     monkeypatch.setattr(Journal, "linger", 0)
     with TaskManager(functions=[echo], journal=database_url) as manager:
         journal = manager.extension("journal")
-        gate = threading.Event()
-        calls = []
-        real_upsert = journal.store.journal.upsert
-
-        def slow_then_failing(rows):
-            calls.append(len(rows))
-            gate.wait(10)
-            if len(calls) == 2:
-                raise RuntimeError("database went away")
-            real_upsert(rows)
-
-        journal.store.journal.upsert = slow_then_failing
-        ids = [manager.submit("function", "echo", {"value": i}) for i in range(6)]
+        first = manager.submit("function", "echo", {"value": "before"})
+        assert journal.flush(10)
+        rename_table(database_url, "journal_tasks", "journal_tasks_away")  # every write now fails
+        held = []
+        ids = []
+        for i in range(6):
+            started = time.monotonic()
+            ids.append(manager.submit("function", "echo", {"value": i}))
+            held.append(time.monotonic() - started)
         manager.wait(ids, timeout=30)
-        # The thread delivering snapshots waits put_timeout for room, then drops one (wait() itself
-        # returns once the tasks are finished: delivery to listeners happens just after).
-        deadline = time.monotonic() + 10
-        while not journal.dropped and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert journal.dropped > 0
-        gate.set()
+        assert max(held) >= 0.2  # a submission waited put_timeout for room...
+        assert journal.dropped > 0  # ...then its task's first change was dropped
+        assert not journal.flush(0.3)  # nothing gets written while the table is gone
+        assert journal._failing
+        rename_table(database_url, "journal_tasks_away", "journal_tasks")
+        assert journal.flush(20)  # the failed batch and what waited are written
+        assert not journal._failing
+        rows = {row.task_id: row for row in journal.store.journal.list(prefix=journal.prefix)}
+        assert rows[first].status == "completed"
+        # A task whose submission was dropped is written by its next change that found room.
+        assert {task_id for task_id in ids if task_id in rows}, rows.keys()
+        for task_id in ids:
+            if task_id in rows:
+                assert rows[task_id].status == "completed"
+
+
+def test_a_killed_writer_process_loses_nothing(database_url, monkeypatch):
+    monkeypatch.setattr(Journal, "process_threshold", 1)
+    with TaskManager(max_workers=4, functions=[echo], journal=database_url) as manager:
+        journal = manager.extension("journal")
+        ids = [manager.submit("function", "echo", {"value": i}) for i in range(50)]
         assert journal.flush(20)
-        assert len(calls) >= 3  # the failed batch was written again
-        written = {row.task_id for row in journal.store.journal.list(prefix=journal.prefix)}
-        assert written  # what reached the queue is stored; dropped snapshots are counted above
+        first = journal._process
+        assert first is not None and first.alive()
+        os.kill(first.pid, signal.SIGKILL)
+        ids += [manager.submit("function", "echo", {"value": i}) for i in range(50, 500)]
+        manager.wait(ids, timeout=30)
+        assert journal.flush(30)
+        assert journal._process is not None and journal._process.pid != first.pid  # a new one
+        assert journal.store.journal.count(prefix=journal.prefix, status="completed") == 500
+
+
+WRITER_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from async_task_system import TaskManager
+    from async_task_system.platform.journal import Journal
+
+    def echo(value):
+        return value
+
+    Journal.process_threshold = 1
+    manager = TaskManager(functions=[echo], journal=sys.argv[1])
+    journal = manager.extension("journal")
+    manager.wait([manager.submit("function", "echo", {"value": 1})])
+    journal.flush(10)
+    print(journal._process.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _running(pid: int) -> bool:
+    """True while the process exists and is not a zombie (its new parent may reap it late)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_writer_process_ends_with_a_killed_manager(tmp_path):
+    manager_process = subprocess.Popen(
+        [sys.executable, "-c", WRITER_CHILD, f"sqlite:///{tmp_path / 'j.db'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = manager_process.stdout.readline()
+        assert line, manager_process.stderr.read()
+        writer_pid = int(line)
+    finally:
+        manager_process.send_signal(signal.SIGKILL)
+        manager_process.wait(10)
+        manager_process.stdout.close()
+        manager_process.stderr.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not _running(writer_pid):
+            break
+        time.sleep(0.05)  # a bounded wait for another process to exit: nothing to block on
+    else:
+        os.kill(writer_pid, signal.SIGKILL)
+        pytest.fail("the writer process outlived its manager")
 
 
 CHILD = textwrap.dedent(

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -21,6 +22,7 @@ from alembic.script import ScriptDirectory  # noqa: E402
 
 from async_task_system.platform.store import (  # noqa: E402
     INTERRUPTED,
+    JOURNAL_ROW_COLUMNS,
     MIGRATIONS,
     Base,
     Store,
@@ -139,33 +141,39 @@ def test_seed_002_task_records(database_url):
 
 
 def _row(task_id: str, prefix: str, status: str, **extra):
+    """A journal row as ``write_rows`` takes it: JOURNAL_ROW_COLUMNS order, JSON as text, POSIX times."""
     row = {
-        "task_id": task_id, "prefix": prefix, "kind": "function", "name": "f", "arguments": {"x": 1},
+        "task_id": task_id, "prefix": prefix, "kind": "function", "name": "f", "arguments": '{"x": 1}',
         "arguments_complete": True, "status": status, "error_type": None, "error_message": None,
-        "error_traceback": None, "result": None, "result_text": None, "result_truncated": False,
-        "attempts": 0, "retries": 0, "timeout": None, "depends_on": [], "progress": None,
+        "error_traceback": None, "result": "null", "result_text": None, "result_truncated": False,
+        "attempts": 0, "retries": 0, "timeout": None, "depends_on": "[]", "progress": None,
         "progress_message": None, "created_at": 1_700_000_000.5, "started_at": None,
-        "finished_at": None, "updated_at": utcnow(),
+        "finished_at": None, "updated_at": time.time(),
     }  # fmt: skip
     row.update(extra)
-    return row
+    return tuple(row[name] for name in JOURNAL_ROW_COLUMNS)
 
 
 def test_journal_rows_are_upserted_in_batches_and_claimed_once(database_url):
     with Store(database_url) as store:
         journal = store.journal
-        journal.upsert([_row("p_1", "p_", "pending"), _row("p_2", "p_", "running", attempts=1)])
-        journal.upsert([_row("p_1", "p_", "completed", result={"a": [1, 2]}, finished_at=1_700_000_001.0)])
+        journal.write_rows([_row("p_1", "p_", "pending"), _row("p_2", "p_", "running", attempts=1)])
+        journal.write_rows(
+            [_row("p_1", "p_", "completed", result='{"a": [1, 2]}', finished_at=1_700_000_001.0)]
+        )
         first = journal.get("p_1")
         assert first.status == "completed" and first.result == {"a": [1, 2]}
+        assert first.arguments == {"x": 1} and first.depends_on == []
         assert first.created_at == dt.datetime.fromtimestamp(1_700_000_000.5, dt.timezone.utc)
+        assert first.finished_at == dt.datetime.fromtimestamp(1_700_000_001.0, dt.timezone.utc)
+        assert journal.get("p_2").result is None  # JSON null reads as None
         assert journal.count(prefix="p_") == 2
         assert [r.task_id for r in journal.list(prefix=["p_"], status=["running"])] == ["p_2"]
 
         assert journal.interrupt("p_2", "running", "its manager died")
         assert not journal.interrupt("p_2", "running", "a second recoverer")  # claimed once
         journal.set_resubmitted("p_2", "q_1")
-        journal.upsert([_row("p_2", "p_", INTERRUPTED)])  # a late write does not lose the new id
+        journal.write_rows([_row("p_2", "p_", INTERRUPTED)])  # a late write does not lose the new id
         row = journal.get("p_2")
         assert row.status == INTERRUPTED and row.resubmitted_as == "q_1"
 

@@ -3,21 +3,21 @@
 Every task's submission and transitions are written to the platform store (table
 ``journal_tasks``, one row per task holding its latest state), so that what was in flight survives
 a crash and results dropped from memory stay readable. Built on the manager's public API only:
-``add_listener`` (a snapshot after each change), ``set_archive`` (reads for dropped tasks),
+``watch`` (a change feed, coalesced per task), ``set_archive`` (reads for dropped tasks),
 ``id_prefix``, ``add_shutdown_callback``, ``submit`` and ``targets``.
 
-Recording. The listener only puts the snapshot in a dict keyed by task id (a few microseconds, in
-the thread that made the change); one writer thread takes what is there -- at most
-``batch_size`` tasks -- and upserts them in one transaction. Queue policy:
+Recording. The journal watches the manager through a change feed (``manager.watch()``): a change
+only marks its task as changed, under the lock the manager holds anyway; one writer thread takes
+the latest state of every changed task -- at most ``batch_size`` at a time, however often each
+changed meanwhile -- builds the rows and upserts them in one transaction. Queue policy:
 
-* updates of a task that is still waiting to be written replace its entry (coalesced: the row
-  holds the latest state, so nothing is lost);
-* a new task's first snapshot when ``max_pending`` distinct tasks wait blocks the thread that
-  made the change until the writer makes room, at most ``put_timeout`` seconds (back-pressure on
-  submitters, never an unbounded queue). After that it is dropped, counted in ``dropped`` and
-  logged; the task's next change writes its whole row again.
-* when the database fails, the writer keeps its batch, retries with a back-off (up to 5 s) and
-  the same rules apply.
+* changes of a task that waits to be written coalesce (the row holds the latest state, so nothing
+  is lost);
+* when ``max_pending`` tasks wait, a new submission waits for room at most ``put_timeout``
+  seconds (back-pressure on submitters, never an unbounded queue); after that the new task's
+  change is dropped, counted in ``dropped`` and logged, and its next change writes its whole row;
+* when the database fails, the writer keeps its batch, retries it with a back-off (up to 5 s)
+  while the feed fills, and the same rules apply.
 
 Recovery. ``journal.recover()`` on a new manager (same URL) finds the prefixes of managers that
 are gone (closed, a process of this host that no longer exists, or no heartbeat for
@@ -28,10 +28,8 @@ dependency on the dead manager's tasks).
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -42,17 +40,17 @@ from typing import TYPE_CHECKING, Any
 
 from .._records import new_id_prefix
 from ..tasks import TaskError, TaskInfo, TaskKind, TaskStatus
-from .store import INTERRUPTED, LIVE_STATUSES, JournalTask, Store, cap_text, utcnow
+from ._journal_writer import WriterGone, WriterProcess
+from .store import INTERRUPTED, LIVE_STATUSES, JournalTask, Store, cap_text
 
 if TYPE_CHECKING:
     from ..manager import TaskManager
 
-__all__ = ["Journal", "RecoveryReport", "encode_value"]
+__all__ = ["Journal", "RecoveryReport", "encode_json"]
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_PREFIX = re.compile(r"task_[a-z2-9]{4}_")
-_TERMINAL = ("completed", "failed", "cancelled")
 
 
 @dataclass
@@ -65,14 +63,14 @@ class RecoveryReport:
     skipped: dict[str, str] = field(default_factory=dict)  # old task id -> why it was not re-submitted
 
 
-def encode_value(value: Any, limit: int) -> tuple[Any, str | None, bool]:
-    """``(json_value, text, truncated)`` for a stored value: the value itself when it is JSON of at
-    most ``limit`` characters; else ``None`` and a readable text (its ``repr``, or its JSON when
-    too long), cut to ``limit`` characters with ``truncated`` set when cut."""
-    if value is None or value is True or value is False or type(value) is int:
-        return value, None, False
-    if type(value) is float and math.isfinite(value):
-        return value, None, False
+def encode_json(value: Any, limit: int) -> tuple[str, str | None, bool]:
+    """``(json_text, text, truncated)`` for a stored value: its JSON text when it is JSON of at most
+    ``limit`` characters (``text`` None); else JSON ``null`` and a readable text (its ``repr``, or
+    its JSON when too long), cut to ``limit`` characters with ``truncated`` set when cut."""
+    if value is None:
+        return "null", None, False
+    if value is True or value is False or type(value) is int:
+        return "true" if value is True else "false" if value is False else str(value), None, False
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
@@ -80,10 +78,10 @@ def encode_value(value: Any, limit: int) -> tuple[Any, str | None, bool]:
             text = repr(value)
         except Exception:
             text = object.__repr__(value)
-        return None, cap_text(text, limit), len(text) > limit
+        return "null", cap_text(text, limit), len(text) > limit
     if len(text) <= limit:
-        return value, None, False
-    return None, cap_text(value if isinstance(value, str) else text, limit), True
+        return text, None, False
+    return "null", cap_text(value if isinstance(value, str) else text, limit), True
 
 
 class Journal:
@@ -107,6 +105,9 @@ class Journal:
     )  # results (and arguments) longer than this as JSON are kept as truncated text
     heartbeat_interval = 10.0  # seconds between heartbeats of this manager's prefix row
     close_timeout = 30.0  # seconds shutdown waits for the last rows
+    # A batch of this many rows moves the writes to a writer process (None: never), where they
+    # cost the manager's GIL only their pickling; below it they are too cheap to be worth one.
+    process_threshold: int | None = 200
 
     def __init__(self, manager: TaskManager, url: str | None = None) -> None:
         url = url or getattr(manager, "journal_url", None)
@@ -117,25 +118,28 @@ class Journal:
         self.store = Store(url)
         self.url = url
         self.prefix = self._reserve_prefix(manager)
-        self.dropped = 0
         self.written = 0
         self._manager = weakref.ref(manager)
         self._cond = threading.Condition(threading.Lock())
-        self._pending: dict[str, TaskInfo] = {}
-        self._in_flight: dict[str, TaskInfo] = {}
-        self._terminal_seen = 0
-        self._flushers = 0  # threads in flush(): a finished task's snapshot wakes them
-        self._writer_idle = False
+        self._in_flight: dict[str, TaskInfo] = {}  # drained, not yet committed (read by get())
+        self._written_through = 0  # every change of the feed numbered up to this one is committed
         self._stopping = False
         self._closed = False
         self._failing = False
+        self._process: WriterProcess | None = None  # started when batches reach process_threshold
+        self._process_starts = 0
+        self._feed = manager.watch(self.max_pending, self.put_timeout)
         self._writer = threading.Thread(target=self._run, name=f"journal-{self.prefix}", daemon=True)
         self._writer.start()
-        self._remove_listener = manager.add_listener(self._on_change)
         manager.set_archive(self.get)
         manager.add_shutdown_callback(self.close)
         # A manager dropped without shutdown(): write what is queued, then let the thread end.
         weakref.finalize(manager, self._stop)
+
+    @property
+    def dropped(self) -> int:
+        """Changes of new tasks dropped because ``max_pending`` tasks waited for ``put_timeout`` seconds."""
+        return self._feed.dropped
 
     # ------------------------------------------------------------------ prefix
 
@@ -156,156 +160,148 @@ class Journal:
 
     # ------------------------------------------------------------------ recording
 
-    def _on_change(self, info: TaskInfo) -> None:
-        """The manager's listener: queue the snapshot for the writer (coalesced per task)."""
-        with self._cond:
-            if self._closed:
-                return
-            pending = self._pending
-            if info.status.is_terminal:
-                self._terminal_seen += 1
-                if self._flushers:
-                    self._cond.notify_all()
-            if info.id not in pending and len(pending) >= self.max_pending:
-                deadline = time.monotonic() + self.put_timeout
-                while len(pending) >= self.max_pending and not self._closed:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self.dropped += 1
-                        logger.error(
-                            "journal %s: %d tasks wait to be written; dropped a snapshot of %s (%s)",
-                            self.prefix, len(pending), info.id, info.status.value,
-                        )  # fmt: skip
-                        return
-                    self._cond.wait(remaining)
-                    pending = self._pending
-            pending[info.id] = info
-            if self._writer_idle:
-                self._writer_idle = False
-                self._cond.notify_all()
-
     def _run(self) -> None:
+        feed = self._feed
         next_heartbeat = time.monotonic() + self.heartbeat_interval
-        failures = 0
+        reported_drops = 0
         while True:
-            with self._cond:
-                while not self._pending and not self._stopping:
-                    wait = next_heartbeat - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self._writer_idle = True
-                    self._cond.wait(wait)
-                self._writer_idle = False
-                stopping = self._stopping
-            if self._pending and self.linger and not stopping and len(self._pending) < self.batch_size:
-                time.sleep(self.linger)
-            with self._cond:
-                batch = self._take_batch()
-                self._in_flight = batch
-                self._cond.notify_all()  # room for a blocked listener
-            if batch:
-                try:
-                    now = utcnow()
-                    self.store.journal.upsert([self._row(info, now) for info in batch.values()])
-                    failures = 0
-                    self._failing = False
-                except Exception:
-                    failures += 1
-                    self._failing = True
-                    logger.exception(
-                        "journal %s: writing %d tasks failed (retrying)", self.prefix, len(batch)
-                    )
-                    with self._cond:
-                        for task_id, info in batch.items():
-                            self._pending.setdefault(task_id, info)  # a newer snapshot wins
-                        self._in_flight = {}
-                        if self._stopping and self._closed:
-                            return  # close() gave up waiting
-                        self._cond.wait(min(5.0, 0.05 * 2**failures))
-                    continue
+            if not self._stopping:
+                feed.wait(max(0.0, next_heartbeat - time.monotonic()))
+            stopping = self._stopping
+            if self.linger and not stopping and 0 < len(feed) < self.batch_size:
+                time.sleep(self.linger)  # gathers a batch; a task's quick changes coalesce
+            batch = feed.drain(self.batch_size)
+            if batch.snapshots and not self._write(batch.snapshots):
+                return  # close() gave up on a failing database
             with self._cond:
                 self._in_flight = {}
-                self.written += len(batch)
+                self.written += len(batch.snapshots)
+                self._written_through = batch.through
                 self._cond.notify_all()  # flush() waiters
-                done = self._stopping and not self._pending
-            if time.monotonic() >= next_heartbeat and not done:
+            if feed.dropped != reported_drops:
+                logger.error(
+                    "journal %s: %d changes of new tasks dropped so far: %d tasks waited to be written",
+                    self.prefix, feed.dropped, self.max_pending,
+                )  # fmt: skip
+                reported_drops = feed.dropped
+            if stopping and not len(feed):
+                return
+            if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + self.heartbeat_interval
                 try:
                     self.store.prefixes.heartbeat(self.prefix)
                 except Exception:
                     logger.warning("journal %s: heartbeat failed", self.prefix, exc_info=True)
-            if done:
-                return
 
-    def _take_batch(self) -> dict[str, TaskInfo]:
-        """Up to ``batch_size`` queued snapshots, oldest first (lock held)."""
-        pending = self._pending
-        if len(pending) <= self.batch_size:
-            self._pending = {}
-            return pending
-        batch = dict(itertools.islice(pending.items(), self.batch_size))
-        for task_id in batch:
-            del pending[task_id]
-        return batch
+    def _write(self, snapshots: list[TaskInfo]) -> bool:
+        """Write one batch, retrying with a back-off while the database fails; False if close() gave up."""
+        with self._cond:
+            self._in_flight = {info.id: info for info in snapshots}
+        now = time.time()
+        rows = [self._row(info, now) for info in snapshots]
+        if (
+            self._process is None
+            and self.process_threshold is not None
+            and len(rows) >= self.process_threshold
+        ):
+            self._start_process()
+        failures = 0
+        while True:
+            try:
+                if self._process is not None:
+                    self._process.write(rows)
+                    self._process_starts = 0  # it works: deaths are counted in a row
+                else:
+                    self.store.journal.write_rows(rows)
+                self._failing = False
+                return True
+            except WriterGone as exc:
+                self._process_lost(exc)
+                self._start_process()
+                continue  # at once: the database is not known to fail
+            except Exception:
+                failures += 1
+                self._failing = True
+                logger.exception("journal %s: writing %d tasks failed (retrying)", self.prefix, len(rows))
+                with self._cond:
+                    if self._closed:
+                        return False
+                    self._cond.wait(min(5.0, 0.05 * 2**failures))
 
-    def _row(self, info: TaskInfo, now: Any) -> dict[str, Any]:
+    def _start_process(self) -> None:
+        if self._process_starts >= 3:
+            return  # it died three times in a row: this thread writes from now on
+        self._process_starts += 1
+        try:
+            self._process = WriterProcess(self.url)
+        except (OSError, WriterGone):
+            logger.warning(
+                "journal %s: no writer process, writing in this process", self.prefix, exc_info=True
+            )
+            self._process = None
+        else:
+            logger.info("journal %s: writer process %d started", self.prefix, self._process.pid)
+
+    def _process_lost(self, exc: WriterGone) -> None:
+        logger.warning("journal %s: %s; the batch is written again", self.prefix, exc)
+        process, self._process = self._process, None
+        if process is not None:
+            process.close(1.0)
+
+    def _row(self, info: TaskInfo, now: float) -> tuple[Any, ...]:
+        """The task's row, in ``JOURNAL_ROW_COLUMNS`` order."""
         limit = self.max_result_chars
-        result, result_text, truncated = encode_value(info.result, limit)
-        arguments, arguments_text, _ = encode_value(info.arguments, limit)
+        result, result_text, truncated = encode_json(info.result, limit)
+        arguments, arguments_text, _ = (
+            encode_json(info.arguments, limit) if info.arguments else ("{}", None, False)
+        )
+        if arguments_text is not None:
+            arguments = json.dumps({"$repr": arguments_text}, ensure_ascii=False)
         error = info.error
-        return {
-            "task_id": info.id,
-            "prefix": self.prefix,
-            "kind": info.kind.value,
-            "name": cap_text(info.name, 250),
-            "arguments": arguments if arguments_text is None else {"$repr": arguments_text},
-            "arguments_complete": arguments_text is None,
-            "status": info.status.value,
-            "error_type": None if error is None else cap_text(error.type, 250),
-            "error_message": None if error is None else cap_text(error.message, limit),
-            "error_traceback": None if error is None else cap_text(error.traceback, limit),
-            "result": result,
-            "result_text": result_text,
-            "result_truncated": truncated,
-            "attempts": info.attempts,
-            "retries": info.retries,
-            "timeout": info.timeout,
-            "depends_on": list(info.depends_on),
-            "progress": info.progress,
-            "progress_message": cap_text(info.progress_message, 1000),
-            "created_at": info.created_at,
-            "started_at": info.started_at,
-            "finished_at": info.finished_at,
-            "updated_at": now,
-        }
+        return (
+            info.id,
+            self.prefix,
+            info.kind.value,
+            cap_text(info.name, 250),
+            arguments,
+            arguments_text is None,
+            info.status.value,
+            None if error is None else cap_text(error.type, 250),
+            None if error is None else cap_text(error.message, limit),
+            None if error is None else cap_text(error.traceback, limit),
+            result,
+            result_text,
+            truncated,
+            info.attempts,
+            info.retries,
+            info.timeout,
+            json.dumps(info.depends_on) if info.depends_on else "[]",
+            info.progress,
+            cap_text(info.progress_message, 1000),
+            info.created_at,
+            info.started_at,
+            info.finished_at,
+            now,
+        )
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every change made so far is written: each finished task of the manager has been
-        delivered to the journal and nothing waits to be written. False on timeout or after close."""
-        manager = self._manager()
-        target = 0
-        if manager is not None:
-            stats = manager.get_statistics()
-            target = sum(stats[status] for status in _TERMINAL)
+        """Wait until every change made so far is committed. False on timeout, or when the writer
+        has stopped with changes left."""
+        target = self._feed.sequence
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._flushers += 1
-            try:
-                while self._terminal_seen < target or self._pending or self._in_flight:
-                    if not self._writer.is_alive():
-                        return False
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return False
-                    self._cond.wait(remaining)
-            finally:
-                self._flushers -= 1
+            while self._written_through < target:
+                if not self._writer.is_alive():
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
         return True
 
     def _stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self._stopping = True
+        self._feed.close()  # wakes the writer: it writes what waits, then ends
 
     def close(self) -> None:
         """Write what is queued (at most ``close_timeout`` seconds), stop the writer, and mark the prefix
@@ -314,14 +310,16 @@ class Journal:
         if self._closed:
             return
         flushed = self.flush(self.close_timeout)
-        self._remove_listener()
         with self._cond:
             self._closed = True
-            self._stopping = True
-            self._cond.notify_all()
+            self._cond.notify_all()  # a writer in its back-off gives up
+        self._stop()
         self._writer.join(self.close_timeout)
-        if not flushed or self._pending:
-            logger.error("journal %s: closed with %d tasks not written", self.prefix, len(self._pending))
+        if self._process is not None:
+            self._process.close(self.close_timeout)
+        left = len(self._feed) + len(self._in_flight)
+        if not flushed or left:
+            logger.error("journal %s: closed with %d tasks not written", self.prefix, left)
         manager = self._manager()
         live = 0
         if manager is not None:
@@ -341,10 +339,13 @@ class Journal:
 
         This is the manager's archive: ``results``/``check`` read dropped tasks through it.
         """
-        with self._cond:
-            queued = self._pending.get(task_id) or self._in_flight.get(task_id)
+        queued = self._feed.peek(task_id)
         if queued is not None:
-            return queued.snapshot()
+            return queued
+        with self._cond:
+            in_flight = self._in_flight.get(task_id)
+        if in_flight is not None:
+            return in_flight.snapshot()
         try:
             row = self.store.journal.get(task_id)
         except Exception:

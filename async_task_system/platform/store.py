@@ -62,6 +62,9 @@ __all__ = [
     "PlatformAgents",
     "LogEvents",
     "JournalRecords",
+    "JOURNAL_ROW_COLUMNS",
+    "CompiledUpsert",
+    "convert_times",
     "IdPrefixes",
     "cap_text",
     "utcnow",
@@ -488,57 +491,49 @@ def _postgres_time(value: Any) -> dt.datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
 
 
-def _json_text(value: Any) -> str:
-    """A JSON column's text; ``None`` is JSON ``null``, as SQLAlchemy's ``JSON`` type stores it."""
-    if value is None:
-        return "null"
-    if not value and isinstance(value, (dict, list)):
-        return "{}" if isinstance(value, dict) else "[]"
-    return json.dumps(value, ensure_ascii=False)
+class CompiledUpsert:
+    """One insert-or-update statement of a table, compiled once for positional values.
 
-
-class _FastUpsert:
-    """One insert-or-update statement compiled once, executed with driver-level values.
-
-    Produces what the SQLAlchemy types of the table would bind (checked by the journal tests, which
-    read every row back through the ORM): times as :class:`UTCDateTime` binds them, JSON columns as
-    JSON text, the rest as is.
+    ``sql`` takes one tuple per row with the values of ``columns`` in that order, as the driver
+    binds them; :meth:`convert` turns rows whose times are POSIX seconds into those tuples, as the
+    table's SQLAlchemy types would (times as :class:`UTCDateTime` binds them; JSON columns are
+    passed as JSON text already). SQLAlchemy's own per-value bind processing cost 30 us of the 40 us
+    a journal row took. Plain data, so that a writer process can be handed it.
     """
 
-    def __init__(self, dialect: sa.Dialect, table: sa.Table, columns: list[str], keep: Iterable[str]) -> None:
+    def __init__(
+        self, dialect: sa.Dialect, table: sa.Table, columns: Sequence[str], keep: Iterable[str]
+    ) -> None:
+        # A positional paramstyle of the same driver (psycopg's default is named).
+        positional = type(dialect)(paramstyle="qmark" if dialect.name == "sqlite" else "format")
         statement = _upsert_statement(dialect.name, table, columns, keep)
         statement = statement.values({name: sa.bindparam(name) for name in columns})
-        compiled = statement.compile(dialect=dialect)
+        compiled = statement.compile(dialect=positional)
+        order = list(compiled.positiontup or ())
+        if order != list(columns):  # pragma: no cover - the VALUES clause lists the columns as given
+            raise RuntimeError(f"unexpected parameter order {order}")
         self.sql = str(compiled)
-        self.columns = columns
-        self.positional = bool(compiled.positional)
-        # names in the order the compiled SQL expects them (positional styles) or all names
-        self.order = [name for name in (compiled.positiontup or columns)]
-        time_convert = _postgres_time if dialect.name == "postgresql" else _sqlite_time
-        self.converters: dict[str, Any] = {}
-        for name in columns:
-            column_type = table.c[name].type
-            if isinstance(column_type, UTCDateTime):
-                self.converters[name] = time_convert
-            elif isinstance(column_type, sa.JSON):
-                self.converters[name] = _json_text
+        self.dialect = dialect.name
+        self.columns = tuple(columns)
+        self.times = tuple(i for i, name in enumerate(columns) if isinstance(table.c[name].type, UTCDateTime))
 
-    def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        converters = self.converters
-        if self.positional:
-            order = self.order
-            params: list[Any] = [
-                tuple(converters[name](row[name]) if name in converters else row[name] for name in order)
-                for row in rows
-            ]
-        else:
-            params = []
-            for row in rows:
-                values = dict(row)
-                for name, convert in converters.items():
-                    values[name] = convert(values[name])
-                params.append(values)
-        connection.exec_driver_sql(self.sql, params)
+    def convert(self, rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """Driver values of rows in ``columns`` order (times POSIX seconds or ``None``)."""
+        return convert_times(rows, self.times, self.dialect)
+
+
+def convert_times(rows: Iterable[Sequence[Any]], times: Sequence[int], dialect: str) -> list[tuple[Any, ...]]:
+    """Rows with the POSIX times at positions ``times`` as ``dialect``'s driver binds a UTC time."""
+    convert = _postgres_time if dialect == "postgresql" else _sqlite_time
+    out = []
+    for row in rows:
+        values = list(row)
+        for i in times:
+            value = values[i]
+            if value is not None:
+                values[i] = convert(value)
+        out.append(tuple(values))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- repositories
@@ -812,34 +807,58 @@ def write_records(
             _upsert(connection, PlatformAgent.__table__, agent_rows, keep=("first_seen",))  # type: ignore[arg-type]
 
 
+JOURNAL_ROW_COLUMNS: tuple[str, ...] = (
+    "task_id", "prefix", "kind", "name", "arguments", "arguments_complete", "status",
+    "error_type", "error_message", "error_traceback", "result", "result_text", "result_truncated",
+    "attempts", "retries", "timeout", "depends_on", "progress", "progress_message",
+    "created_at", "started_at", "finished_at", "updated_at",
+)  # fmt: skip
+"""The columns of a journal row as :meth:`JournalRecords.write_rows` takes it, in order."""
+
+
 class JournalRecords:
     """The journal's rows: written in batches by a manager's journal, read back by id or by prefix."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.table: sa.Table = JournalTask.__table__  # type: ignore[assignment]
-        self._fast: dict[str, _FastUpsert] = {}
+        self._compiled: dict[str, CompiledUpsert] = {}
 
-    def upsert(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Write the latest state of several tasks in one transaction (rows: column -> value, one per task).
+    def upsert_statement(self, dialect: sa.Dialect | None = None) -> CompiledUpsert | None:
+        """The compiled insert-or-update of journal rows (``JOURNAL_ROW_COLUMNS`` order) for this
+        store's database; ``None`` where only the portable path works (not SQLite or PostgreSQL)."""
+        dialect = dialect or self.store.engine.dialect
+        if dialect.name not in ("sqlite", "postgresql"):
+            return None
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            compiled = self._compiled[dialect.name] = CompiledUpsert(
+                dialect, self.table, JOURNAL_ROW_COLUMNS, keep=("resubmitted_as",)
+            )
+        return compiled
 
-        Every row has every column but ``resubmitted_as``. On SQLite and PostgreSQL the statement is
-        compiled once and the rows go to the driver's ``executemany`` as plain values converted here
-        (:class:`_FastUpsert`): SQLAlchemy's per-value bind processing cost 30 us of the 40 us a row
-        took, which is what made the journal expensive for short tasks.
+    def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Write the latest state of several tasks in one transaction.
+
+        A row is a tuple of the values of ``JOURNAL_ROW_COLUMNS`` in that order: times as POSIX
+        seconds (or ``None``), ``arguments``, ``result`` and ``depends_on`` as JSON text.
         """
         if not rows:
             return
         with self.store.engine.begin() as connection:
-            fast = self._fast.get(connection.dialect.name)
-            if fast is None and connection.dialect.name in ("sqlite", "postgresql"):
-                fast = self._fast[connection.dialect.name] = _FastUpsert(
-                    connection.dialect, self.table, list(rows[0]), keep=("resubmitted_as",)
-                )
-            if fast is None:
-                _upsert(connection, self.table, rows, keep=("resubmitted_as",))
-            else:
-                fast.execute(connection, rows)
+            compiled = self.upsert_statement(connection.dialect)
+            if compiled is not None:
+                connection.exec_driver_sql(compiled.sql, compiled.convert(rows))  # type: ignore[arg-type]
+                return
+            json_columns = {"arguments", "result", "depends_on"}
+            mapped = [
+                {
+                    name: json.loads(value) if name in json_columns else value
+                    for name, value in zip(JOURNAL_ROW_COLUMNS, row, strict=True)
+                }
+                for row in rows
+            ]
+            _upsert(connection, self.table, mapped, keep=("resubmitted_as",))
 
     def get(self, task_id: str) -> JournalTask | None:
         """One task's row, or ``None``."""
