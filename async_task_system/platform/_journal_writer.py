@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import AsyncTaskSystemError
+
 __all__ = ["WriterProcess", "WriterGone", "WriterError"]
 
 _LENGTH = struct.Struct("!Q")
@@ -36,11 +38,11 @@ _MAX_ERROR = 4000
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-class WriterGone(Exception):
+class WriterGone(AsyncTaskSystemError):
     """The writer process ended (or could not be reached) before it answered."""
 
 
-class WriterError(Exception):
+class WriterError(AsyncTaskSystemError):
     """The writer process could not write a batch (the database's error, as text)."""
 
 
@@ -59,7 +61,11 @@ class WriterProcess:
             env=env,
             start_new_session=True,
         )
-        self._send(url)
+        try:
+            self._send(url)
+        except WriterGone:
+            self.close(1.0)
+            raise
 
     @property
     def pid(self) -> int:
