@@ -19,6 +19,7 @@ import contextvars
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Literal
@@ -437,9 +438,13 @@ class TaskManager(TaskRunner):
         :mod:`async_task_system._changes`). ``feed.close()`` stops it.
         """
 
+        manager = weakref.ref(self)  # the feed's owner may outlive the manager: never keep it alive
+
         def remove(feed: ChangeFeed) -> None:
-            with self._lock:
-                self._feeds = tuple(f for f in self._feeds if f is not feed)
+            owner = manager()
+            if owner is not None:
+                with owner._lock:
+                    owner._feeds = tuple(f for f in owner._feeds if f is not feed)
 
         feed = ChangeFeed(self._lock, max_pending, put_timeout, remove)
         with self._lock:

@@ -3,8 +3,10 @@ numbers the changes so a recorder knows what it has, and holds submitters back w
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -100,9 +102,12 @@ def test_a_full_feed_holds_a_submission_back_then_drops_its_first_change(gate):
         assert time.monotonic() - started >= 0.2
         assert feed.dropped >= 1 and len(feed) == 2 and feed.peek(third) is None
         assert [info.id for info in feed.drain().snapshots] == [first, second]
+        # The dropped task's next change finds room: its whole latest state is kept...
+        manager.report_progress(third, 0.5)
+        assert feed.peek(third).status is TaskStatus.RUNNING and feed.peek(third).progress == 0.5
         gate.set()
         manager.wait([first, second, third], timeout=10)
-        # The dropped task's next change found room: its whole latest state is handed out.
+        # ...and its later changes coalesce into it (one of the others may find the feed full).
         latest = {info.id: info for info in feed.drain().snapshots}
         assert latest[third].status is TaskStatus.COMPLETED and latest[third].result == "released"
         feed.close()
@@ -144,3 +149,16 @@ def test_bad_limits_are_refused():
             manager.watch(max_pending=0)
         with pytest.raises(ValueError, match="put_timeout"):
             manager.watch(put_timeout=-1)
+
+
+def test_a_feed_does_not_keep_its_manager_alive():
+    manager = TaskManager(functions=[quick])
+    feed = manager.watch()
+    manager.submit("function", "quick")
+    manager.shutdown()
+    alive = weakref.ref(manager)
+    del manager
+    gc.collect()
+    assert alive() is None  # a recorder holding the feed lets the manager go (and its finalizers run)
+    assert feed.drain().snapshots[0].status is TaskStatus.COMPLETED
+    feed.close()  # closing after the manager is gone is harmless

@@ -5,6 +5,7 @@ killed mid-run, and recovery after a manager process is killed with SIGKILL mid-
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -158,6 +159,24 @@ def test_a_killed_writer_process_loses_nothing(database_url, monkeypatch):
         assert journal.flush(30)
         assert journal._process is not None and journal._process.pid != first.pid  # a new one
         assert journal.store.journal.count(prefix=journal.prefix, status="completed") == 500
+
+
+def test_a_manager_dropped_without_shutdown_writes_its_rows_and_ends_its_writer(database_url, monkeypatch):
+    monkeypatch.setattr(Journal, "process_threshold", 1)
+    manager = TaskManager(functions=[echo], journal=database_url)
+    journal = manager.extension("journal")
+    ids = [manager.submit("function", "echo", {"value": i}) for i in range(20)]
+    manager.wait(ids, timeout=10)
+    assert journal.flush(10)
+    writer_pid = journal._process.pid
+    last = manager.submit("function", "echo", {"value": "last"})
+    manager.wait([last], timeout=10)
+    del manager
+    gc.collect()  # the journal's finalizer: write what waits, end the thread and the process
+    journal._writer.join(10)
+    assert not journal._writer.is_alive() and not _running(writer_pid)
+    assert journal.store.journal.get(last).status == "completed"
+    journal.store.close()
 
 
 WRITER_CHILD = textwrap.dedent(

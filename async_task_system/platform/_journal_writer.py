@@ -86,6 +86,10 @@ class WriterProcess:
             raise WriterGone(f"the writer process sent a malformed answer ({length} bytes of error)")
         raise WriterError(self._read(length).decode("utf-8", "replace"))
 
+    def kill(self) -> None:
+        """End it at once (a write it is in is rolled back by the database)."""
+        self._process.kill()
+
     def close(self, timeout: float) -> None:
         """Close its input (it finishes and exits); kill it if it has not within ``timeout`` seconds."""
         try:

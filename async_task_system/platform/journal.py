@@ -161,6 +161,14 @@ class Journal:
     # ------------------------------------------------------------------ recording
 
     def _run(self) -> None:
+        try:
+            self._record()
+        finally:
+            process, self._process = self._process, None
+            if process is not None:
+                process.close(self.close_timeout)  # it commits what it has, then exits
+
+    def _record(self) -> None:
         feed = self._feed
         next_heartbeat = time.monotonic() + self.heartbeat_interval
         reported_drops = 0
@@ -170,7 +178,9 @@ class Journal:
             stopping = self._stopping
             if self.linger and not stopping and 0 < len(feed) < self.batch_size:
                 time.sleep(self.linger)  # gathers a batch; a task's quick changes coalesce
-            batch = feed.drain(self.batch_size)
+            with self._cond:  # get() never misses a task between the feed and the batch
+                batch = feed.drain(self.batch_size)
+                self._in_flight = {info.id: info for info in batch.snapshots}
             if batch.snapshots and not self._write(batch.snapshots):
                 return  # close() gave up on a failing database
             with self._cond:
@@ -195,8 +205,6 @@ class Journal:
 
     def _write(self, snapshots: list[TaskInfo]) -> bool:
         """Write one batch, retrying with a back-off while the database fails; False if close() gave up."""
-        with self._cond:
-            self._in_flight = {info.id: info for info in snapshots}
         now = time.time()
         rows = [self._row(info, now) for info in snapshots]
         if (
@@ -217,6 +225,8 @@ class Journal:
                 return True
             except WriterGone as exc:
                 self._process_lost(exc)
+                if self._closed:
+                    return False  # close() stopped it: the writer was stuck
                 self._start_process()
                 continue  # at once: the database is not known to fail
             except Exception:
@@ -315,8 +325,9 @@ class Journal:
             self._cond.notify_all()  # a writer in its back-off gives up
         self._stop()
         self._writer.join(self.close_timeout)
-        if self._process is not None:
-            self._process.close(self.close_timeout)
+        process = self._process
+        if self._writer.is_alive() and process is not None:
+            process.kill()  # stuck in a write past close_timeout: the writer thread then ends
         left = len(self._feed) + len(self._in_flight)
         if not flushed or left:
             logger.error("journal %s: closed with %d tasks not written", self.prefix, left)
@@ -339,13 +350,13 @@ class Journal:
 
         This is the manager's archive: ``results``/``check`` read dropped tasks through it.
         """
-        queued = self._feed.peek(task_id)
+        with self._cond:
+            queued = self._feed.peek(task_id)
+            if queued is None:
+                in_flight = self._in_flight.get(task_id)
+                queued = None if in_flight is None else in_flight.snapshot()
         if queued is not None:
             return queued
-        with self._cond:
-            in_flight = self._in_flight.get(task_id)
-        if in_flight is not None:
-            return in_flight.snapshot()
         try:
             row = self.store.journal.get(task_id)
         except Exception:
