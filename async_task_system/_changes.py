@@ -12,10 +12,14 @@ Every change a feed records gets the next number of its :attr:`~ChangeFeed.seque
 :class:`ChangeBatch` says through which number the changes are all handed out, so a recorder
 knows when "everything so far" is written (``flush``).
 
-Bounded: at most ``max_pending`` tasks wait in a feed. A submission that would add one more
-waits (outside the manager's lock, at most ``put_timeout`` seconds) until the recorder drains;
-after that the new task's change is not kept, counted in :attr:`~ChangeFeed.dropped`, and its
-next change records it again. Changes of tasks already waiting never wait: they coalesce.
+Bounded. A submission that finds ``max_pending`` tasks waiting waits (outside the manager's
+lock, at most ``put_timeout`` seconds) until the recorder drains: back-pressure on submitters.
+While the feed is that full, the change of a task that has not started yet is not kept (counted
+in :attr:`~ChangeFeed.dropped`): nothing is lost, since the task's next change (it starts, or is
+cancelled) carries its whole state. Other changes -- above all a task's end -- are kept past
+``max_pending``, up to a hard limit of twice that, so that a recorder that fell behind still
+learns how every task it knows of ended; only past the hard limit are they dropped too.
+Changes of tasks already waiting never wait and are never dropped: they coalesce.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .tasks import TaskInfo
+from .tasks import TaskInfo, TaskStatus
 
 __all__ = ["ChangeBatch", "ChangeFeed"]
 
@@ -90,7 +94,9 @@ class ChangeFeed:
         pending = self._pending
         if info.id in pending:
             return
-        if len(pending) >= self.max_pending:
+        if len(pending) >= self.max_pending and (
+            len(pending) >= 2 * self.max_pending or (info.status is TaskStatus.PENDING and not info.attempts)
+        ):
             self.dropped += 1
             return
         if not pending:

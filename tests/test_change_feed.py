@@ -92,24 +92,38 @@ def test_wait_returns_when_a_change_arrives():
         feed.close()
 
 
-def test_a_full_feed_holds_a_submission_back_then_drops_its_first_change(gate):
+def test_a_full_feed_holds_a_submission_back_and_drops_only_what_the_next_change_repeats(gate):
     with make_manager(gate) as manager:
         feed = manager.watch(max_pending=2, put_timeout=0.2)
         first = manager.submit("function", "held")
         second = manager.submit("function", "held")
         started = time.monotonic()
-        third = manager.submit("function", "held")  # no room: waits put_timeout, then is not kept
+        third = manager.submit("function", "held")  # no room: waits put_timeout...
         assert time.monotonic() - started >= 0.2
-        assert feed.dropped >= 1 and len(feed) == 2 and feed.peek(third) is None
-        assert [info.id for info in feed.drain().snapshots] == [first, second]
-        # The dropped task's next change finds room: its whole latest state is kept...
-        manager.report_progress(third, 0.5)
-        assert feed.peek(third).status is TaskStatus.RUNNING and feed.peek(third).progress == 0.5
+        # ...then its "pending" change is dropped, but it started at once and "running" is kept.
+        assert feed.dropped == 1 and len(feed) == 3
+        assert feed.peek(third).status is TaskStatus.RUNNING
+        assert [info.id for info in feed.drain().snapshots] == [first, second, third]
         gate.set()
         manager.wait([first, second, third], timeout=10)
-        # ...and its later changes coalesce into it (one of the others may find the feed full).
+        # How every task ended is kept past max_pending: a recorder never keeps a stale "running".
         latest = {info.id: info for info in feed.drain().snapshots}
-        assert latest[third].status is TaskStatus.COMPLETED and latest[third].result == "released"
+        assert {info.status for info in latest.values()} == {TaskStatus.COMPLETED}
+        assert set(latest) == {first, second, third} and feed.dropped == 1
+        feed.close()
+
+
+def test_past_twice_max_pending_every_new_change_is_dropped(gate):
+    with make_manager(gate) as manager:
+        feed = manager.watch(max_pending=1, put_timeout=0)
+        ids = [manager.submit("function", "held") for _ in range(4)]
+        # first: kept (room); second: pending dropped, running kept (2 = the hard limit);
+        # third and fourth: both changes dropped.
+        assert len(feed) == 2 and feed.dropped == 5
+        assert [info.id for info in feed.drain().snapshots] == ids[:2]
+        gate.set()
+        manager.wait(ids, timeout=10)
+        assert len(feed) <= 2
         feed.close()
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -114,35 +115,40 @@ def test_prefixes_are_unique_in_the_journal(database_url):
 def test_a_full_queue_holds_submitters_back_then_drops_and_a_failing_database_is_retried(
     database_url, writer, monkeypatch
 ):
-    monkeypatch.setattr(Journal, "max_pending", 2)
+    monkeypatch.setattr(Journal, "max_pending", 3)
     monkeypatch.setattr(Journal, "put_timeout", 0.2)
     monkeypatch.setattr(Journal, "linger", 0)
-    with TaskManager(functions=[echo], journal=database_url) as manager:
+    gate = threading.Event()
+
+    def held(value):
+        gate.wait(30)
+        return value
+
+    with TaskManager(max_workers=4, functions=[echo, held], journal=database_url) as manager:
         journal = manager.extension("journal")
         first = manager.submit("function", "echo", {"value": "before"})
         assert journal.flush(10)
         rename_table(database_url, "journal_tasks", "journal_tasks_away")  # every write now fails
-        held = []
-        ids = []
-        for i in range(6):
-            started = time.monotonic()
-            ids.append(manager.submit("function", "echo", {"value": i}))
-            held.append(time.monotonic() - started)
+        stuck = manager.submit("function", "held", {"value": 0})
+        assert not journal.flush(0.5) and journal._failing  # its batch is retried, in vain
+        ids = [stuck] + [manager.submit("function", "held", {"value": i}) for i in (1, 2, 3)]
+        assert len(journal._feed) == 3  # = max_pending: the next submission is held back...
+        started = time.monotonic()
+        last = manager.submit("function", "held", {"value": 4})
+        assert time.monotonic() - started >= 0.2
+        assert journal.dropped == 1  # ...then its "pending" change (no slot: not started) is dropped
+        ids.append(last)
+        gate.set()
         manager.wait(ids, timeout=30)
-        assert max(held) >= 0.2  # a submission waited put_timeout for room...
-        assert journal.dropped > 0  # ...then its task's first change was dropped
-        assert not journal.flush(0.3)  # nothing gets written while the table is gone
-        assert journal._failing
         rename_table(database_url, "journal_tasks_away", "journal_tasks")
         assert journal.flush(20)  # the failed batch and what waited are written
         assert not journal._failing
         rows = {row.task_id: row for row in journal.store.journal.list(prefix=journal.prefix)}
-        assert rows[first].status == "completed"
-        # A task whose submission was dropped is written by its next change that found room.
-        assert {task_id for task_id in ids if task_id in rows}, rows.keys()
-        for task_id in ids:
-            if task_id in rows:
-                assert rows[task_id].status == "completed"
+        # Only a "pending" change was dropped: every task's end was kept and written.
+        assert {task_id: row.status for task_id, row in rows.items()} == dict.fromkeys(
+            [first, *ids], "completed"
+        )
+        assert rows[last].result == 4 and journal.dropped == 1
 
 
 def test_a_killed_writer_process_loses_nothing(database_url, monkeypatch):

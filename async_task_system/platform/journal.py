@@ -14,8 +14,10 @@ changed meanwhile -- builds the rows and upserts them in one transaction. Queue 
 * changes of a task that waits to be written coalesce (the row holds the latest state, so nothing
   is lost);
 * when ``max_pending`` tasks wait, a new submission waits for room at most ``put_timeout``
-  seconds (back-pressure on submitters, never an unbounded queue); after that the new task's
-  change is dropped, counted in ``dropped`` and logged, and its next change writes its whole row;
+  seconds (back-pressure on submitters, never an unbounded queue); while it is that full, the
+  change of a task that has not started is dropped (counted in ``dropped``, logged): its next
+  change writes its whole row. A task's end is kept past ``max_pending`` (up to twice that), so
+  that no row is left ``running`` for a task that finished;
 * when the database fails, the writer keeps its batch, retries it with a back-off (up to 5 s)
   while the feed fills, and the same rules apply.
 
@@ -92,12 +94,12 @@ class Journal:
     the store has seen this one; an explicit ``id_prefix=`` the store already has is refused, since
     ids must never repeat in a journal), and starts the writer thread.
 
-    Attributes: ``store`` (the :class:`~.store.Store`), ``prefix``, ``dropped`` (snapshots dropped
+    Attributes: ``store`` (the :class:`~.store.Store`), ``prefix``, ``dropped`` (changes dropped
     because the queue stayed full), ``written`` (rows written).
     """
 
     max_pending = 50_000  # distinct tasks waiting to be written before submitters are held back
-    put_timeout = 10.0  # seconds a change waits for room before its snapshot is dropped
+    put_timeout = 10.0  # seconds a new submission waits for room when max_pending tasks wait
     batch_size = 5_000  # tasks per transaction
     linger = 0.05  # seconds the writer waits after waking: gathers a batch, coalesces a task's quick changes
     max_result_chars = (
@@ -138,7 +140,7 @@ class Journal:
 
     @property
     def dropped(self) -> int:
-        """Changes of new tasks dropped because ``max_pending`` tasks waited for ``put_timeout`` seconds."""
+        """Changes dropped because the feed was full (see the module docstring)."""
         return self._feed.dropped
 
     # ------------------------------------------------------------------ prefix
@@ -190,7 +192,7 @@ class Journal:
                 self._cond.notify_all()  # flush() waiters
             if feed.dropped != reported_drops:
                 logger.error(
-                    "journal %s: %d changes of new tasks dropped so far: %d tasks waited to be written",
+                    "journal %s: %d changes dropped so far (more than %d tasks waited to be written)",
                     self.prefix, feed.dropped, self.max_pending,
                 )  # fmt: skip
                 reported_drops = feed.dropped
