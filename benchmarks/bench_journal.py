@@ -1,6 +1,7 @@
 """The journal's per-task cost, against the same manager without one, in the same run.
 
     .venv/bin/python benchmarks/bench_journal.py [--postgres URL] [--tasks N] [--rounds R]
+        [--workers W] [--task-ms MS]
 
 10,000 no-op function tasks (submit all, wait, read every result) with the journal off, on a
 SQLite file, and on PostgreSQL (skipped with the reason when no server answers), each written by
@@ -44,13 +45,23 @@ def noop() -> None:
     return None
 
 
-def one_round(n: int, workers: int, journal: str | None, writer: str) -> tuple[float, float]:
+def sleeper(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def one_round(
+    n: int, workers: int, journal: str | None, writer: str, task_seconds: float = 0.0
+) -> tuple[float, float]:
     """(seconds until every result is read, seconds until the journal holds every row)."""
     Journal.process_threshold = 200 if writer == "process" else None
     gc.collect()
-    with TaskManager(max_workers=workers, functions=[noop], retention=n, journal=journal) as manager:
+    functions = [noop, sleeper]
+    with TaskManager(max_workers=workers, functions=functions, retention=n, journal=journal) as manager:
         started = time.perf_counter()
-        ids = [manager.submit("function", "noop") for _ in range(n)]
+        if task_seconds:
+            ids = [manager.submit("function", "sleeper", {"seconds": task_seconds}) for _ in range(n)]
+        else:
+            ids = [manager.submit("function", "noop") for _ in range(n)]
         manager.wait(ids)
         manager.results(ids)
         done = time.perf_counter() - started
@@ -110,6 +121,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--task-ms", type=float, default=0.0, help="each task sleeps this long (0: no-op)")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES)
     args = parser.parse_args()
 
@@ -138,14 +150,17 @@ def measure(args: argparse.Namespace, tmp: str, pg_url: str | None) -> dict[str,
             variants += [("postgresql", pg_url, "process"), ("postgresql/thread", pg_url, "thread")]
         random.shuffle(variants)
         for name, url, writer in variants:
-            times.setdefault(name, []).append(one_round(args.tasks, args.workers, url, writer))
+            times.setdefault(name, []).append(
+                one_round(args.tasks, args.workers, url, writer, args.task_ms / 1000)
+            )
     return times
 
 
 def report(times: dict[str, list[tuple[float, float]]], args: argparse.Namespace, title: str) -> None:
     n = args.tasks
     off = statistics.median(done for done, _ in times["off"])
-    print(f"{n:,} no-op function tasks, max_workers={args.workers}, median of {args.rounds} rounds; {title}")
+    what = f"{args.task_ms:g} ms" if args.task_ms else "no-op"
+    print(f"{n:,} {what} function tasks, max_workers={args.workers}, median of {args.rounds} rounds; {title}")
     print(
         f"  {'journal':<18} {'results read':>13} {'per task':>10} {'ratio':>7}   {'all rows written':>17} {'ratio':>7}"
     )
