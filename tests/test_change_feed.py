@@ -32,12 +32,16 @@ def make_manager(gate: threading.Event) -> TaskManager:
     return TaskManager(max_workers=4, functions=[quick, held])
 
 
-def submit_in_thread(manager: TaskManager) -> tuple[threading.Thread, threading.Event]:
-    """Submit a held task from another thread; the event is set once submit() returned."""
+def held_back_submission(manager: TaskManager, put_timeout: float):
+    """A feed with room for one task, filled; a second submission from another thread, held back.
+    Returns the feed, that thread, and an event set once its submit() returned."""
+    feed = manager.watch(max_pending=1, put_timeout=put_timeout)
+    manager.submit("function", "held")
     submitted = threading.Event()
     thread = threading.Thread(target=lambda: (manager.submit("function", "held"), submitted.set()))
     thread.start()
-    return thread, submitted
+    assert not submitted.wait(0.2)  # held back: the feed is full
+    return feed, thread, submitted
 
 
 def test_changes_coalesce_into_the_latest_state_once_per_task():
@@ -129,10 +133,7 @@ def test_past_twice_max_pending_every_new_change_is_dropped(gate):
 
 def test_a_drain_releases_a_held_submission_at_once(gate):
     with make_manager(gate) as manager:
-        feed = manager.watch(max_pending=1, put_timeout=10)
-        manager.submit("function", "held")
-        thread, submitted = submit_in_thread(manager)
-        assert not submitted.wait(0.2)  # held back: the feed is full
+        feed, thread, submitted = held_back_submission(manager, put_timeout=10)
         started = time.monotonic()
         feed.drain()
         assert submitted.wait(5) and time.monotonic() - started < 5
@@ -144,10 +145,7 @@ def test_a_drain_releases_a_held_submission_at_once(gate):
 
 def test_a_closed_feed_records_nothing_and_releases_everyone(gate):
     with make_manager(gate) as manager:
-        feed = manager.watch(max_pending=1, put_timeout=30)
-        manager.submit("function", "held")
-        thread, released = submit_in_thread(manager)
-        assert not released.wait(0.2)
+        feed, thread, released = held_back_submission(manager, put_timeout=30)
         feed.close()
         assert released.wait(5)  # close() lets the held submission go on
         thread.join(5)

@@ -80,7 +80,7 @@ def test_every_task_is_recorded_and_dropped_results_are_read_from_the_journal(da
         assert row.created_at.tzinfo is not None and row.finished_at >= row.started_at >= row.created_at
         odd_row = journal.store.journal.get(odd)
         assert odd_row.result is None and odd_row.result_text.startswith("<object object at")
-        assert (journal._process is not None) == (writer == "process")
+        assert (journal.writer_pid is not None) == (writer == "process")
     # After shutdown the prefix is closed and the rows stay readable.
     with Store(database_url) as store:
         assert store.prefixes.get(journal.prefix).closed_at is not None
@@ -130,9 +130,9 @@ def test_a_full_queue_holds_submitters_back_then_drops_and_a_failing_database_is
         assert journal.flush(10)
         rename_table(database_url, "journal_tasks", "journal_tasks_away")  # every write now fails
         stuck = manager.submit("function", "held", {"value": 0})
-        assert not journal.flush(0.5) and journal._failing  # its batch is retried, in vain
+        assert not journal.flush(0.5) and journal.failing  # its batch is retried, in vain
         ids = [stuck] + [manager.submit("function", "held", {"value": i}) for i in (1, 2, 3)]
-        assert len(journal._feed) == 3  # = max_pending: the next submission is held back...
+        assert journal.waiting == 3  # = max_pending: the next submission is held back...
         started = time.monotonic()
         last = manager.submit("function", "held", {"value": 4})
         assert time.monotonic() - started >= 0.2
@@ -142,7 +142,7 @@ def test_a_full_queue_holds_submitters_back_then_drops_and_a_failing_database_is
         manager.wait(ids, timeout=30)
         rename_table(database_url, "journal_tasks_away", "journal_tasks")
         assert journal.flush(20)  # the failed batch and what waited are written
-        assert not journal._failing
+        assert not journal.failing
         rows = {row.task_id: row for row in journal.store.journal.list(prefix=journal.prefix)}
         # Only a "pending" change was dropped: every task's end was kept and written.
         assert {task_id: row.status for task_id, row in rows.items()} == dict.fromkeys(
@@ -157,13 +157,13 @@ def test_a_killed_writer_process_loses_nothing(database_url, monkeypatch):
         journal = manager.extension("journal")
         ids = [manager.submit("function", "echo", {"value": i}) for i in range(50)]
         assert journal.flush(20)
-        first = journal._process
-        assert first is not None and first.alive()
-        os.kill(first.pid, signal.SIGKILL)
+        first = journal.writer_pid
+        assert first is not None and _running(first)
+        os.kill(first, signal.SIGKILL)
         ids += [manager.submit("function", "echo", {"value": i}) for i in range(50, 500)]
         manager.wait(ids, timeout=30)
         assert journal.flush(30)
-        assert journal._process is not None and journal._process.pid != first.pid  # a new one
+        assert journal.writer_pid not in (None, first)  # a new one
         assert journal.store.journal.count(prefix=journal.prefix, status="completed") == 500
 
 
@@ -174,7 +174,7 @@ def test_a_manager_dropped_without_shutdown_writes_its_rows_and_ends_its_writer(
     ids = [manager.submit("function", "echo", {"value": i}) for i in range(20)]
     manager.wait(ids, timeout=10)
     assert journal.flush(10)
-    writer_pid = journal._process.pid
+    writer_pid = journal.writer_pid
     last = manager.submit("function", "echo", {"value": "last"})
     manager.wait([last], timeout=10)
     del manager
@@ -199,7 +199,7 @@ WRITER_CHILD = textwrap.dedent(
     journal = manager.extension("journal")
     manager.wait([manager.submit("function", "echo", {"value": 1})])
     journal.flush(10)
-    print(journal._process.pid, flush=True)
+    print(journal.writer_pid, flush=True)
     time.sleep(120)
     """
 )

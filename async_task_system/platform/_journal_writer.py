@@ -71,9 +71,6 @@ class WriterProcess:
     def pid(self) -> int:
         return self._process.pid
 
-    def alive(self) -> bool:
-        return self._process.poll() is None
-
     def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Write rows in one transaction; returns once committed. ``WriterError`` if the database
         refused them, ``WriterGone`` if the process ended."""

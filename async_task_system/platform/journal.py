@@ -95,7 +95,8 @@ class Journal:
     ids must never repeat in a journal), and starts the writer thread.
 
     Attributes: ``store`` (the :class:`~.store.Store`), ``prefix``, ``dropped`` (changes dropped
-    because the queue stayed full), ``written`` (rows written).
+    because the queue stayed full), ``written`` (rows written), ``waiting``, ``failing`` and
+    ``writer_pid`` (the writer process, if the rows go there).
     """
 
     max_pending = 50_000  # distinct tasks waiting to be written before submitters are held back
@@ -137,6 +138,22 @@ class Journal:
         manager.add_shutdown_callback(self.close)
         # A manager dropped without shutdown(): write what is queued, then let the thread end.
         weakref.finalize(manager, self._stop)
+
+    @property
+    def waiting(self) -> int:
+        """Tasks whose latest change waits to be taken by the writer."""
+        return len(self._feed)
+
+    @property
+    def failing(self) -> bool:
+        """True while the database refuses the writes (they are retried with a back-off)."""
+        return self._failing
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's id while the rows are written there (see ``process_threshold``)."""
+        process = self._process
+        return None if process is None else process.pid
 
     @property
     def dropped(self) -> int:

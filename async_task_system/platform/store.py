@@ -64,7 +64,6 @@ __all__ = [
     "JournalRecords",
     "JOURNAL_ROW_COLUMNS",
     "CompiledUpsert",
-    "convert_times",
     "IdPrefixes",
     "cap_text",
     "utcnow",
@@ -498,7 +497,7 @@ class CompiledUpsert:
     binds them; :meth:`convert` turns rows whose times are POSIX seconds into those tuples, as the
     table's SQLAlchemy types would (times as :class:`UTCDateTime` binds them; JSON columns are
     passed as JSON text already). SQLAlchemy's own per-value bind processing cost 30 us of the 40 us
-    a journal row took. Plain data, so that a writer process can be handed it.
+    a journal row took.
     """
 
     def __init__(
@@ -519,21 +518,16 @@ class CompiledUpsert:
 
     def convert(self, rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """Driver values of rows in ``columns`` order (times POSIX seconds or ``None``)."""
-        return convert_times(rows, self.times, self.dialect)
-
-
-def convert_times(rows: Iterable[Sequence[Any]], times: Sequence[int], dialect: str) -> list[tuple[Any, ...]]:
-    """Rows with the POSIX times at positions ``times`` as ``dialect``'s driver binds a UTC time."""
-    convert = _postgres_time if dialect == "postgresql" else _sqlite_time
-    out = []
-    for row in rows:
-        values = list(row)
-        for i in times:
-            value = values[i]
-            if value is not None:
-                values[i] = convert(value)
-        out.append(tuple(values))
-    return out
+        convert = _postgres_time if self.dialect == "postgresql" else _sqlite_time
+        times = self.times
+        out = []
+        for row in rows:
+            values = list(row)
+            for i in times:
+                if values[i] is not None:
+                    values[i] = convert(values[i])
+            out.append(tuple(values))
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- repositories
