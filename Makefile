@@ -1,5 +1,8 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Another Python: `make test PYTHON=python3.12 VENV=.venv-3.12`; all supported ones: `make test-pythons`.
+# Development installs come from the committed lock (uv.lock, one file for every supported Python):
+# a fresh clone installs what was tested. `make lock` refreshes it; `make test-latest` runs the suite
+# against the newest versions pyproject.toml allows, to see drift before users do.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,24 +11,52 @@ STAMP := $(VENV)/.installed
 PYTHONS ?= 3.10 3.11 3.12 3.13
 SKIP_PYTHONS ?=
 
-.PHONY: demo test pytest test-pythons lint format bench clean phoenix peer-test proto
+# uv installs from the lock; it is itself pinned and bootstrapped from the package index with pip,
+# once per machine, into a small venv of its own.
+UV_VERSION ?= 0.13.9
+UV_HOME ?= $(HOME)/.cache/async_task_system/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+# Byte-compile at install, as pip does: the tests start many interpreters, and a session may run with
+# PYTHONDONTWRITEBYTECODE set (litellm alone then takes ~9 s to import instead of ~1 s).
+export UV_COMPILE_BYTECODE := 1
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+.PHONY: demo test pytest test-pythons test-latest lint format bench clean phoenix peer-test proto lock
+
+$(UV):
+	test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install -q --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
+
+# Refresh uv.lock to the newest versions pyproject.toml allows (commit it after `make test` passes),
+# and the Phoenix server's own lock.
+lock: $(UV)
+	$(UV) lock --upgrade
+	$(UV) pip compile -q --universal --python-version 3.11 --upgrade \
+	  requirements/phoenix.in -o requirements/phoenix.txt
+
+# The suite against the newest allowed versions, in its own venv, without touching uv.lock.
+LATEST_VENV ?= .venv-latest
+test-latest: $(UV) phoenix
+	rm -rf $(LATEST_VENV)
+	$(UV) venv -q --python $(PYTHON) $(LATEST_VENV)
+	$(UV) pip install -q --python $(LATEST_VENV)/bin/python --upgrade -e '.[dev]'
+	$(LATEST_VENV)/bin/python -m pytest -q
 
 # The Phoenix server (tracing end-to-end test) lives in its own venv: it needs openai>=3, which
 # conflicts with litellm's pin. Installed once (a few minutes), instant afterwards. A failed
 # install does not stop `make test`: the test then skips with the reason (and fails under CI=true).
 PHOENIX_VENV ?= $(HOME)/.cache/async_task_system/phoenix-venv
-PHOENIX_SPEC ?= arize-phoenix~=20.26
-phoenix:
-	@test -f $(PHOENIX_VENV)/.installed || { \
+# Its versions come from requirements/phoenix.txt (a lock made from requirements/phoenix.in).
+phoenix: | $(UV)
+	@cmp -s requirements/phoenix.txt $(PHOENIX_VENV)/.installed || { \
 	  echo "Installing the Phoenix server into $(PHOENIX_VENV) (one time, a few minutes)..."; \
-	  { test -x $(PHOENIX_VENV)/bin/python || $(PYTHON) -m venv $(PHOENIX_VENV); } && \
-	  $(PHOENIX_VENV)/bin/python -m pip install -q '$(PHOENIX_SPEC)' && touch $(PHOENIX_VENV)/.installed; } || \
+	  { test -x $(PHOENIX_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(PHOENIX_VENV); } && \
+	  $(UV) pip sync -q --python $(PHOENIX_VENV)/bin/python requirements/phoenix.txt && \
+	  cp requirements/phoenix.txt $(PHOENIX_VENV)/.installed; } || \
 	  echo "warning: could not install Phoenix into $(PHOENIX_VENV); its end-to-end test will skip (fail under CI)."
 
 # smolagents' own CodeAgent and executor tests, run with and without our executor installed on
@@ -33,14 +64,13 @@ phoenix:
 # dependencies live in their own venv, set up once per smolagents version (the one in .venv).
 # Without the package registry it skips with the reason; under CI=true it fails instead.
 PEER_VENV ?= .venv-peer
-PEER_DEPS ?= pytest pytest-timeout pytest-datadir pandas numpy pillow mcp
+# Its test dependencies are the `peer` dependency group of pyproject.toml, installed from uv.lock.
 peer-test: $(STAMP)
 	@version=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("smolagents"))'); \
-	test -f $(PEER_VENV)/.installed-$$version || { \
+	cmp -s uv.lock $(PEER_VENV)/.installed || { \
 	  echo "Setting up $(PEER_VENV) for the smolagents $$version tests (one time)..."; \
-	  { test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV); } && \
-	  $(PEER_VENV)/bin/python -m pip install -q -e . "smolagents==$$version" $(PEER_DEPS) && \
-	  touch $(PEER_VENV)/.installed-$$version; } || { \
+	  UV_PROJECT_ENVIRONMENT=$(PEER_VENV) $(UV) sync -q --locked --group peer --python $(PYTHON) && \
+	  cp uv.lock $(PEER_VENV)/.installed; } || { \
 	  if [ "$$CI" = true ]; then echo "peer suite FAILED (CI=true): could not install its test dependencies"; exit 1; fi; \
 	  echo "peer suite SKIPPED: could not install its test dependencies (no package registry?)"; exit 0; }; \
 	$(PEER_VENV)/bin/python tests/peer/run_smolagents_suite.py
@@ -79,4 +109,4 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) .venv-* build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) $(LATEST_VENV) .venv-* build *.egg-info .pytest_cache

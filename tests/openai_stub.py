@@ -1,7 +1,8 @@
 """A real OpenAI-compatible HTTP server on loopback for testing the LiteLLM path.
 
 It answers ``POST /v1/chat/completions`` with scripted replies (in order) and records every
-request body, so tests exercise litellm's real HTTP client and response parsing.
+request body, so tests exercise litellm's real HTTP client and response parsing. Recorded headers
+are case-insensitive, as HTTP says (litellm's client sends ``authorization`` in lowercase).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import httpx
 
 Reply = str | Callable[[dict[str, Any]], str]
 
@@ -34,7 +37,7 @@ class OpenAIStub:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 with stub._lock:
-                    stub.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    stub.requests.append({"path": self.path, "headers": httpx.Headers(list(self.headers.items())), "body": body})
                     reply = stub.replies.pop(0) if stub.replies else None
                 if reply is None:
                     self._send(
