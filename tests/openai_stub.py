@@ -37,7 +37,13 @@ class OpenAIStub:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 with stub._lock:
-                    stub.requests.append({"path": self.path, "headers": httpx.Headers(list(self.headers.items())), "body": body})
+                    stub.requests.append(
+                        {
+                            "path": self.path,
+                            "headers": httpx.Headers(list(self.headers.items())),
+                            "body": body,
+                        }
+                    )
                     reply = stub.replies.pop(0) if stub.replies else None
                 if reply is None:
                     self._send(
