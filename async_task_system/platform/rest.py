@@ -55,6 +55,10 @@ DASHBOARD = Path(__file__).with_name("dashboard")
 Status = Literal[
     "pending", "queued", "dispatched", "running", "completed", "failed", "cancelled", "timed_out", "lost"
 ]
+MAX_OFFSET = 1_000_000_000
+"""``GET /tasks?offset=`` at most (larger: 422)."""
+MAX_LINE = 1_000_000_000_000
+"""A log line number (``Last-Event-ID``, ``?last_event_id=``) at most (larger: 422)."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _LABEL = re.compile(r"[A-Za-z0-9_.\-/]{1,63}\Z")
 
@@ -206,7 +210,7 @@ def _add_task_routes(app: FastAPI, platform: Platform) -> None:
         status: Status | None = None,
         type: Literal["shell", "python"] | None = None,
         limit: int = Query(100, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> JSONResponse:
         _manager, store, _writer = platform.require()
         filters = {"agent_id": agent_id, "status": status, "type": type}
@@ -229,16 +233,19 @@ def _add_task_routes(app: FastAPI, platform: Platform) -> None:
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def task_logs(
-        request: Request, task_id: str, last_event_id: int | None = Query(None, ge=0)
+        request: Request, task_id: str, last_event_id: int | None = Query(None, ge=0, le=MAX_LINE)
     ) -> Response:
         header = request.headers.get("last-event-id")
         after = last_event_id or 0
         if header is not None:
-            if not header.strip().isdigit():
+            text = header.strip()
+            if not (text.isdigit() and len(text) <= len(str(MAX_LINE)) and int(text) <= MAX_LINE):
                 return error_response(
-                    422, "invalid request: Last-Event-ID must be a line number", header[:40]
+                    422,
+                    f"invalid request: Last-Event-ID must be a line number from 0 to {MAX_LINE}",
+                    header[:40],
                 )
-            after = int(header)
+            after = int(text)
         subscriber = platform.broker.subscribe(task_id)
         if subscriber is None:
             return error_response(503, "too many live log streams", {"max": platform.broker.max_clients})

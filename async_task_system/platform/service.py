@@ -344,6 +344,11 @@ class LogBroker:
 # ---------------------------------------------------------------------------------------------- platform
 
 
+STORE_WAIT = 2.0
+"""Seconds ``POST /tasks`` waits for its record to be written (a locked database): then it answers
+201 with the record it holds, and the writer stores it when the database lets it."""
+
+
 @dataclass
 class _Live:
     """What the platform keeps in memory about an unfinished task of its manager."""
@@ -664,7 +669,7 @@ class Platform:
             raise PlatformError(422, f"invalid request: {exc}") from None
         except ManagerClosedError:
             raise PlatformError(503, "the platform is shutting down") from None
-        writer.flush()
+        writer.flush(STORE_WAIT)  # bounded: a locked database must not hold the client (see docs)
         record = store.tasks.get(task_id)
         return record.to_dict() if record is not None else {"task_id": task_id, "status": "pending"}
 
