@@ -348,6 +348,11 @@ class A2AServer:
             max_requests=self.max_requests,
         )
 
+    @property
+    def http_server(self) -> Any:
+        """The :class:`~.http_front.HttpServer` once started (``stats()``: connections), else None."""
+        return self._server
+
     def start(self, timeout: float = 30.0) -> A2AServer:
         sock = listen(self.host, self.port, self.http_limits)
         self.port = sock.getsockname()[1]

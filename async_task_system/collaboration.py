@@ -212,6 +212,11 @@ class CollaborationError(AsyncTaskSystemError, RuntimeError):
 Reply = Callable[[CollaborationMessage], None]
 
 
+class HandlerDeadlineError(AsyncTaskSystemError, TimeoutError):
+    """A sync handler was still running at its request's deadline: its worker stopped waiting for it
+    (the handler's thread is left to finish; the requester gets ``timeout``)."""
+
+
 @runtime_checkable
 class CollaborationEndpoint(Protocol):
     """Where messages for one agent go: a protocol in this process, or a remote agent."""
@@ -330,7 +335,7 @@ class CollaborationProtocol:
             A sync handler runs on a thread of its own: at the deadline its task times out, its
             slot and the manager's worker thread are given back, and the handler's thread is left
             to finish (Python cannot stop a thread). While this many are left running, requests for
-            sync handlers are answered ``busy`` (threads stay bounded: slots + this).
+            sync handlers are answered ``busy`` (handler threads stay bounded: this plus the slots).
     """
 
     def __init__(
@@ -401,7 +406,7 @@ class CollaborationProtocol:
     def deliver(self, message: CollaborationMessage, reply: Reply) -> None:
         """Accept a REQUEST (any thread, never blocks): answered at once if it must be refused, else run as a task."""
         incoming = _Incoming(message, reply)
-        refusal = self._refusal(message) or self._admit(incoming)
+        refusal = self._refusal(message) or self._stuck(message) or self._admit(incoming)
         if refusal is not None:
             reply(message.reply(MessageType.RESPONSE, refusal.content()))
             return
@@ -448,6 +453,17 @@ class CollaborationProtocol:
                 "expired", f"the request's deadline passed {time.time() - message.deadline:.3f} s ago"
             )
         return None
+
+    def _stuck(self, message: CollaborationMessage) -> CollaborationError | None:
+        """``busy`` for a sync handler while ``max_stuck_handlers`` are left running past their deadline."""
+        handler = self._handlers[message.content["tool"]][0]
+        if inspect.iscoroutinefunction(handler) or self.stuck_handlers < self.max_stuck_handlers:
+            return None
+        return CollaborationError(
+            "busy",
+            f"agent {self.name!r} has {self.stuck_handlers} handlers still running past their deadline "
+            f"(max_stuck_handlers={self.max_stuck_handlers}); try again later",
+        )
 
     def _admit(self, incoming: _Incoming) -> CollaborationError | None:
         """Put a request in the inbox, or say why not: full, or its id already there (one lock: no race)."""
@@ -502,13 +518,6 @@ class CollaborationProtocol:
 
     def _run_bounded(self, incoming: _Incoming, handler: Callable[..., Any], parameters: dict) -> Any:
         """Run a sync handler on a thread of its own; give up at the deadline or when its task ends."""
-        with self._lock:
-            if self.stuck_handlers >= self.max_stuck_handlers:
-                raise CollaborationError(
-                    "busy",
-                    f"agent {self.name!r} has {self.stuck_handlers} handlers still running past their "
-                    "deadline; try again later",
-                )
         outcome: list[Any] = []
         gave_up = False
 
@@ -535,7 +544,7 @@ class CollaborationProtocol:
                 gave_up = True
                 self.stuck_handlers += 1
         if gave_up:
-            raise CollaborationError("timeout", "the handler did not finish before the request's deadline")
+            raise HandlerDeadlineError("the handler did not finish before the request's deadline")
         ok, value = outcome[0]
         if not ok:
             raise value
@@ -763,7 +772,7 @@ def _error_content(info: TaskInfo) -> dict[str, Any]:
     error = info.error
     if info.status is TaskStatus.CANCELLED:
         return CollaborationError("cancelled", "the request was cancelled").content()
-    if error is not None and error.type == "timeout":
+    if error is not None and error.type in ("timeout", HandlerDeadlineError.__name__):
         return CollaborationError(
             "timeout", "the handler did not finish before the request's deadline"
         ).content()

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FrontGuard", "FrontLimits", "error_response", "listen", "start_server"]
+__all__ = ["FrontGuard", "FrontLimits", "HttpServer", "error_response", "listen", "start_server"]
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def _protocol_class(registry: _Registry) -> type:
     return FrontProtocol
 
 
-class _Server:
+class HttpServer:
     """A uvicorn server in a daemon thread (what :func:`start_server` returns)."""
 
     def __init__(self, server: Any, thread: threading.Thread, port: int, registry: _Registry) -> None:
@@ -246,7 +246,7 @@ def start_server(
     limits: FrontLimits | None = None,
     name: str = "http",
     graceful_shutdown: float = 3.0,
-) -> _Server:
+) -> HttpServer:
     """Serve ``app`` on ``sock`` (from :func:`listen`) on hardened uvicorn in a daemon thread."""
     import uvicorn
 
@@ -266,7 +266,7 @@ def start_server(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
     thread.start()
-    return _Server(server, thread, sock.getsockname()[1], registry)
+    return HttpServer(server, thread, sock.getsockname()[1], registry)
 
 
 # ---------------------------------------------------------------------------------------------- guard

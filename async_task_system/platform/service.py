@@ -576,6 +576,11 @@ class Platform:
         ).start()
         self.grpc_port = int(str(self.grpc_hub.url).rsplit(":", 1)[1])
 
+    @property
+    def http_server(self) -> Any:
+        """The REST API's :class:`~..http_front.HttpServer` (``stats()``: connections), or None."""
+        return self._http
+
     def _start_http(self) -> None:
         from ..http_front import listen, start_server
         from .rest import create_app
