@@ -496,7 +496,10 @@ class ScheduledTask:
 
     def to_dict(self) -> dict[str, Any]:
         """What ``list_tasks`` shows: the seed's fields first, then the policies and the last run."""
-        tz = _zone(self.timezone)
+        try:
+            tz = _zone(self.timezone)
+        except ScheduleError:  # a stored zone this machine does not know: shown in UTC
+            tz = _UTC
         last = self.history[-1] if self.history else None
         return {
             "id": self.id,
@@ -841,6 +844,10 @@ class ToolScheduler:
         """Start a run at once (overlap applies; it counts in ``run_count``); its task id, or None if skipped."""
         with self._lock:
             task = self._get(schedule_id)
+            if task.state == "invalid":
+                raise ScheduleError(
+                    f"schedule {schedule_id} is outside the limits and does not run: {task.history[-1].error}"
+                )
             run = self._start_run(task, self.clock.time(), catch_up=False)
             self._save(task)
         self._flush_callbacks()
@@ -921,6 +928,7 @@ class ToolScheduler:
         limits, now = self.limits, self.clock.time()
         reach = 2 * limits.max_horizon  # stored times may be as old as the horizon, and as far ahead
         try:
+            _zone(task.timezone)
             if task.schedule_type is ScheduleType.INTERVAL:
                 self._interval(task.schedule_value, "its interval")
             for what in ("start_at", "end_at", "anchor", "next_run", "last_run"):
