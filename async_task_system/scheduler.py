@@ -107,7 +107,7 @@ class ScheduleLimits:
     """A schedule's runs at once (``max_instances``), at most; also the bound of ``retries``."""
     max_schedules: int = 1000
     """Schedules one scheduler (one agent's manager: one owner) holds at once."""
-    max_runs_per_second: float = 20.0
+    max_runs_per_second: float = 50.0
     """Runs all schedules of the scheduler start per second (a bucket of as many): fires beyond are
     recorded ``skipped`` with the reason."""
 
