@@ -346,6 +346,7 @@ class A2AServer:
             max_body_bytes=self.max_body_bytes,
             public=public,
             max_requests=self.max_requests,
+            body_timeout=(self.http_limits or FrontLimits()).body_timeout,
         )
 
     @property

@@ -17,7 +17,7 @@ Two parts, both used by :mod:`.platform.service` and :mod:`.a2a`:
   pair is how requests are smuggled past proxies), at most ``max_requests`` requests run at once
   (more get 503 with ``Retry-After``), the bearer token is checked (``hmac.compare_digest``), and a
   body over ``max_body_bytes`` gets 413 -- from its ``Content-Length`` or, chunked, as soon as the
-  bytes received pass the limit.
+  bytes received pass the limit; a body whose next part takes over ``body_timeout`` (30 s) gets 408.
 
 Why uvicorn + h11 and not another server: uvicorn's only knobs for this are ``limit_concurrency``
 (it counts open connections, so half-open ones turn real requests into 503s) and
@@ -29,6 +29,7 @@ uvicorn's public ``H11Protocol`` plugged in through ``Config(http=...)``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import socket
@@ -54,13 +55,15 @@ class FrontLimits:
     """Open connections at once; past it a newcomer closes the oldest pending one."""
     max_connections_per_address: int = 256
     """Open connections of one client address; past it a newcomer closes that address's oldest pending one."""
+    body_timeout: float = 30.0
+    """Seconds a request body's next part may take (then 408: a trickled body gives its slot back)."""
     max_head_bytes: int = 64 * 1024
     """Bytes of a request line plus headers (more: 400)."""
     backlog: int = 512
     """The listening socket's accept queue."""
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout", "keep_alive"):
+        for name in ("header_timeout", "keep_alive", "body_timeout"):
             value = getattr(self, name)
             if not 0 < value <= 3600:
                 raise ValueError(f"{name} must be in (0, 3600] seconds, got {value!r}")
@@ -295,6 +298,7 @@ class FrontGuard:
         max_body_bytes: int,
         public: Callable[[str, str], bool],
         max_requests: int = 256,
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.token = token.encode()
@@ -302,6 +306,7 @@ class FrontGuard:
         self.drain_bytes = 4 * max_body_bytes
         self.public = public
         self.max_requests = max_requests
+        self.body_timeout = body_timeout
         self.in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -357,10 +362,26 @@ class FrontGuard:
         started = False  # the app began its response
         refused = False  # we answered 413 ourselves: the app's own answer is dropped
         received = 0
+        body_done = False
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received, refused
-            message = await receive()
+            nonlocal received, refused, body_done
+            if body_done or refused:
+                return await receive()  # e.g. a streaming response waiting for the client to leave
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:  # a body trickled byte by byte: give the slot back
+                if not started:
+                    refused = True
+                    await error_response(
+                        408,
+                        "request body too slow",
+                        {"body_timeout": self.body_timeout},
+                        {"Connection": "close"},
+                    )(scope, receive, send)
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body"):
+                body_done = True
             if message["type"] == "http.request" and not refused:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:

@@ -41,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._compat import TIMEOUT_ERRORS
-from ..http_front import FrontGuard, error_response
+from ..http_front import FrontGuard, FrontLimits, error_response
 from .service import PlatformError, is_terminal
 
 if TYPE_CHECKING:
@@ -139,6 +139,7 @@ def create_app(platform: Platform) -> FastAPI:
         max_body_bytes=platform.max_body_bytes,
         public=public,
         max_requests=platform.max_requests,
+        body_timeout=(platform.http_limits or FrontLimits()).body_timeout,
     )
     _add_error_handlers(app)
     _add_task_routes(app, platform)
