@@ -265,6 +265,7 @@ def start_server(
     config = uvicorn.Config(
         app,
         http=_protocol_class(registry),
+        ws="none",  # neither API speaks WebSocket: an Upgrade would leave the registry's protocol
         log_level="warning",
         lifespan="off",
         timeout_keep_alive=int(max(1, limits.keep_alive)),
