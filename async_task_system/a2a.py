@@ -23,19 +23,18 @@ Wire details. A request is a user message whose part is JSON text (media type
 foreign clients; JSON text keeps integers integers, which ``google.protobuf.Value`` does not) and
 whose metadata ``"ats"`` carries our message (id, from_agent, deadline). PROGRESS is a ``working``
 status update whose message holds ``{"fraction", "message"}``; the result is an artifact named
-``result`` holding JSON text. Hostile input: the token is checked before the body is read, a body
-over ``max_body_bytes`` is refused (413) without being read further, and the server keeps serving.
+``result`` holding JSON text. Hostile input: the HTTP front is :mod:`.http_front`'s (shared with
+the platform): a request head must arrive within ``header_timeout``, half-open connections make
+room for real ones, ``Content-Length`` with ``Transfer-Encoding`` is refused (400), the token is
+checked before the body is read, and a body over ``max_body_bytes`` (declared or chunked) gets 413.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import math
 import secrets
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from .collaboration import (
     CollaborationProtocol,
     MessageType,
 )
+from .http_front import FrontGuard, FrontLimits, listen, start_server
 from .tasks import TaskStatus
 
 __all__ = ["A2AAgent", "A2AServer", "FROM_A2A", "TO_A2A", "agent_card"]
@@ -251,45 +251,6 @@ class _Executor:
         await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
 
 
-class _Guard:
-    """ASGI middleware: bearer token before anything is read (the agent card is public), bounded body."""
-
-    def __init__(self, app: Any, token: str, max_body_bytes: int, public_paths: tuple[str, ...]) -> None:
-        self.app = app
-        self.token = f"Bearer {token}".encode()
-        self.max_body_bytes = max_body_bytes
-        self.public_paths = public_paths
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or (scope["method"] == "GET" and scope["path"] in self.public_paths):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or ())
-        if not hmac.compare_digest(headers.get(b"authorization", b""), self.token):
-            await _plain(send, 401, "a bearer token is required (Authorization: Bearer <token>)")
-            return
-        length = headers.get(b"content-length")
-        if length is None or not length.isdigit():
-            await _plain(send, 411, "a Content-Length is required")
-            return
-        if int(length) > self.max_body_bytes:
-            await _plain(send, 413, f"the body is {int(length)} bytes; the limit is {self.max_body_bytes}")
-            return
-        await self.app(scope, receive, send)
-
-
-async def _plain(send: Callable, status: int, text: str) -> None:
-    body = json.dumps({"error": text}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 def _bounded_task_store(limit: int) -> Any:
     """The SDK's in-memory task store, forgetting the oldest finished tasks beyond ``limit``.
 
@@ -342,6 +303,8 @@ class A2AServer:
         default_timeout: float = DEFAULT_TIMEOUT,
         description: str = "",
         max_finished_tasks: int = 1000,
+        http_limits: FrontLimits | None = None,
+        max_requests: int = 256,
     ) -> None:
         self.protocol = protocol
         self.host = host
@@ -351,8 +314,9 @@ class A2AServer:
         self.default_timeout = default_timeout
         self.description = description
         self.max_finished_tasks = max_finished_tasks
+        self.http_limits = http_limits
+        self.max_requests = max_requests
         self._server: Any = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -372,39 +336,40 @@ class A2AServer:
             agent_card=card,
         )
         app = Starlette(routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")])
-        return _Guard(app, self.token, self.max_body_bytes, (AGENT_CARD_WELL_KNOWN_PATH,))
+
+        def public(method: str, path: str) -> bool:
+            return method == "GET" and path == AGENT_CARD_WELL_KNOWN_PATH
+
+        return FrontGuard(
+            app,
+            token=self.token,
+            max_body_bytes=self.max_body_bytes,
+            public=public,
+            max_requests=self.max_requests,
+            body_timeout=(self.http_limits or FrontLimits()).body_timeout,
+        )
+
+    @property
+    def http_server(self) -> Any:
+        """The :class:`~.http_front.HttpServer` once started (``stats()``: connections), else None."""
+        return self._server
 
     def start(self, timeout: float = 30.0) -> A2AServer:
-        import uvicorn
-
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        sock = listen(self.host, self.port, self.http_limits)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.build_app(),
-            log_level="warning",
-            lifespan="off",
-            limit_concurrency=256,
-            timeout_keep_alive=30,
+        self._server = start_server(
+            self.build_app(), sock, limits=self.http_limits, name=f"a2a-{self.protocol.name}"
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name=f"a2a-{self.protocol.name}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:  # uvicorn offers no event for this; bounded, at start only
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the A2A server for {self.protocol.name!r} did not start")
-            time.sleep(0.01)
+        try:
+            self._server.wait_started(timeout)
+        except RuntimeError:
+            self._server.stop(1.0)
+            raise RuntimeError(f"the A2A server for {self.protocol.name!r} did not start") from None
         return self
 
     def close(self, timeout: float = 10.0) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
+            self._server.stop(timeout)
 
     def __enter__(self) -> A2AServer:
         return self.start()

@@ -34,6 +34,7 @@ Errors in a RESPONSE carry an ``error_type``: ``unknown_agent``, ``unknown_tool`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import itertools
 import json
@@ -211,6 +212,11 @@ class CollaborationError(AsyncTaskSystemError, RuntimeError):
 Reply = Callable[[CollaborationMessage], None]
 
 
+class HandlerDeadlineError(AsyncTaskSystemError, TimeoutError):
+    """A sync handler was still running at its request's deadline: its worker stopped waiting for it
+    (the handler's thread is left to finish; the requester gets ``timeout``)."""
+
+
 @runtime_checkable
 class CollaborationEndpoint(Protocol):
     """Where messages for one agent go: a protocol in this process, or a remote agent."""
@@ -312,6 +318,7 @@ class _Incoming:
     coroutine_task: asyncio.Task | None = None
     progress: tuple[float | None, str | None] = (None, None)
     answered: bool = False
+    ended: threading.Event = field(default_factory=threading.Event)  # the handler returned or its task ended
 
 
 class CollaborationProtocol:
@@ -324,6 +331,11 @@ class CollaborationProtocol:
         directory: where agents are found (default: :func:`default_directory`); this protocol
             registers itself there under ``name`` unless ``register`` is False.
         inbox_size: requests accepted and not yet answered, at most; more are answered ``busy``.
+        max_stuck_handlers: sync handlers still running past their request's deadline, at most.
+            A sync handler runs on a thread of its own: at the deadline its task times out, its
+            slot and the manager's worker thread are given back, and the handler's thread is left
+            to finish (Python cannot stop a thread). While this many are left running, requests for
+            sync handlers are answered ``busy`` (handler threads stay bounded: this plus the slots).
     """
 
     def __init__(
@@ -334,9 +346,14 @@ class CollaborationProtocol:
         *,
         inbox_size: int = 64,
         register: bool = True,
+        max_stuck_handlers: int = 32,
     ) -> None:
-        if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
-            raise ValueError(f"inbox_size must be a positive integer, got {inbox_size!r}")
+        for what, value in (("inbox_size", inbox_size), ("max_stuck_handlers", max_stuck_handlers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        self.max_stuck_handlers = max_stuck_handlers
+        self.stuck_handlers = 0
+        """Sync handlers left running past their deadline (their threads end when they return)."""
         self.name = name
         manager = getattr(task_manager, "task_manager", task_manager)
         self.owns_manager = manager is None
@@ -389,7 +406,7 @@ class CollaborationProtocol:
     def deliver(self, message: CollaborationMessage, reply: Reply) -> None:
         """Accept a REQUEST (any thread, never blocks): answered at once if it must be refused, else run as a task."""
         incoming = _Incoming(message, reply)
-        refusal = self._refusal(message) or self._admit(incoming)
+        refusal = self._refusal(message) or self._stuck(message) or self._admit(incoming)
         if refusal is not None:
             reply(message.reply(MessageType.RESPONSE, refusal.content()))
             return
@@ -437,6 +454,17 @@ class CollaborationProtocol:
             )
         return None
 
+    def _stuck(self, message: CollaborationMessage) -> CollaborationError | None:
+        """``busy`` for a sync handler while ``max_stuck_handlers`` are left running past their deadline."""
+        handler = self._handlers[message.content["tool"]][0]
+        if inspect.iscoroutinefunction(handler) or self.stuck_handlers < self.max_stuck_handlers:
+            return None
+        return CollaborationError(
+            "busy",
+            f"agent {self.name!r} has {self.stuck_handlers} handlers still running past their deadline "
+            f"(max_stuck_handlers={self.max_stuck_handlers}); try again later",
+        )
+
     def _admit(self, incoming: _Incoming) -> CollaborationError | None:
         """Put a request in the inbox, or say why not: full, or its id already there (one lock: no race)."""
         request_id = incoming.message.id
@@ -480,9 +508,47 @@ class CollaborationProtocol:
 
     def _run_sync(self, tool: str, arguments: dict[str, Any]) -> Any:
         incoming, handler = self._take(tool, arguments)
-        result = handler(**incoming.message.content["parameters"])
+        parameters = incoming.message.content["parameters"]
+        if incoming.message.deadline is None:
+            result = handler(**parameters)
+        else:
+            result = self._run_bounded(incoming, handler, parameters)
         check_size(result, "the handler's result")
         return result
+
+    def _run_bounded(self, incoming: _Incoming, handler: Callable[..., Any], parameters: dict) -> Any:
+        """Run a sync handler on a thread of its own; give up at the deadline or when its task ends."""
+        outcome: list[Any] = []
+        gave_up = False
+
+        def run() -> None:
+            nonlocal gave_up
+            try:
+                outcome.append((True, handler(**parameters)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting worker
+                outcome.append((False, exc))
+            finally:
+                with self._lock:
+                    if gave_up:
+                        self.stuck_handlers -= 1
+                incoming.ended.set()
+
+        context = contextvars.copy_context()  # the task's identity: report_progress, cancellation_requested
+        thread = threading.Thread(
+            target=context.run, args=(run,), name=f"collab-{self.name}-handler", daemon=True
+        )
+        thread.start()
+        incoming.ended.wait(max(incoming.message.deadline - time.time(), 0.0))
+        with self._lock:
+            if not outcome:
+                gave_up = True
+                self.stuck_handlers += 1
+        if gave_up:
+            raise HandlerDeadlineError("the handler did not finish before the request's deadline")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
 
     async def _run_async(self, tool: str, arguments: dict[str, Any]) -> Any:
         incoming, handler = self._take(tool, arguments)
@@ -503,6 +569,7 @@ class CollaborationProtocol:
             incoming.task_id = info.id
             if info.status.is_terminal:
                 incoming.answered = True
+                incoming.ended.set()  # a sync handler's worker stops waiting for it
                 del self._incoming[request_id]
         message = incoming.message
         if not info.status.is_terminal:
@@ -705,7 +772,7 @@ def _error_content(info: TaskInfo) -> dict[str, Any]:
     error = info.error
     if info.status is TaskStatus.CANCELLED:
         return CollaborationError("cancelled", "the request was cancelled").content()
-    if error is not None and error.type == "timeout":
+    if error is not None and error.type in ("timeout", HandlerDeadlineError.__name__):
         return CollaborationError(
             "timeout", "the handler did not finish before the request's deadline"
         ).content()

@@ -65,6 +65,7 @@ __all__ = [
     "ScheduleRun",
     "ToolScheduler",
     "ScheduleError",
+    "ScheduleLimits",
     "UnknownScheduleError",
     "Clock",
     "SystemClock",
@@ -83,6 +84,44 @@ MAX_SLEEP = 3600.0  # the timer re-checks the wall clock at least hourly (a cloc
 CATCH_UP = ("none", "one", "all")
 _UTC = timezone.utc  # ToolScheduler.schedule has a parameter named timezone
 OVERLAP = ("skip", "queue", "allow")
+
+
+@dataclass(frozen=True)
+class ScheduleLimits:
+    """What a :class:`ToolScheduler` accepts (its schedules come from LLM calls: hostile input).
+
+    Change them with ``ToolScheduler(manager, limits=ScheduleLimits(min_interval=0.1, ...))``.
+    A refused value raises :class:`ScheduleError` naming the allowed range.
+    """
+
+    min_interval: float = 1.0
+    """Seconds between fires of an 'interval' schedule, at least (a cron expression fires at most once a second)."""
+    max_horizon: float = 10 * 366 * 86400.0
+    """Seconds from now that times (once, start_at, end_at, the first fire) and durations (interval,
+    timeout, misfire_grace, catch_up_window) may reach, at most: about ten years."""
+    max_jitter: float = 86400.0
+    """Seconds of random delay per fire, at most."""
+    max_runs: int = 1_000_000
+    """A schedule's ``max_runs``, at most."""
+    max_instances: int = 100
+    """A schedule's runs at once (``max_instances``), at most; also the bound of ``retries``."""
+    max_schedules: int = 1000
+    """Schedules one scheduler (one agent's manager: one owner) holds at once."""
+    max_runs_per_second: float = 50.0
+    """Runs all schedules of the scheduler start per second (a bucket of as many): fires beyond are
+    recorded ``skipped`` with the reason."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_interval", "max_horizon", "max_jitter", "max_runs_per_second"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"ScheduleLimits.{name} must be a positive finite number, got {value!r}")
+        for name in ("max_runs", "max_instances", "max_schedules"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ScheduleLimits.{name} must be a positive integer, got {value!r}")
+        if self.min_interval > self.max_horizon:
+            raise ValueError("ScheduleLimits.min_interval must not exceed max_horizon")
 
 
 class ScheduleError(TaskValidationError):
@@ -235,7 +274,12 @@ def _to_epoch(value: Any, tz: Any, what: str) -> float:
 
 
 def _iso(when: float | None, tz: Any = timezone.utc) -> str | None:
-    return None if when is None else datetime.fromtimestamp(when, tz).isoformat()
+    if when is None:
+        return None
+    try:
+        return datetime.fromtimestamp(when, tz).isoformat()
+    except (OverflowError, ValueError, OSError, TypeError):  # a stored value no datetime can hold
+        return f"out of range ({when!r})"
 
 
 def _zone(name: str | None) -> Any:
@@ -250,16 +294,33 @@ def _zone(name: str | None) -> Any:
         ) from None
 
 
-def _seconds(value: Any, what: str, *, positive: bool = True, allow_none: bool = False) -> float | None:
+def _seconds(
+    value: Any,
+    what: str,
+    *,
+    positive: bool = True,
+    allow_none: bool = False,
+    maximum: float = math.inf,
+    minimum: float = 0.0,
+) -> float | None:
     if value is None and allow_none:
         return None
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = math.nan
-    if math.isnan(number) or math.isinf(number) or (number <= 0 if positive else number < 0):
-        bound = "a positive" if positive else "a non-negative"
-        raise ScheduleError(f"{what} must be {bound} number of seconds, got {value!r}")
+    if (
+        math.isnan(number)
+        or math.isinf(number)
+        or (number <= 0 if positive else number < 0)
+        or number < minimum
+        or number > maximum
+    ):
+        bound = "a positive number of seconds" if positive else "a non-negative number of seconds"
+        if maximum < math.inf or minimum > 0:
+            low = f"{minimum:.15g}" if minimum > 0 else ("just above 0" if positive else "0")
+            bound += f" from {low} to {maximum:.15g}"
+        raise ScheduleError(f"{what} must be {bound}, got {value!r}")
     return number
 
 
@@ -435,7 +496,10 @@ class ScheduledTask:
 
     def to_dict(self) -> dict[str, Any]:
         """What ``list_tasks`` shows: the seed's fields first, then the policies and the last run."""
-        tz = _zone(self.timezone)
+        try:
+            tz = _zone(self.timezone)
+        except ScheduleError:  # a stored zone this machine does not know: shown in UTC
+            tz = _UTC
         last = self.history[-1] if self.history else None
         return {
             "id": self.id,
@@ -546,6 +610,7 @@ class ToolScheduler:
             Default: in memory.
         clock: a :class:`Clock`; default the wall clock and the manager's timer thread.
         rng: the random source for ``jitter`` (seed it in tests).
+        limits: what :meth:`schedule` accepts and how fast runs start (:class:`ScheduleLimits`).
 
     The scheduler stops when the manager shuts down (or with :meth:`shutdown`).
     """
@@ -557,7 +622,11 @@ class ToolScheduler:
         clock: Clock | None = None,
         *,
         rng: random.Random | None = None,
+        limits: ScheduleLimits | None = None,
     ) -> None:
+        self.limits = limits or ScheduleLimits()
+        self._tokens = float(self.limits.max_runs_per_second)  # the run-rate bucket
+        self._tokens_at: float | None = None
         self.manager = task_manager
         self.store: ScheduleStore = store if store is not None else MemoryScheduleStore()
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -627,6 +696,14 @@ class ToolScheduler:
             raise ScheduleError("name must be a non-empty string that says what the schedule is for")
         tz = _zone(timezone)
         now = self.clock.time()
+        limits = self.limits
+        horizon = limits.max_horizon
+        with self._lock:
+            if len(self._schedules) >= limits.max_schedules:
+                raise ScheduleError(
+                    f"this agent has {len(self._schedules)} schedules, the most it may hold "
+                    f"(max_schedules={limits.max_schedules}): cancel_schedule the ones no longer needed first"
+                )
         task = ScheduledTask(
             id=f"sch_{secrets.token_hex(4)}",
             name=name.strip()[:200],
@@ -636,17 +713,17 @@ class ToolScheduler:
             parameters=self._check_target(kind, tool_name, parameters),
             kind=str(TaskKind.parse(kind).value),
             timezone=None if tz is _UTC else timezone,
-            start_at=None if start_at is None else _to_epoch(start_at, tz, "start_at"),
-            end_at=None if end_at is None else _to_epoch(end_at, tz, "end_at"),
-            max_runs=_check_count(max_runs, "max_runs"),
-            misfire_grace=_seconds(misfire_grace, "misfire_grace", positive=False),
+            start_at=None if start_at is None else self._time(start_at, tz, "start_at", now),
+            end_at=None if end_at is None else self._time(end_at, tz, "end_at", now),
+            max_runs=_check_count(max_runs, "max_runs", maximum=limits.max_runs),
+            misfire_grace=_seconds(misfire_grace, "misfire_grace", positive=False, maximum=horizon),
             catch_up=_check_choice(catch_up, CATCH_UP, "catch_up"),
-            catch_up_window=_seconds(catch_up_window, "catch_up_window", allow_none=True),
+            catch_up_window=_seconds(catch_up_window, "catch_up_window", allow_none=True, maximum=horizon),
             overlap=_check_choice(overlap, OVERLAP, "overlap"),
-            max_instances=_check_count(max_instances, "max_instances") or 1,
-            jitter=_seconds(jitter, "jitter", positive=False),
-            timeout=_seconds(timeout, "timeout", allow_none=True),
-            retries=_check_count(retries, "retries", zero=True) or 0,
+            max_instances=_check_count(max_instances, "max_instances", maximum=limits.max_instances) or 1,
+            jitter=_seconds(jitter, "jitter", positive=False, maximum=limits.max_jitter),
+            timeout=_seconds(timeout, "timeout", allow_none=True, maximum=horizon),
+            retries=_check_count(retries, "retries", zero=True, maximum=limits.max_instances) or 0,
             enabled=bool(enabled),
             created_at=now,
             callback=callback,
@@ -661,7 +738,7 @@ class ToolScheduler:
                 f"end_at ({_iso(task.end_at)}) must be after start_at ({_iso(task.start_at)})"
             )
         if stype is ScheduleType.ONCE:
-            at = _to_epoch(task.schedule_value, tz, "schedule_value for a 'once' schedule")
+            at = self._time(task.schedule_value, tz, "schedule_value for a 'once' schedule", now)
             if at <= now:
                 raise ScheduleError(
                     f"the time {task.schedule_value!r} is in the past (now is {_iso(now, tz)}): give a future ISO "
@@ -669,8 +746,7 @@ class ToolScheduler:
                 )
             task.schedule_value = _iso(at, tz) or task.schedule_value
         elif stype is ScheduleType.INTERVAL:
-            interval = _seconds(task.schedule_value, "schedule_value for an 'interval' schedule")
-            assert interval is not None
+            interval = self._interval(task.schedule_value, "schedule_value for an 'interval' schedule")
             task.anchor = task.start_at if task.start_at is not None else now + interval
         task.trigger = self._trigger(task)
         first = self._next_after(task, now)  # strictly after now; start_at itself may be the first fire
@@ -678,9 +754,19 @@ class ToolScheduler:
             raise ScheduleError(
                 f"schedule {name!r} would never run: its first fire after now is past end_at ({_iso(task.end_at, tz)})"
             )
+        if first > now + horizon:
+            raise ScheduleError(
+                f"schedule {name!r} would first run at {_iso(first, tz)}, beyond the horizon of "
+                f"{horizon:.15g} s (until {_iso(now + horizon, tz)}): choose an earlier time or a shorter interval"
+            )
         task.loop = _running_loop()
         with self._lock:
             self._check_open()
+            if len(self._schedules) >= limits.max_schedules:
+                raise ScheduleError(
+                    f"this agent holds {len(self._schedules)} schedules (max_schedules={limits.max_schedules}): "
+                    "cancel_schedule the ones no longer needed first"
+                )
             task.next_run = first
             task.state = "scheduled" if task.enabled else "paused"
             self._schedules[task.id] = task
@@ -758,6 +844,10 @@ class ToolScheduler:
         """Start a run at once (overlap applies; it counts in ``run_count``); its task id, or None if skipped."""
         with self._lock:
             task = self._get(schedule_id)
+            if task.state == "invalid":
+                raise ScheduleError(
+                    f"schedule {schedule_id} is outside the limits and does not run: {task.history[-1].error}"
+                )
             run = self._start_run(task, self.clock.time(), catch_up=False)
             self._save(task)
         self._flush_callbacks()
@@ -812,6 +902,65 @@ class ToolScheduler:
 
     # ------------------------------------------------------------------ internals
 
+    def _time(self, value: Any, tz: Any, what: str, now: float) -> float:
+        """An epoch time within ``max_horizon`` of now, or ScheduleError with the allowed range."""
+        horizon = self.limits.max_horizon
+        try:
+            when = _to_epoch(value, tz, what)
+        except (OverflowError, OSError) as exc:  # a datetime beyond what the platform's clock holds
+            raise ScheduleError(
+                f"{what} is out of range ({exc}): give a time within {horizon:.15g} s of now"
+            ) from None
+        if not (math.isfinite(when) and abs(when - now) <= horizon):
+            raise ScheduleError(
+                f"{what} must be a time from {_iso(now - horizon, tz)} to {_iso(now + horizon, tz)} "
+                f"(within max_horizon={horizon:.15g} s of now), got {value!r:.60}"
+            )
+        return when
+
+    def _interval(self, value: Any, what: str) -> float:
+        number = _seconds(value, what, minimum=self.limits.min_interval, maximum=self.limits.max_horizon)
+        assert number is not None
+        return number
+
+    def _problem(self, task: ScheduledTask) -> str | None:
+        """Why a stored schedule (maybe written by an older version) is outside the limits, or None."""
+        limits, now = self.limits, self.clock.time()
+        reach = 2 * limits.max_horizon  # stored times may be as old as the horizon, and as far ahead
+        try:
+            _zone(task.timezone)
+            if task.schedule_type is ScheduleType.INTERVAL:
+                self._interval(task.schedule_value, "its interval")
+            for what in ("start_at", "end_at", "anchor", "next_run", "last_run"):
+                value = getattr(task, what)
+                if value is not None and not (
+                    isinstance(value, (int, float)) and math.isfinite(value) and abs(value - now) <= reach
+                ):
+                    return f"its {what} {value!r:.40} is not a time within {reach:.15g} s of now"
+            _seconds(task.jitter, "its jitter", positive=False, maximum=limits.max_jitter)
+            _seconds(task.misfire_grace, "its misfire_grace", positive=False, maximum=limits.max_horizon)
+            _seconds(task.catch_up_window, "its catch_up_window", allow_none=True, maximum=limits.max_horizon)
+            _seconds(task.timeout, "its timeout", allow_none=True, maximum=limits.max_horizon)
+            _check_count(task.max_runs, "its max_runs", maximum=limits.max_runs)
+            _check_count(task.max_instances, "its max_instances", maximum=limits.max_instances)
+            _check_count(task.retries, "its retries", zero=True, maximum=limits.max_instances)
+            _check_count(task.run_count, "its run_count", zero=True, maximum=10**15)
+        except ScheduleError as exc:
+            return str(exc)
+        return None
+
+    def _take_token(self) -> bool:
+        """One run from the run-rate bucket (lock held); False when the cap is reached."""
+        now = self.clock.time()
+        rate = self.limits.max_runs_per_second
+        if self._tokens_at is not None:
+            self._tokens = min(rate, self._tokens + max(now - self._tokens_at, 0.0) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
     def _check_open(self) -> None:
         if self._closed:
             raise ManagerClosedError("the scheduler is shut down: make a new ToolScheduler")
@@ -853,8 +1002,8 @@ class ToolScheduler:
         if task.schedule_type is ScheduleType.ONCE:
             return _OnceTrigger(_to_epoch(task.schedule_value, tz, "schedule_value"))
         if task.schedule_type is ScheduleType.INTERVAL:
-            interval = _seconds(task.schedule_value, "schedule_value")
-            assert interval is not None and task.anchor is not None
+            interval = self._interval(task.schedule_value, "schedule_value")
+            assert task.anchor is not None
             return _IntervalTrigger(task.anchor, interval)
         return _CronTrigger(task.schedule_value, tz)
 
@@ -869,7 +1018,25 @@ class ToolScheduler:
         return fire
 
     def _restore(self, record: dict[str, Any]) -> None:
-        task = ScheduledTask.from_record(record)
+        try:
+            task = ScheduledTask.from_record(record)
+        except Exception as exc:  # noqa: BLE001 - a record this version cannot read: the others still load
+            logger.error("a stored schedule %r cannot be read: %s", str(record.get("id"))[:40], exc)
+            return
+        problem = self._problem(task)
+        if problem is not None:  # kept, listed and cancellable, never fired
+            logger.error("schedule %s (%s) is outside the limits: %s", task.id, task.name, problem)
+            task.enabled, task.state, task.next_run = False, "invalid", None
+            task.history.append(
+                ScheduleRun(
+                    self.clock.time(),
+                    "failed",
+                    error=f"not run: {problem}; cancel_schedule it and make a new one within the limits",
+                )
+            )
+            with self._lock:
+                self._schedules[task.id] = task
+            return
         try:
             task.trigger = self._trigger(task)
         except ScheduleError as exc:  # e.g. a time zone this machine does not know
@@ -989,6 +1156,17 @@ class ToolScheduler:
         """Submit one run of ``task`` unless max_runs or the overlap policy says no (lock held)."""
         if task.max_runs is not None and task.run_count >= task.max_runs:
             return None
+        if not self._take_token():
+            task.history.append(
+                ScheduleRun(
+                    when,
+                    "skipped",
+                    error=f"the scheduler's run rate cap (max_runs_per_second={self.limits.max_runs_per_second:g}) "
+                    "was reached",
+                    catch_up=catch_up,
+                )
+            )
+            return None
         if len(task.active) >= task.max_instances:
             if task.overlap == "queue" and not task.queued:
                 task.queued = True
@@ -1100,12 +1278,22 @@ def _check_choice(value: Any, choices: Iterable[str], what: str) -> str:
     return str(value)
 
 
-def _check_count(value: Any, what: str, *, zero: bool = False) -> int | None:
+def _check_count(value: Any, what: str, *, zero: bool = False, maximum: int | None = None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero else 1):
+    low = 0 if zero else 1
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (maximum is not None and value > maximum)
+    ):
+        if maximum is not None:
+            raise ScheduleError(
+                f"{what} must be an integer from {low} to {maximum} (or omitted), got {value!r:.40}"
+            )
         bound = "a non-negative" if zero else "a positive"
-        raise ScheduleError(f"{what} must be {bound} integer (or omitted), got {value!r}")
+        raise ScheduleError(f"{what} must be {bound} integer (or omitted), got {value!r:.40}")
     return value
 
 

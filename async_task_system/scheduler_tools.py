@@ -29,7 +29,8 @@ Schedules: schedule_task(name, schedule_type, schedule_value, tool_name, paramet
 schedule_type 'once' with an ISO time ('2030-01-31T09:00:00+00:00'), 'interval' with seconds ('600' = every 10 minutes)
 or 'cron' with 5 fields ('0 9 * * 1-5' = 09:00 on weekdays; timezone='Europe/Berlin' to read it there). It returns
 {'id', 'next_run'}; list_schedules() shows every schedule with next_run, run_count and the last run's status;
-cancel_schedule(id) stops one. Each run is a background task (see list_tasks)."""
+cancel_schedule(id) stops one. Each run is a background task (see list_tasks). Values beyond the operator's limits
+(shortest interval, farthest time, max_runs, schedules per agent) are refused: the error gives the allowed range."""
 
 
 class _SchedulerTool(Tool):

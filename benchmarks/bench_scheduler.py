@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 
 from async_task_system import TaskManager
-from async_task_system.scheduler import ToolScheduler
+from async_task_system.scheduler import ScheduleLimits, ToolScheduler
 
 
 def noop() -> None:
@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     with TaskManager(max_workers=8, functions=[noop], retention=10 * args.schedules) as manager:
-        scheduler = ToolScheduler(manager)
+        # 1000 runs a second: above the default run-rate cap, which an operator raises like this
+        scheduler = ToolScheduler(manager, limits=ScheduleLimits(max_runs_per_second=2.0 * args.schedules))
         begin = time.time() + 0.5
         end = begin + args.seconds
         ids = [

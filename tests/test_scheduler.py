@@ -16,6 +16,7 @@ from async_task_system.scheduler import (
     ManualClock,
     MemoryScheduleStore,
     ScheduleError,
+    ScheduleLimits,
     ScheduleType,
     SqlScheduleStore,
     ToolScheduler,
@@ -360,6 +361,7 @@ def test_real_timer_runs_interval_and_once_schedules():
     with TaskManager(functions=[ping]) as manager:
         s = manager.extension("scheduler")
         assert manager.extension("scheduler") is s
+        s.limits = ScheduleLimits(min_interval=0.01)  # an operator's choice: fast schedules
         every = s.schedule("fast", "interval", 0.05, "ping", {"x": 2}, record, kind="function", max_runs=3)
         soon = datetime.fromtimestamp(datetime.now().timestamp() + 0.1, timezone.utc).isoformat()
         once = s.schedule("once", "once", soon, "ping", {"x": 9}, record, kind="function")
@@ -382,7 +384,7 @@ def test_async_code_and_an_async_callback():
             finished.set()
 
         with TaskManager(functions=[ping]) as manager:
-            async with ToolScheduler(manager) as s:
+            async with ToolScheduler(manager, limits=ScheduleLimits(min_interval=0.01)) as s:
                 s.schedule("a", "interval", "0.05", "ping", {"x": 3}, on_run, kind="function", max_runs=1)
                 await asyncio.wait_for(finished.wait(), 5)
         return seen

@@ -53,6 +53,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--default-timeout", type=float, default=60.0, help="seconds a script may run by default"
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a REST client has to send a request head (5)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="REST connections at once (1024; pending ones make room)",
+    )
+    parser.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=256,
+        help="REST connections of one client address (256; its pending ones make room)",
+    )
+    parser.add_argument(
+        "--max-requests", type=int, default=256, help="REST requests served at once (256; then 503)"
+    )
     add_hub_limit_arguments(parser)
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
 
@@ -65,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from sqlalchemy import make_url
 
+    from ..http_front import FrontLimits
     from .service import Platform
 
     platform = Platform(
@@ -76,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         grpc=not args.no_grpc,
         max_body_bytes=args.max_body_bytes,
+        http_limits=FrontLimits(
+            header_timeout=args.header_timeout,
+            max_connections=args.max_connections,
+            max_connections_per_address=args.max_connections_per_address,
+        ),
+        max_requests=args.max_requests,
         max_sse_clients=args.max_sse_clients,
         max_log_lines=args.max_log_lines,
         default_timeout=args.default_timeout,

@@ -27,10 +27,9 @@ scripts from a CDN). A body over ``max_body_bytes`` is refused with 413 before i
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._compat import TIMEOUT_ERRORS
+from ..http_front import FrontGuard, FrontLimits, error_response
 from .service import PlatformError, is_terminal
 
 if TYPE_CHECKING:
@@ -55,6 +55,10 @@ DASHBOARD = Path(__file__).with_name("dashboard")
 Status = Literal[
     "pending", "queued", "dispatched", "running", "completed", "failed", "cancelled", "timed_out", "lost"
 ]
+MAX_OFFSET = 1_000_000_000
+"""``GET /tasks?offset=`` at most (larger: 422)."""
+MAX_LINE = 1_000_000_000_000
+"""A log line number (``Last-Event-ID``, ``?last_event_id=``) at most (larger: 422)."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _LABEL = re.compile(r"[A-Za-z0-9_.\-/]{1,63}\Z")
 
@@ -105,98 +109,10 @@ class TaskCreate(BaseModel):
         return self
 
 
-def error_response(
-    status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """The one error shape: ``{"error": ..., "detail": ...}``."""
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
-
-
 # ---------------------------------------------------------------------------------------------- guard
 
-
-class RequestGuard:
-    """ASGI middleware: the token, then the body size, before the app reads a byte of the body."""
-
-    def __init__(self, app: Any, *, token: str, max_body_bytes: int, public: Callable[[str], bool]) -> None:
-        self.app = app
-        self.token = token.encode()
-        self.max_body_bytes = max_body_bytes
-        self.drain_bytes = 4 * max_body_bytes
-        self.public = public
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or ())
-        if not self.public(scope.get("path", "")):
-            header = headers.get(b"authorization", b"")
-            supplied = header[7:].strip() if header[:7].lower() == b"bearer " else b""
-            if not supplied or not hmac.compare_digest(supplied, self.token):
-                response = error_response(
-                    401,
-                    "missing or wrong token",
-                    "send the platform's token as 'Authorization: Bearer <token>'",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
-                return
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.isdigit():
-                await error_response(400, "bad Content-Length header", length.decode("latin-1")[:40])(
-                    scope, receive, send
-                )
-                return
-            if int(length) > self.max_body_bytes:
-                if int(length) <= self.drain_bytes:
-                    await self._drain(receive, 0)
-                await self._too_large(scope, receive, send)
-                return
-        started = False  # the app began its response
-        refused = False  # we answered 413 ourselves: the app's own answer is dropped
-        received = 0
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal received, refused
-            message = await receive()
-            if message["type"] == "http.request" and not refused:
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    if not started:
-                        refused = True
-                        if message.get("more_body"):
-                            await self._drain(receive, received)
-                        await self._too_large(scope, receive, send)
-                    return {"type": "http.disconnect"}  # the app stops reading
-            return message
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            if refused:
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        await self.app(scope, limited_receive, tracking_send)
-
-    async def _drain(self, receive: Any, received: int) -> None:
-        """Read and drop the rest of a refused body, up to ``drain_bytes``: a client still sending when
-        the connection closes would get a reset instead of the 413 (past that, it does)."""
-        while received <= self.drain_bytes:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            received += len(message.get("body", b""))
-            if not message.get("more_body"):
-                return
-
-    async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
-        await error_response(
-            413, "request body too large", {"max_bytes": self.max_body_bytes}, {"Connection": "close"}
-        )(scope, receive, send)
+RequestGuard = FrontGuard
+"""The token and body-size middleware (one implementation for both servers: :mod:`..http_front`)."""
 
 
 # ---------------------------------------------------------------------------------------------- app
@@ -214,11 +130,16 @@ def create_app(platform: Platform) -> FastAPI:
     )
     dashboard = DASHBOARD.is_dir()
 
-    def public(path: str) -> bool:
+    def public(_method: str, path: str) -> bool:
         return path == "/healthz" or (dashboard and (path == "/" or path.startswith("/dashboard")))
 
     app.add_middleware(
-        RequestGuard, token=platform.token, max_body_bytes=platform.max_body_bytes, public=public
+        FrontGuard,
+        token=platform.token,
+        max_body_bytes=platform.max_body_bytes,
+        public=public,
+        max_requests=platform.max_requests,
+        body_timeout=(platform.http_limits or FrontLimits()).body_timeout,
     )
     _add_error_handlers(app)
     _add_task_routes(app, platform)
@@ -290,7 +211,7 @@ def _add_task_routes(app: FastAPI, platform: Platform) -> None:
         status: Status | None = None,
         type: Literal["shell", "python"] | None = None,
         limit: int = Query(100, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> JSONResponse:
         _manager, store, _writer = platform.require()
         filters = {"agent_id": agent_id, "status": status, "type": type}
@@ -313,16 +234,19 @@ def _add_task_routes(app: FastAPI, platform: Platform) -> None:
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def task_logs(
-        request: Request, task_id: str, last_event_id: int | None = Query(None, ge=0)
+        request: Request, task_id: str, last_event_id: int | None = Query(None, ge=0, le=MAX_LINE)
     ) -> Response:
         header = request.headers.get("last-event-id")
         after = last_event_id or 0
         if header is not None:
-            if not header.strip().isdigit():
+            text = header.strip()
+            if not (text.isdigit() and len(text) <= len(str(MAX_LINE)) and int(text) <= MAX_LINE):
                 return error_response(
-                    422, "invalid request: Last-Event-ID must be a line number", header[:40]
+                    422,
+                    f"invalid request: Last-Event-ID must be a line number from 0 to {MAX_LINE}",
+                    header[:40],
                 )
-            after = int(header)
+            after = int(text)
         subscriber = platform.broker.subscribe(task_id)
         if subscriber is None:
             return error_response(503, "too many live log streams", {"max": platform.broker.max_clients})

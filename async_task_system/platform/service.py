@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import Target
 from ..errors import AsyncTaskSystemError, ManagerClosedError, TaskValidationError
+from ..http_front import FrontLimits
 from ..manager import TaskManager, get_current_task_id
 from ..remote.bridge import REMOTE_TARGET_NAME, RemoteExecutionManager
 from ..tasks import TaskInfo, TaskKind, TaskStatus
@@ -343,6 +344,11 @@ class LogBroker:
 # ---------------------------------------------------------------------------------------------- platform
 
 
+STORE_WAIT = 2.0
+"""Seconds ``POST /tasks`` waits for its record to be written (a locked database): then it answers
+201 with the record it holds, and the writer stores it when the database lets it."""
+
+
 @dataclass
 class _Live:
     """What the platform keeps in memory about an unfinished task of its manager."""
@@ -371,6 +377,9 @@ class Platform:
         serve_http: run the REST API on uvicorn in a thread; False to serve ``create_app(platform)``
             yourself.
         max_body_bytes: larger REST request bodies are refused with 413 before being read.
+        http_limits: the REST front's connection limits (:class:`~..http_front.FrontLimits`: head
+            timeout, connections in all and per address); the defaults when not given.
+        max_requests: REST requests served at once (more get 503 with ``Retry-After``).
         max_output_chars: stdout and stderr kept per task record (then ``truncated``).
         max_log_lines: output lines kept per task for live logs (then ``log_truncated``).
         max_sse_clients: live log streams open at once (more get 503).
@@ -401,6 +410,8 @@ class Platform:
         grpc: bool = True,
         serve_http: bool = True,
         max_body_bytes: int = 1 << 20,
+        http_limits: FrontLimits | None = None,
+        max_requests: int = 256,
         max_output_chars: int = 1_000_000,
         max_log_lines: int = 10_000,
         max_sse_clients: int = 64,
@@ -425,6 +436,8 @@ class Platform:
         self.grpc_enabled = grpc
         self.serve_http = serve_http
         self.max_body_bytes = max_body_bytes
+        self.http_limits = http_limits
+        self.max_requests = max_requests
         self.max_output_chars = max_output_chars
         self.max_log_lines = max_log_lines
         self.sse_keepalive = sse_keepalive
@@ -450,7 +463,6 @@ class Platform:
         self._chosen: dict[str, str] = {}  # task id -> the agent its current attempt was sent to
         self._removers: list[Callable[[], None]] = []
         self._http: Any = None
-        self._http_thread: threading.Thread | None = None
         self._started = False
         self._stopped = False
         self._stopping = threading.Event()
@@ -564,31 +576,18 @@ class Platform:
         ).start()
         self.grpc_port = int(str(self.grpc_hub.url).rsplit(":", 1)[1])
 
-    def _start_http(self) -> None:
-        import uvicorn
+    @property
+    def http_server(self) -> Any:
+        """The REST API's :class:`~..http_front.HttpServer` (``stats()``: connections), or None."""
+        return self._http
 
+    def _start_http(self) -> None:
+        from ..http_front import listen, start_server
         from .rest import create_app
 
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.http_port))
-        sock.listen(128)
+        sock = listen(self.host, self.http_port, self.http_limits)
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(self),
-            log_level="warning",
-            lifespan="off",
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=3,
-            limit_concurrency=256,
-            h11_max_incomplete_event_size=64 * 1024,
-        )
-        self._http = uvicorn.Server(config)
-        self._http_thread = threading.Thread(
-            target=self._http.run, kwargs={"sockets": [sock]}, name="platform-http", daemon=True
-        )
-        self._http_thread.start()
+        self._http = start_server(create_app(self), sock, limits=self.http_limits, name="platform-http")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the REST API and the hubs (tasks in flight fail ``hub_stopped``), write what is queued."""
@@ -597,9 +596,7 @@ class Platform:
         self._stopped = True
         self.broker.close_all()
         if self._http is not None:
-            self._http.should_exit = True
-            if self._http_thread is not None:
-                self._http_thread.join(timeout)
+            self._http.stop(timeout)
         for hub in (self.grpc_hub, self.ws_hub):
             if hub is not None:
                 try:
@@ -677,7 +674,7 @@ class Platform:
             raise PlatformError(422, f"invalid request: {exc}") from None
         except ManagerClosedError:
             raise PlatformError(503, "the platform is shutting down") from None
-        writer.flush()
+        writer.flush(STORE_WAIT)  # bounded: a locked database must not hold the client (see docs)
         record = store.tasks.get(task_id)
         return record.to_dict() if record is not None else {"task_id": task_id, "status": "pending"}
 

@@ -285,7 +285,9 @@ class IdPrefix(Base):
 # ---------------------------------------------------------------------------------------------- engine
 
 
-def _make_engine(url: sa.URL, schema: str | None, busy_timeout: float, echo: bool) -> Engine:
+def _make_engine(
+    url: sa.URL, schema: str | None, busy_timeout: float, echo: bool, *, immediate: bool = True
+) -> Engine:
     if url.get_backend_name() == "sqlite":
         database = url.database
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -307,7 +309,8 @@ def _make_engine(url: sa.URL, schema: str | None, busy_timeout: float, echo: boo
         def _sqlite_begin(connection: Connection) -> None:
             # IMMEDIATE: take the write lock at BEGIN, so a transaction that reads then writes waits
             # (busy_timeout) instead of failing with "database is locked" when another writer is in.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # The read engine's transactions are deferred: in WAL a reader never waits for the writer.
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     connect_args: dict[str, Any] = {}
@@ -369,7 +372,15 @@ class Store:
         if schema is not None and self.dialect != "postgresql":
             raise ValueError("schema= is for PostgreSQL; a SQLite store is one file")
         self.engine = _make_engine(self.url, schema, busy_timeout, echo)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.reader = self.engine
+        """The engine of reads: for a SQLite file, one whose transactions never take the write lock, so
+        reads go on while another process holds it (WAL); otherwise :attr:`engine` itself."""
+        database = str(self.url.database or "")
+        if self.dialect == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:"):
+            self.reader = _make_engine(self.url, schema, busy_timeout, echo, immediate=False)
+        self.sessions = sessionmaker(self.reader, expire_on_commit=False)
+        """Read sessions (see :attr:`reader`); :meth:`session` is the one to write in."""
+        self._write_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.tasks = PlatformTasks(self)
         self.agents = PlatformAgents(self)
         self.logs = LogEvents(self)
@@ -413,12 +424,14 @@ class Store:
     @contextmanager
     def session(self) -> Any:
         """A session in a transaction: committed when the block ends, rolled back on an exception."""
-        with self.sessions.begin() as session:
+        with self._write_sessions.begin() as session:
             yield session
 
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self.reader is not self.engine:
+            self.reader.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -596,7 +609,7 @@ class PlatformTasks:
     ) -> int:
         """How many tasks :meth:`list` would page through with the same filters."""
         query = _task_filters(sa.select(sa.func.count()).select_from(PlatformTask), agent_id, status, type)
-        with self.store.engine.connect() as connection:
+        with self.store.reader.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
     def reap(
@@ -885,7 +898,7 @@ class JournalRecords:
             query = query.where(JournalTask.prefix == prefix)
         if status is not None:
             query = query.where(JournalTask.status.in_([status] if isinstance(status, str) else list(status)))
-        with self.store.engine.connect() as connection:
+        with self.store.reader.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
     def interrupt(self, task_id: str, from_status: str, message: str) -> bool:
