@@ -17,8 +17,9 @@ database: they hand changes to a :class:`RecordWriter` thread that coalesces and
 batches, so the hubs' event loops never wait for a disk or a network round trip.
 
 Statuses of a record: ``pending`` (stored, not started), ``queued`` (choosing an agent, or waiting for
-a retry), ``dispatched`` (the command was handed to the router for its agent), ``running`` (its
-first output line arrived), then ``completed``, ``failed``, ``cancelled``, ``timed_out`` or ``lost``
+a retry), ``dispatched`` (the command was handed to the router for its agent), ``running`` (the agent
+said its process started -- ``started_at`` is that moment -- or, from an agent that sends no start
+event, its first output line arrived), then ``completed``, ``failed``, ``cancelled``, ``timed_out`` or ``lost``
 (its agent went away mid-task, or the platform died with it in flight).
 """
 
@@ -354,6 +355,7 @@ class _Live:
     lines: int = 0
     log_truncated: bool = False
     request_id: str | None = None
+    process_started: bool = False  # the agent reported the current attempt's process start
     recent: deque[tuple[int, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=_LIVE_BUFFER))
 
 
@@ -377,6 +379,9 @@ class Platform:
         sse_keepalive: seconds between ``: keepalive`` comments on an idle log stream.
         default_timeout: seconds a script may run when a REST request gives none.
         heartbeat_interval, heartbeat_timeout, max_message_bytes, register_timeout: the hubs' limits.
+        start_timeout: seconds an agent that sends start events may hold a task (with a free slot)
+            without starting or answering it; then the attempt fails with ``start_timeout`` (retried
+            if the task has retries left). Default: ``heartbeat_timeout + 5``.
         retention: finished REST tasks the platform's own manager keeps in memory (their records stay
             in the store); a manager passed in keeps its own setting.
         stale_after: at start, unfinished records of a platform that is gone are reaped (marked
@@ -410,6 +415,7 @@ class Platform:
         heartbeat_timeout: float = 15.0,
         max_message_bytes: int = 1 << 20,
         register_timeout: float = 10.0,
+        start_timeout: float | None = None,
         retention: int = 1000,
         stale_after: float = 60.0,
     ) -> None:
@@ -434,6 +440,7 @@ class Platform:
             "heartbeat_timeout": heartbeat_timeout,
             "max_message_bytes": max_message_bytes,
             "register_timeout": register_timeout,
+            "start_timeout": start_timeout,
         }
         self._given = manager
         self.broker = LogBroker(max_sse_clients)
@@ -515,6 +522,7 @@ class Platform:
         self.manager.register_target(self._script_target())
         self._removers.append(self.manager.add_listener(self._on_task))
         self._removers.append(self.bridge.add_log_listener(self._on_log))
+        self._removers.append(self.bridge.add_start_listener(self._on_start))
         self.ws_hub = RemoteHub(
             self.manager, host=self.host, port=self.ws_port, token=self.token, **self.hub_options
         )
@@ -843,14 +851,17 @@ class Platform:
             if status is TaskStatus.PENDING:
                 if info.attempts:  # a failed attempt waits for its retry
                     live.status = "queued"
+                    live.process_started = False
                     fields.update(status="queued", **_error_fields(info))
             elif status is TaskStatus.RUNNING:
                 if live.status in ("pending", "queued"):
                     first = live.status == "pending"
                     live.status = "queued"
                     fields.update(status="queued")
-                    if first:
+                    if first and not live.process_started:
                         fields.update(queued_at=time.time(), started_at=info.started_at)
+                    elif first:
+                        fields.update(queued_at=time.time())
             elif status is TaskStatus.WAITING_REMOTE:
                 live.agent_id = self._chosen.get(info.id, live.agent_id)
                 fields.update(dispatched_at=time.time(), agent_id=live.agent_id)
@@ -956,24 +967,57 @@ class Platform:
         fields["truncated"] = truncated
         return fields
 
+    def _live_for(self, task_id: str, writer: RecordWriter) -> _Live | None:
+        """The live entry of an unfinished recorded task, started from the manager if the task's
+        events have not reached this listener yet (lock held); None for a task not to record."""
+        live = self._live.get(task_id)
+        if live is None:
+            # Task events reach listeners in order but possibly later than output lines and starts
+            # reach these (another thread may be delivering): start the record from the manager.
+            info = self._check(task_id)
+            if info is None or not _recorded(info) or info.status.is_terminal:
+                return None
+            live = self._new_record(info, writer)
+        return live
+
+    def _on_start(self, task_id: str | None, request_id: str, started_at: float) -> None:
+        """The agent spawned the process of the task's current attempt: ``running`` from that moment."""
+        writer = self.writer
+        if task_id is None or writer is None:
+            return
+        with self._lock:
+            live = self._live_for(task_id, writer)
+            if live is None:
+                return
+            live.process_started = True
+            live.request_id = request_id
+            fields: dict[str, Any] = {
+                "started_at": started_at,
+                "request_id": request_id,
+                "updated_at": time.time(),
+            }
+            changed = live.status in ("pending", "queued", "dispatched")
+            if changed:
+                live.status = "running"
+                fields["status"] = "running"
+            writer.update(task_id, fields)
+        self.broker.publish(task_id, "status", {"status": "running", "started_at": _iso(started_at)})
+
     def _on_log(self, task_id: str | None, request_id: str, stream: str, line: str) -> None:
         writer = self.writer
         if task_id is None or writer is None:
             return
         now = time.time()
+        became_running = False
         with self._lock:
-            live = self._live.get(task_id)
+            live = self._live_for(task_id, writer)
             if live is None:
-                # Task events reach listeners in order but possibly later than output lines reach
-                # this one (another thread may be delivering): start the record from the manager.
-                info = self._check(task_id)
-                if info is None or not _recorded(info) or info.status.is_terminal:
-                    return
-                live = self._new_record(info, writer)
+                return
             fields: dict[str, Any] = {}
-            if live.status in ("pending", "queued", "dispatched"):
+            if live.status in ("pending", "queued", "dispatched"):  # an agent that sends no start event
                 live.status = "running"
                 fields.update(status="running", updated_at=now)
+                became_running = True
             if live.request_id != request_id:
                 live.request_id = request_id
                 fields["request_id"] = request_id
@@ -998,6 +1042,8 @@ class Platform:
                     live.recent.append((seq, payload))
             if fields:
                 writer.update(task_id, fields)
+        if became_running:
+            self.broker.publish(task_id, "status", {"status": "running", "started_at": None})
         if line is not None:
             self.broker.publish(task_id, "log", (seq, payload))
 

@@ -6,7 +6,7 @@ also be sent in seed 000's exact shape ``{"request_id", "success", "result", "er
 every field; this module is the single place that builds and checks them, so the hub, the worker
 and :class:`~async_task_system.remote.handler.RemoteExecutionHandler` agree.
 
-Worker -> hub: ``register``, ``heartbeat``, ``log``, ``result``.
+Worker -> hub: ``register``, ``heartbeat``, ``started``, ``log``, ``result``.
 Hub -> worker: ``registered``, ``execute``, ``cancel``, ``error``.
 """
 
@@ -32,12 +32,14 @@ __all__ = [
     "check_result",
     "check_log",
     "check_execute",
+    "check_started",
     "register_frame",
     "registered_frame",
     "execute_frame",
     "cancel_frame",
     "heartbeat_frame",
     "log_frame",
+    "started_frame",
     "result_frame",
     "error_frame",
 ]
@@ -214,6 +216,20 @@ def check_log(message: dict[str, Any]) -> dict[str, Any]:
     return {"request_id": request_id, "stream": stream, "line": line}
 
 
+def check_started(message: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``started`` frame; returns ``{request_id, started_at}`` (epoch seconds, or None if absent)."""
+    request_id = _require(message, "request_id", str, "started")
+    started_at = message.get("started_at")
+    if started_at is not None and (
+        isinstance(started_at, bool)
+        or not isinstance(started_at, (int, float))
+        or not math.isfinite(started_at)
+        or not 0 <= started_at < 1e11
+    ):
+        raise ProtocolError("started frame field 'started_at' must be seconds since the Unix epoch")
+    return {"request_id": request_id, "started_at": None if started_at is None else float(started_at)}
+
+
 def check_runtime_call(call: Any) -> dict[str, Any]:
     """Validate an execute frame's ``runtime`` object: ``{runtime, entry, parameters}`` (the command is the frame's)."""
     if not isinstance(call, dict):
@@ -258,9 +274,13 @@ def check_execute(message: dict[str, Any]) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in trace.items()
     ):
         raise ProtocolError("execute frame field 'trace' must be an object of string values")
+    task_id = message.get("task_id") or request_id
+    if not isinstance(task_id, str):
+        raise ProtocolError("execute frame field 'task_id' must be a string")
     return {
         "trace": trace,
         "request_id": request_id,
+        "task_id": task_id,
         "command": command,
         "language": language,
         "timeout": timeout,
@@ -318,7 +338,9 @@ def execute_frame(
     env: dict[str, str] | None = None,
     trace: dict[str, str] | None = None,
     runtime: dict[str, Any] | None = None,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
+    """``request_id`` is the hub's id of this attempt (answers carry it); ``task_id`` the operator's."""
     frame: dict[str, Any] = {
         "type": "execute",
         "request_id": request_id,
@@ -326,6 +348,8 @@ def execute_frame(
         "language": language,
         "timeout": timeout,
     }
+    if task_id:
+        frame["task_id"] = task_id
     if env:
         frame["env"] = dict(env)
     if trace:
@@ -335,20 +359,39 @@ def execute_frame(
     return frame
 
 
-def cancel_frame(request_id: str, reason: str = "cancelled") -> dict[str, Any]:
-    return {"type": "cancel", "request_id": request_id, "reason": reason}
+def cancel_frame(request_id: str, reason: str = "cancelled", task_id: str | None = None) -> dict[str, Any]:
+    frame = {"type": "cancel", "request_id": request_id, "reason": reason}
+    if task_id:
+        frame["task_id"] = task_id
+    return frame
+
+
+def started_frame(request_id: str, started_at: float, task_id: str | None = None) -> dict[str, Any]:
+    """The worker spawned the process of ``request_id`` at ``started_at`` (epoch seconds)."""
+    frame: dict[str, Any] = {"type": "started", "request_id": request_id, "started_at": started_at}
+    if task_id:
+        frame["task_id"] = task_id
+    return frame
 
 
 def heartbeat_frame(running: int, queued: int) -> dict[str, Any]:
     return {"type": "heartbeat", "running": running, "queued": queued}
 
 
-def log_frame(request_id: str, stream: str, line: str) -> dict[str, Any]:
-    return {"type": "log", "request_id": request_id, "stream": stream, "line": line}
+def log_frame(request_id: str, stream: str, line: str, task_id: str | None = None) -> dict[str, Any]:
+    frame = {"type": "log", "request_id": request_id, "stream": stream, "line": line}
+    if task_id:
+        frame["task_id"] = task_id
+    return frame
 
 
 def result_frame(
-    request_id: str, success: bool, result: Any, error: str | None, error_type: str | None = None
+    request_id: str,
+    success: bool,
+    result: Any,
+    error: str | None,
+    error_type: str | None = None,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
     frame: dict[str, Any] = {
         "type": "result",
@@ -359,6 +402,8 @@ def result_frame(
     }
     if error_type:
         frame["error_type"] = error_type
+    if task_id:
+        frame["task_id"] = task_id
     return frame
 
 
