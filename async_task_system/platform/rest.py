@@ -349,7 +349,10 @@ def _add_other_routes(app: FastAPI, platform: Platform) -> None:
 
         manager, _store, _writer = platform.require()
         tasks = sorted(manager.list(), key=lambda info: info.created_at)[-limit:]
-        return Response(Timeline(tasks, title="platform tasks").to_svg(), media_type="image/svg+xml")
+        # the records' statuses and names (what the table shows), not the manager's waiting_remote
+        overrides = platform.timeline_overrides(tasks)
+        svg = Timeline(tasks, title="platform tasks", overrides=overrides).to_svg()
+        return Response(svg, media_type="image/svg+xml")
 
     @app.get("/healthz", summary="Liveness (no token needed)")
     def healthz() -> dict[str, str]:

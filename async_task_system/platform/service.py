@@ -356,6 +356,7 @@ class _Live:
     log_truncated: bool = False
     request_id: str | None = None
     process_started: bool = False  # the agent reported the current attempt's process start
+    started_at: float | None = None  # when, by the agent's report
     recent: deque[tuple[int, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=_LIVE_BUFFER))
 
 
@@ -750,6 +751,33 @@ class Platform:
             )
         return out
 
+    def timeline_overrides(self, tasks: list[TaskInfo]) -> dict[str, dict[str, Any]]:
+        """What ``/timeline`` shows of recorded tasks instead of the manager's view: the record's
+        status (``running`` for a started platform task, not ``waiting_remote``), ``agent: first
+        line of the script`` as the label, and the process's start as the bar's start."""
+        _manager, store, _writer = self.require()
+        recorded = [info for info in tasks if _recorded(info)]
+        out: dict[str, dict[str, Any]] = {}
+        for row in store.tasks.many(info.id for info in recorded):
+            first = next((line.strip() for line in (row.script or "").splitlines() if line.strip()), "")
+            out[row.task_id] = {
+                "status": row.status,
+                "label": f"{row.agent_id or '(any agent)'}: {first}",
+                "started_at": row.started_at.timestamp() if row.started_at is not None else None,
+            }
+        with self._lock:  # live tasks: what the platform knows now (the store may be a batch behind)
+            for info in recorded:
+                live = self._live.get(info.id)
+                if live is None:
+                    continue
+                entry = out.setdefault(info.id, {"label": f"{live.agent_id or '(any agent)'}: "})
+                entry["status"] = live.status
+                if live.process_started:
+                    entry["started_at"] = live.started_at
+                elif live.status in ("pending", "queued", "dispatched"):
+                    entry["started_at"] = None  # not started yet: no bar
+        return out
+
     def recent_lines(self, task_id: str, after: int) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
         """Output lines of a live task still in memory numbered above ``after``, and whether it is live."""
         with self._lock:
@@ -852,6 +880,7 @@ class Platform:
                 if info.attempts:  # a failed attempt waits for its retry
                     live.status = "queued"
                     live.process_started = False
+                    live.started_at = None
                     fields.update(status="queued", **_error_fields(info))
             elif status is TaskStatus.RUNNING:
                 if live.status in ("pending", "queued"):
@@ -951,7 +980,8 @@ class Platform:
             "cancelled": status == "cancelled",
             "timed_out": status == "timed_out",
             "lost": status == "lost",
-            "agent_id": result.get("worker") or live.agent_id,
+            # the agent it was sent to (from the connection), not what the answer claims
+            "agent_id": live.agent_id or result.get("worker"),
             "request_id": request_id,
             **_error_fields(info),
         }
@@ -990,6 +1020,7 @@ class Platform:
             if live is None:
                 return
             live.process_started = True
+            live.started_at = started_at
             live.request_id = request_id
             fields: dict[str, Any] = {
                 "started_at": started_at,
