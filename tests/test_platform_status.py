@@ -263,3 +263,63 @@ def test_a_dispatch_that_never_starts_ends_with_start_timeout(tmp_path):
             assert cancel["type"] == "cancel" and cancel["request_id"] == execute["request_id"]
         finally:
             agent.close()
+
+
+# ---------------------------------------------------------------------------------------------- hostile values
+
+
+def test_out_of_range_values_are_refused_at_the_wire_and_the_connection_keeps_working(tmp_path):
+    with running_platform(f"sqlite:///{tmp_path / 'hostile.db'}") as platform:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with connect(platform.ws_url, additional_headers=headers, proxy=None) as greedy:
+            greedy.send(json.dumps({"type": "register", "name": "greedy", "max_concurrent": 2**64}))
+            refused = json.loads(greedy.recv(timeout=30))
+            assert refused["type"] == "error"
+            assert "'max_concurrent' must be an integer from 1 to 10000" in refused["error"]
+        assert "greedy" not in [w["name"] for w in platform.router.workers()]
+
+        agent = JsonAgent(platform.ws_url, "liar")
+        try:
+            http = client(platform)
+            task_id = post_task(http, type="shell", script="true", agent_id="liar")["task_id"]
+            request_id = agent.next()["request_id"]
+            bad = [
+                ({"exit_code": 2**70}, "result field 'exit_code' must be null or an integer within int32"),
+                ({"exit_code": 0, "worker": {"name": "x"}}, "result field 'worker' must be a string or null"),
+                ({"exit_code": 0, "duration": -1}, "result field 'duration' must be null or seconds >= 0"),
+            ]
+            for result, message in bad:
+                agent.send({"type": "result", "request_id": request_id, "success": True, "result": result})
+                error = agent.next()
+                assert error["type"] == "error" and message in error["error"], error
+            agent.send({"type": "heartbeat", "running": 2**40, "queued": 0})
+            error = agent.next()
+            assert "heartbeat field 'running' must be a count from 0 to 2147483647" in error["error"]
+            platform.writer.flush()
+            assert http.get(f"/tasks/{task_id}").json()["status"] == "dispatched"  # nothing recorded
+
+            # the same connection still answers; the record's agent is the connection's, not the claim
+            answer = {"exit_code": 0, "stdout": "ok\n", "worker": "good"}
+            agent.send({"type": "result", "request_id": request_id, "success": True, "result": answer})
+            _lines, final = wait_end(http, task_id)
+            assert final["status"] == "completed" and final["exit_code"] == 0
+            assert final["agent_id"] == "liar"
+        finally:
+            agent.close()
+
+
+def test_an_llm_tasks_agent_comes_from_the_connection_not_the_answer(tmp_path):
+    with running_platform(f"sqlite:///{tmp_path / 'llm.db'}") as platform:
+        agent = JsonAgent(platform.ws_url, "honest")
+        try:
+            task_id = platform.manager.submit("remote", "remote_execute", {"command": "true"})
+            execute = agent.next()
+            answer = {"exit_code": 0, "worker": "someone-else"}
+            agent.send(
+                {"type": "result", "request_id": execute["request_id"], "success": True, "result": answer}
+            )
+            _lines, final = wait_end(client(platform), task_id)
+            assert final["status"] == "completed"
+            assert final["agent_id"] == "honest"
+        finally:
+            agent.close()

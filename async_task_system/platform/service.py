@@ -980,8 +980,9 @@ class Platform:
             "cancelled": status == "cancelled",
             "timed_out": status == "timed_out",
             "lost": status == "lost",
-            # the agent it was sent to (from the connection), not what the answer claims
-            "agent_id": live.agent_id or result.get("worker"),
+            # the agent it was sent to (from its connection), never what the answer claims
+            # (the answer's own "worker" only when no transport sent it: a caller delivering itself)
+            "agent_id": (outcome.worker if outcome is not None else None) or live.agent_id or _named(result),
             "request_id": request_id,
             **_error_fields(info),
         }
@@ -1118,6 +1119,11 @@ class Platform:
 def _recorded(info: TaskInfo) -> bool:
     """Whether the platform keeps a record of this task: REST scripts and ``remote_execute`` commands."""
     return info.kind is TaskKind.REMOTE and info.name in (SCRIPT_TARGET, REMOTE_TARGET_NAME)
+
+
+def _named(result: Mapping[str, Any]) -> str | None:
+    worker = result.get("worker")
+    return worker[:128] if isinstance(worker, str) and worker else None
 
 
 def _error_fields(info: TaskInfo) -> dict[str, Any]:

@@ -25,6 +25,7 @@ and tells the executor to stop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import threading
@@ -127,6 +128,8 @@ class RemoteOutcome:
     result: Any = None
     error: str | None = None
     error_type: str | None = None
+    worker: str | None = None
+    """The executor the transport sent it to (from its authenticated connection), if one did."""
 
 
 class RemoteRequest:
@@ -151,6 +154,7 @@ class RemoteRequest:
         "runtime",
         "started_at",
         "sent_at",
+        "sent_to",
     )
 
     def __init__(
@@ -194,6 +198,7 @@ class RemoteRequest:
         # transport last handed it to an executor (for the bound on a dispatch that never starts)
         self.started_at: float | None = None
         self.sent_at: float | None = None
+        self.sent_to: str | None = None  # the worker the transport handed it to last
 
 
 class RemoteTransport(Protocol):
@@ -706,6 +711,11 @@ class RemoteExecutionManager:
                 request_id,
             )
             return False
+        if request.sent_to is not None and outcome.worker is None:
+            outcome = dataclasses.replace(outcome, worker=request.sent_to)
+            with self._lock:
+                if request_id in self._recent:
+                    self._recent[request_id] = outcome
         if request.timer is not None:
             request.timer.cancel()
         try:

@@ -28,7 +28,14 @@ from typing import Any
 
 from ..errors import AsyncTaskSystemError
 from .bridge import RemoteExecutionManager, RemoteRequest, RemoteUnavailable
-from .protocol import ProtocolError, check_log, check_register, check_result, check_started
+from .protocol import (
+    ProtocolError,
+    check_heartbeat,
+    check_log,
+    check_register,
+    check_result,
+    check_started,
+)
 from .router import Worker, WorkerRouter
 
 __all__ = ["HubBase", "Link", "RegisterRefused"]
@@ -328,12 +335,7 @@ class HubBase:
         """Apply a ``heartbeat``, ``started``, ``log`` or ``result`` message from ``worker``; ProtocolError if it is not one."""
         kind = message.get("type")
         if kind == "heartbeat":
-            running = message.get("running", 0)
-            if isinstance(running, bool) or not isinstance(running, int) or running < 0:
-                raise ProtocolError(
-                    f"heartbeat field 'running' must be a count, got {type(running).__name__}"
-                )
-            self.router.heartbeat(worker, running)
+            self.router.heartbeat(worker, check_heartbeat(message)["running"])
         elif kind == "started":
             started = check_started(message)
             self.router.started(worker, started["request_id"], started["started_at"])

@@ -30,6 +30,7 @@ __all__ = [
     "check_register",
     "check_runtime_call",
     "check_result",
+    "check_heartbeat",
     "check_log",
     "check_execute",
     "check_started",
@@ -163,8 +164,15 @@ def check_register(message: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
         raise ProtocolError("register frame field 'capabilities' must be a list of strings")
     max_concurrent = message.get("max_concurrent", 5)
-    if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
-        raise ProtocolError("register frame field 'max_concurrent' must be a positive integer")
+    if (
+        not isinstance(max_concurrent, int)
+        or isinstance(max_concurrent, bool)
+        or not 1 <= max_concurrent <= MAX_CONCURRENT
+    ):
+        raise ProtocolError(
+            f"register frame field 'max_concurrent' must be an integer from 1 to {MAX_CONCURRENT}, "
+            f"got {_shown(max_concurrent)}"
+        )
     version = message.get("worker_version", "")
     if not isinstance(version, str) or len(version) > _NAME_MAX:
         raise ProtocolError(
@@ -187,16 +195,90 @@ def check_register(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+MAX_CONCURRENT = 10_000
+"""The most scripts a worker may say it runs at once (``max_concurrent``, gRPC ``capacity``)."""
+
+INT32 = (-(2**31), 2**31 - 1)
+_COUNT_MAX = 2**31 - 1
+
+
+def _shown(value: Any) -> str:
+    """A short picture of a refused value for an error message (never the whole of a huge one)."""
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_heartbeat(message: dict[str, Any]) -> dict[str, int]:
+    """Validate a ``heartbeat`` frame; returns ``{running, queued}`` (counts from 0 to 2**31-1)."""
+    out = {}
+    for key in ("running", "queued"):
+        value = message.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _COUNT_MAX:
+            raise ProtocolError(
+                f"heartbeat field {key!r} must be a count from 0 to {_COUNT_MAX}, got {_shown(value)}"
+            )
+        out[key] = value
+    return out
+
+
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "stdout": (str,),
+    "stderr": (str,),
+    "worker": (str,),
+    "timed_out": (bool,),
+    "cancelled": (bool,),
+    "truncated": (bool,),
+}
+
+
+def _check_result_fields(result: dict[str, Any]) -> None:
+    """The well-known fields of a result object have their types and bounds (others are free)."""
+    exit_code = result.get("exit_code")
+    if exit_code is not None and (
+        isinstance(exit_code, bool) or not isinstance(exit_code, int) or not INT32[0] <= exit_code <= INT32[1]
+    ):
+        raise ProtocolError(
+            f"result field 'exit_code' must be null or an integer within int32, got {_shown(exit_code)}"
+        )
+    for key, kinds in _RESULT_TYPES.items():
+        value = result.get(key)
+        if value is not None and not isinstance(value, kinds):
+            raise ProtocolError(
+                f"result field {key!r} must be {'a string' if kinds == (str,) else 'true or false'} "
+                f"or null, got {type(value).__name__}"
+            )
+    worker = result.get("worker")
+    if isinstance(worker, str) and len(worker) > _NAME_MAX:
+        raise ProtocolError(f"result field 'worker' must be at most {_NAME_MAX} characters")
+    duration = result.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, (int, float))
+        or not math.isfinite(duration)
+        or not 0 <= duration < 1e9
+    ):
+        raise ProtocolError(f"result field 'duration' must be null or seconds >= 0, got {_shown(duration)}")
+
+
 def check_result(message: dict[str, Any]) -> dict[str, Any]:
-    """Validate a result frame (seed 000 shape); returns ``{request_id, success, result, error, error_type}``."""
+    """Validate a result frame (seed 000 shape); returns ``{request_id, success, result, error, error_type}``.
+
+    A ``result`` object's well-known fields (``exit_code`` within int32, ``stdout``, ``stderr`` and
+    ``worker`` strings, ``timed_out``/``cancelled``/``truncated`` booleans, ``duration`` seconds) are
+    checked: a bad one refuses the frame with a precise error, before anything is recorded.
+    """
     request_id = _require(message, "request_id", str, "result")
     success = _require(message, "success", bool, "result")
+    if isinstance(message.get("result"), dict):
+        _check_result_fields(message["result"])
     error = message.get("error")
     if error is not None and not isinstance(error, str):
         error = str(error)
     error_type = message.get("error_type")
-    if error_type is not None and not isinstance(error_type, str):
-        raise ProtocolError("result frame field 'error_type' must be a string")
+    if error_type is not None and (not isinstance(error_type, str) or len(error_type) > _NAME_MAX):
+        raise ProtocolError(
+            f"result frame field 'error_type' must be a string of at most {_NAME_MAX} characters"
+        )
     return {
         "request_id": request_id,
         "success": success,

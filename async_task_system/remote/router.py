@@ -528,6 +528,7 @@ class WorkerRouter:
         worker.assigned += 1
         self._routes[request.request_id] = worker
         request.sent_at = time.time()
+        request.sent_to = worker.name
 
     @staticmethod
     def _resolve(worker: Worker, request_id: str) -> str:
