@@ -323,3 +323,38 @@ def test_an_llm_tasks_agent_comes_from_the_connection_not_the_answer(tmp_path):
             assert final["agent_id"] == "honest"
         finally:
             agent.close()
+
+
+def _row(task_id: str) -> dict:
+    now = time.time()
+    return {
+        "task_id": task_id, "agent_id": "a", "type": "shell", "script": "true", "timeout": 10.0,
+        "status": "pending", "stdout": "", "stderr": "", "labels": {}, "created_at": now, "updated_at": now,
+    }  # fmt: skip
+
+
+def test_the_record_writer_stores_a_batchs_good_rows_and_marks_a_bad_one(database_url):
+    from async_task_system.platform.service import RecordWriter
+    from async_task_system.platform.store import Store
+
+    store = Store(database_url)
+    writer = RecordWriter(store)
+    try:
+        writer.create(_row("good"))
+        writer.create(_row("bad"))
+        assert writer.flush()
+        # one batch: a value SQLite cannot take in one row, good changes in the others
+        writer.update("good", {"status": "completed", "exit_code": 0})
+        writer.update("bad", {"status": "completed", "exit_code": 2**70, "stdout": "kept"})
+        writer.log({"task_id": "good", "seq": 1, "stream": "stdout", "line": "hi", "ts": time.time()})
+        writer.log({"task_id": "good", "seq": 2**70, "stream": "stdout", "line": "x", "ts": time.time()})
+        assert writer.flush()
+        good, bad = store.tasks.get("good"), store.tasks.get("bad")
+        assert (good.status, good.exit_code, good.error_type) == ("completed", 0, None)
+        assert (bad.status, bad.stdout, bad.exit_code) == ("completed", "kept", None)
+        assert bad.error_type == "record_error" and "exit_code" in bad.error
+        assert [row.line for row in store.logs.after("good", 0, 10)] == ["hi"]
+        assert (writer.marked, writer.rejected, writer.failures) == (1, 1, 0)
+    finally:
+        writer.close()
+        store.close()

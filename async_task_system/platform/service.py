@@ -114,8 +114,12 @@ class RecordWriter:
     Producers (task and log listeners, router events; any thread) only put changes in memory:
     a new task row, column updates per task (coalesced: the latest value of each column wins), log
     lines, agent rows. The thread takes everything queued, writes it, and repeats; under load the
-    batches grow by themselves. If the database fails, the batch is kept and retried with a
-    back-off (up to 5 s). Log lines beyond ``max_pending_logs`` waiting lines are refused
+    batches grow by themselves. If the database fails (it is unreachable, locked, ...), the batch is
+    kept and retried with a back-off (up to 5 s). If a value in it is refused (a row the database
+    cannot take), the batch is written piece by piece instead: every good row lands, a task row's
+    refused columns are left out and the row is marked (``error_type`` ``record_error``, ``error``
+    naming the columns), and a refused output line or agent row is dropped and counted
+    (:attr:`rejected`), so one bad row never loses the others. Log lines beyond ``max_pending_logs`` waiting lines are refused
     (``log`` returns False) so that a flood cannot grow memory without bound.
     """
 
@@ -139,6 +143,8 @@ class RecordWriter:
         self._written = 0  # changes written so far
         self._closing = False
         self.failures = 0
+        self.rejected = 0  # output lines and agent rows the database refused (dropped)
+        self.marked = 0  # task rows stored without refused columns (error_type record_error)
         self._thread = threading.Thread(target=self._run, name="platform-record-writer", daemon=True)
         self._thread.start()
 
@@ -234,7 +240,26 @@ class RecordWriter:
                     log_rows=logs,
                     agent_rows=list(agents.values()),
                 )
-            except Exception:
+            except Exception as exc:
+                isolated = False
+                if not _transient(exc):
+                    logger.warning("a platform record was refused (%s); writing the batch row by row", exc)
+                    try:
+                        self._write_isolated(new, updates, logs, agents)
+                        isolated = True
+                    except Exception:  # the database went away meanwhile: retry the whole batch
+                        logger.warning("writing the batch row by row failed", exc_info=True)
+                if isolated:
+                    delay = 0.05
+                    with self._cond:
+                        self._written = max(self._written, mark)
+                        self._cond.notify_all()
+                    if ended and self.on_committed is not None:
+                        try:
+                            self.on_committed(ended)
+                        except Exception:
+                            logger.exception("the platform's on_committed callback failed")
+                    continue
                 self.failures += 1
                 logger.exception("writing platform records failed; retrying in %.2f s", delay)
                 with self._cond:
@@ -253,6 +278,85 @@ class RecordWriter:
                     self.on_committed(ended)
                 except Exception:
                     logger.exception("the platform's on_committed callback failed")
+
+    def _write_isolated(
+        self,
+        new: dict[str, dict[str, Any]],
+        updates: dict[str, dict[str, Any]],
+        logs: list[dict[str, Any]],
+        agents: dict[str, dict[str, Any]],
+    ) -> None:
+        """Write a batch that the database refused, one row at a time (see the class docstring)."""
+        store = self.store
+        for row in new.values():
+            if not self._try(lambda row=row: write_records(store, new_tasks=[row])):
+                kept = self._columns(lambda fields: write_records(store, new_tasks=[fields]), row, "task_id")
+                self._mark(row["task_id"], kept)
+        for task_id, fields in updates.items():
+            if not self._try(lambda t=task_id, f=fields: write_records(store, task_updates={t: f})):
+                self._mark(task_id, self._columns(
+                    lambda part, t=task_id: write_records(store, task_updates={t: part}), fields, None
+                ))  # fmt: skip
+        for row in logs:
+            if not self._try(lambda row=row: write_records(store, log_rows=[row])):
+                self.rejected += 1
+        for row in agents.values():
+            if not self._try(lambda row=row: write_records(store, agent_rows=[row])):
+                self.rejected += 1
+
+    @staticmethod
+    def _try(write: Callable[[], None]) -> bool:
+        try:
+            write()
+            return True
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            return False
+
+    def _columns(
+        self, write: Callable[[dict[str, Any]], None], row: dict[str, Any], key: str | None
+    ) -> list[str]:
+        """Write ``row`` without the columns the database refuses; the names of those columns.
+
+        For a new row (``key`` names its id) the refused columns are left at their defaults; for an
+        update, each column is tried on its own."""
+        refused: list[str] = []
+        if key is not None:
+            base = {k: v for k, v in row.items() if k == key or v is None or isinstance(v, (str, bool))}
+            extra = [k for k in row if k not in base]
+            for column in extra:  # numbers, times and JSON: find the ones that break the insert
+                if not self._try(lambda c=column: write({**base, c: row[c]})):
+                    refused.append(column)
+            good = {k: v for k, v in row.items() if k not in refused}
+            if not self._try(lambda: write(good)):
+                refused = [k for k in row if k != key]
+                self._try(lambda: write({key: row[key], "status": row.get("status", "pending")}))
+            return refused
+        for column, value in row.items():
+            if not self._try(lambda c=column, v=value: write({c: v})):
+                refused.append(column)
+        return refused
+
+    def _mark(self, task_id: str, refused: list[str]) -> None:
+        self.marked += 1
+        message = f"the platform could not store this record's column(s) {', '.join(refused) or '?'}"
+        logger.warning("task %s: %s", task_id, message)
+        self._try(lambda: write_records(
+            self.store, task_updates={task_id: {"error": message, "error_type": "record_error"}}
+        ))  # fmt: skip
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed write may succeed as is later (the database is away, busy or locked), rather
+    than a value the database refuses (too large, wrong type, a broken constraint)."""
+    import sqlalchemy.exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        return not isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError, sa_exc.ProgrammingError))
+    return isinstance(exc, (OSError, sa_exc.TimeoutError))
 
 
 # ---------------------------------------------------------------------------------------------- live logs
