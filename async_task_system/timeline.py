@@ -11,18 +11,23 @@ It reads only the public :class:`~async_task_system.tasks.TaskInfo` fields (``cr
 works on ``manager.list()`` or on snapshots from anywhere. ``started_at`` is the *last*
 attempt's start: earlier attempts of a retried task fall in its waiting line, shown dashed.
 Plain SVG, no script, no external resource: it renders offline and in any viewer.
+
+``overrides`` (task id -> ``{"status", "label", "started_at"}``) lets a caller show what its users
+know instead: the fleet platform's ``/timeline`` draws its records' statuses (``dispatched``,
+``running``, ``timed_out``, ``lost``, ... colored by :data:`RECORD_COLORS`), the agent and the
+script's first line as the label, and the process's start as the bar's start.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from html import escape
 from pathlib import Path
 
 from .tasks import TaskInfo, TaskStatus
 
-__all__ = ["Timeline", "STATUS_COLORS"]
+__all__ = ["Timeline", "STATUS_COLORS", "RECORD_COLORS"]
 
 STATUS_COLORS: dict[TaskStatus, str] = {
     TaskStatus.COMPLETED: "#2e9e5b",
@@ -34,6 +39,22 @@ STATUS_COLORS: dict[TaskStatus, str] = {
 }
 """The fill of a task's bar per status (also the legend's)."""
 
+RECORD_COLORS: dict[str, str] = {
+    "pending": "#f0ad4e",
+    "queued": "#f0ad4e",
+    "dispatched": "#8e55b5",
+    "running": "#2f7ed8",
+    "completed": "#2e9e5b",
+    "failed": "#d64541",
+    "timed_out": "#b03a2e",
+    "lost": "#7f5539",
+    "cancelled": "#9e9e9e",
+}
+"""Colors of status names given through ``overrides`` (the platform's record statuses)."""
+
+_COLORS = {**{status.value: color for status, color in STATUS_COLORS.items()}, **RECORD_COLORS}
+_TERMINAL_NAMES = {"completed", "failed", "cancelled", "timed_out", "lost"}
+
 _ANSI = {
     TaskStatus.COMPLETED: "32",
     TaskStatus.FAILED: "31",
@@ -41,6 +62,15 @@ _ANSI = {
     TaskStatus.RUNNING: "34",
     TaskStatus.WAITING_REMOTE: "35",
     TaskStatus.PENDING: "33",
+}
+
+_ANSI_BY_NAME = {
+    **{status.value: code for status, code in _ANSI.items()},
+    "pending": "33",
+    "queued": "33",
+    "dispatched": "35",
+    "timed_out": "31",
+    "lost": "31",
 }
 
 _ROW = 24  # px per task row
@@ -56,9 +86,18 @@ class Timeline:
         tasks: task snapshots (``manager.list()``), drawn in order of creation.
         now: the time unfinished tasks are drawn up to (default: now).
         title: a heading for the picture.
+        overrides: per task id, what to show instead of the snapshot's own: ``status`` (a name,
+            e.g. a platform record's ``dispatched``), ``label`` and ``started_at`` (epoch seconds).
     """
 
-    def __init__(self, tasks: Iterable[TaskInfo], now: float | None = None, title: str | None = None) -> None:
+    def __init__(
+        self,
+        tasks: Iterable[TaskInfo],
+        now: float | None = None,
+        title: str | None = None,
+        overrides: Mapping[str, Mapping[str, object]] | None = None,
+    ) -> None:
+        self.overrides: dict[str, Mapping[str, object]] = dict(overrides or {})
         self.tasks: list[TaskInfo] = sorted(tasks, key=lambda info: info.created_at)
         self.now = time.time() if now is None else now
         self.title = title
@@ -71,15 +110,33 @@ class Timeline:
     def _end_of(self, info: TaskInfo) -> float:
         return info.finished_at if info.finished_at is not None else self.now
 
+    def status_of(self, info: TaskInfo) -> str:
+        """The status name shown for ``info`` (its override, else its own)."""
+        status = self.overrides.get(info.id, {}).get("status")
+        return status if isinstance(status, str) else info.status.value
+
+    def started_of(self, info: TaskInfo) -> float | None:
+        """When ``info``'s bar starts (its override, else its ``started_at``)."""
+        override = self.overrides.get(info.id, {})
+        if "started_at" in override:
+            started = override["started_at"]
+            return float(started) if isinstance(started, (int, float)) else None
+        return info.started_at
+
+    def _color(self, info: TaskInfo) -> str:
+        return _COLORS.get(self.status_of(info), "#607d8b")
+
     @property
     def span(self) -> float:
         """Seconds from the first task's creation to the last task's end (at least 1 ms)."""
         return max(self.end - self.start, 1e-3)
 
-    @staticmethod
-    def label(info: TaskInfo) -> str:
+    def label(self, info: TaskInfo) -> str:
         """``name(argument)``: what a reader recognises a task by (its first text argument, else
-        its first plain one; a ``{"$result": id}`` reference shows as nothing)."""
+        its first plain one; a ``{"$result": id}`` reference shows as nothing), or its override."""
+        label = self.overrides.get(info.id, {}).get("label")
+        if isinstance(label, str):
+            return label
         values = [v for v in info.arguments.values() if isinstance(v, (str, int, float)) and v is not True]
         texts = [v for v in values if isinstance(v, str)]
         shown = str((texts or values or [""])[0])
@@ -87,11 +144,13 @@ class Timeline:
 
     def outcome(self, info: TaskInfo, retries: bool = True) -> str:
         """``completed 1.02s``, ``failed timeout``, ``running 0.40s``: the row's right-hand text."""
-        duration = None if info.started_at is None else self._end_of(info) - info.started_at
-        if info.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) and info.error is not None:
-            text = f"{info.status.value} {info.error.type}"
+        started = self.started_of(info)
+        duration = None if started is None else self._end_of(info) - started
+        status = self.status_of(info)
+        if status in ("failed", "cancelled", "timed_out", "lost") and info.error is not None:
+            text = f"{status} {info.error.type}"
         else:
-            text = info.status.value + ("" if duration is None else f" {duration:.2f}s")
+            text = status + ("" if duration is None else f" {duration:.2f}s")
         if retries and info.attempts > 1:
             text += f" ↻{info.attempts}"
         return text
@@ -121,15 +180,15 @@ class Timeline:
         title = self.title or f"{len(self.tasks)} tasks in {self.span:.2f} s"
         out.append(f'<text x="8" y="16" font-weight="bold">{escape(title)}</text>')
         legend_x = max(_LABEL, 8 + 8 * len(title) + 16)  # after the title: only the statuses of this run
-        present = {info.status for info in self.tasks}
-        for status, color in STATUS_COLORS.items():
+        present = {self.status_of(info) for info in self.tasks}
+        for status, color in _COLORS.items():
             if status not in present:
                 continue
             out.append(
                 f'<g class="legend"><rect x="{legend_x}" y="6" width="12" height="12" fill="{color}"/>'
-                f'<text x="{legend_x + 16}" y="16">{status.value}</text></g>'
+                f'<text x="{legend_x + 16}" y="16">{status}</text></g>'
             )
-            legend_x += 24 + 7 * len(status.value)
+            legend_x += 24 + 7 * len(status)
         for tick in range(6):  # the time axis: six ticks from 0 to the span
             moment = self.start + self.span * tick / 5
             out.append(
@@ -148,22 +207,24 @@ class Timeline:
         return "\n".join(out)
 
     def _svg_row(self, info: TaskInfo, top: float, x: Callable[[float], float]) -> str:
-        color = STATUS_COLORS[info.status]
+        color = self._color(info)
+        status = self.status_of(info)
         middle = top + _ROW / 2
         created, end = x(info.created_at), x(self._end_of(info))
-        tooltip = f"{info.id} {info.kind.value} {info.name}: {info.status.value}, {info.attempts} attempt(s)"
+        tooltip = f"{info.id} {info.kind.value} {info.name}: {status}, {info.attempts} attempt(s)"
         if info.depends_on:
             tooltip += f"; waited for {', '.join(info.depends_on)}"
         if info.error is not None:
             tooltip += f"; {info.error.type}: {info.error.message}"
         parts = [
-            f'<g class="task" data-task-id="{escape(info.id)}" data-status="{info.status.value}" '
+            f'<g class="task" data-task-id="{escape(info.id)}" data-status="{escape(status)}" '
             f'data-attempts="{info.attempts}"><title>{escape(tooltip)}</title>',
             f'<text x="8" y="{middle + 4}">{escape(_cut(self.label(info), 25))}</text>',
             f'<text x="{_LABEL - 6}" y="{middle + 4}" text-anchor="end" fill="#888" font-size="10">'
             f"{escape(info.id)}</text>",
         ]
-        started = None if info.started_at is None else x(info.started_at)
+        started_at = self.started_of(info)
+        started = None if started_at is None else x(started_at)
         wait_end = started if started is not None else end
         if wait_end > created:  # queued, waiting for dependencies or for a retry
             dash = ' stroke-dasharray="4 3" class="retried"' if info.attempts > 1 else ' class="waited"'
@@ -263,17 +324,20 @@ class Timeline:
             cells = [" "] * lane
             first = column(info.created_at)
             last = column(self._end_of(info))
-            run_from = column(info.started_at) if info.started_at is not None else None
+            started_at = self.started_of(info)
+            run_from = column(started_at) if started_at is not None else None
             for cell in range(first, last + 1):
                 if run_from is not None and cell >= run_from:
                     cells[cell] = "█"
                 else:
                     cells[cell] = "░" if info.attempts > 1 else "·"
             if run_from is None:
-                cells[last] = "×" if info.status.is_terminal else "?"
+                status = self.status_of(info)
+                cells[last] = "×" if info.status.is_terminal or status in _TERMINAL_NAMES else "?"
             bar = "".join(cells)
             if color:
-                bar = f"\x1b[{_ANSI[info.status]}m{bar}\x1b[0m"
+                code = _ANSI_BY_NAME.get(self.status_of(info), "0")
+                bar = f"\x1b[{code}m{bar}\x1b[0m"
             label, text = _cut(self.label(info), label_width), _cut(suffix, suffix_width)
             lines.append(f"{'#' + str(number):>{number_width + 1}} {label:<{label_width}} │{bar}│ {text}")
         return "\n".join(lines)

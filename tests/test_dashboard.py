@@ -146,6 +146,22 @@ def test_cancel_from_the_dashboard_stops_a_running_script(browser, fleet):
     assert not errors, errors
 
 
+def test_a_silent_script_shows_running_in_the_table_the_filter_and_the_detail(browser, fleet):
+    task = fleet.submit_script("shell", "sleep 8", agent_id="dash-1", timeout=60)
+    page, _, errors = open_page(browser, fleet)
+    row = page.locator(f"#tasks tbody tr[data-task='{task['task_id']}']")
+    sync_api.expect(row).to_contain_text("running", timeout=15_000)  # no output yet: started is enough
+    page.select_option("#filter-status", "running")
+    sync_api.expect(page.locator("#tasks tbody tr")).to_have_count(1, timeout=10_000)
+    sync_api.expect(page.locator("#tasks tbody tr")).to_contain_text(task["task_id"])
+    sync_api.expect(page.locator("#agents tbody tr[data-agent='dash-1']")).to_contain_text("1 / ")
+    row.click()
+    sync_api.expect(page.locator("#detail-status")).to_have_text("running", timeout=15_000)
+    page.close()
+    fleet.cancel(task["task_id"])
+    assert not errors, errors
+
+
 if __name__ == "__main__":  # pragma: no cover - `python tests/test_dashboard.py` takes the docs' screenshot
     target = Path(__file__).resolve().parent.parent / "docs" / "images" / "dashboard.png"
     os.environ["DASHBOARD_SCREENSHOT"] = str(target)

@@ -55,13 +55,13 @@ def test_the_seed_messages_are_verbatim():
         ("stderr", 4),
         ("completed_at", 5),
     ]
-    assert fields(task_pb2.TaskLog) == [("task_id", 1), ("output", 2), ("is_stderr", 3), ("timestamp", 4)]
+    assert fields(task_pb2.TaskLog)[:4] == [("task_id", 1), ("output", 2), ("is_stderr", 3), ("timestamp", 4)]
     assert fields(agent_pb2.ServerMessage)[:3] == [
         ("register_response", 1),
         ("heartbeat_ack", 2),
         ("task_request", 3),
     ]
-    assert fields(agent_pb2.AgentMessage) == [
+    assert fields(agent_pb2.AgentMessage)[:4] == [
         ("register", 1),
         ("heartbeat", 2),
         ("task_result", 3),

@@ -5,6 +5,7 @@ Real worker subprocesses, real Node.js, a native tool compiled from C with gcc, 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,22 @@ def test_a_remote_tool_runs_as_a_task_suspension(fleet):
     assert manager.wait(task_id, timeout=30).not_done == []
     assert manager.result(task_id) == {"count": 3}
     assert "waiting_remote" in statuses  # it held no slot while the worker ran the call
+
+
+def test_a_remote_tool_call_reports_its_start(fleet):
+    manager, _, _, _ = fleet
+    starts: list[tuple[str | None, str, float]] = []
+    remove = manager.remote_manager.add_start_listener(lambda *start: starts.append(start))
+    try:
+        words = remote(manager, "words", "javascript", "text.js", inputs={"text": "string"})
+        before = time.time()
+        assert words(text="one two") == {"count": 2}
+    finally:
+        remove()
+    assert len(starts) == 1  # the worker said so once, before its result
+    _task_id, request_id, started_at = starts[0]
+    assert manager.remote_manager.outcome(request_id).success
+    assert started_at >= before - 1.0  # the worker's clock, on this machine
 
 
 def test_paths_outside_the_tools_directory_and_missing_entries_are_refused(fleet, tmp_path: Path):

@@ -15,7 +15,7 @@ scripts from a CDN). A body over ``max_body_bytes`` is refused with 413 before i
 ``GET /tasks?agent_id=&status=&type=``   a JSON array, newest first; ``limit`` (default 100,
                                          at most 1000), ``offset``; ``X-Total-Count`` header
 ``POST /tasks/{task_id}/cancel``         200 + the record; 409 if it had finished
-``GET /tasks/{task_id}/logs``            ``text/event-stream``: ``log`` events (id = line number),
+``GET /tasks/{task_id}/logs``            ``text/event-stream``: ``status`` and ``log`` events (id = line number),
                                          then ``end`` with the final record; resumes after
                                          ``Last-Event-ID`` / ``?last_event_id=``
 ``GET /agents``                          connected agents, then offline ones
@@ -273,7 +273,10 @@ def _add_other_routes(app: FastAPI, platform: Platform) -> None:
 
         manager, _store, _writer = platform.require()
         tasks = sorted(manager.list(), key=lambda info: info.created_at)[-limit:]
-        return Response(Timeline(tasks, title="platform tasks").to_svg(), media_type="image/svg+xml")
+        # the records' statuses and names (what the table shows), not the manager's waiting_remote
+        overrides = platform.timeline_overrides(tasks)
+        svg = Timeline(tasks, title="platform tasks", overrides=overrides).to_svg()
+        return Response(svg, media_type="image/svg+xml")
 
     @app.get("/healthz", summary="Liveness (no token needed)")
     def healthz() -> dict[str, str]:
@@ -290,6 +293,10 @@ def _record(platform: Platform, task_id: str) -> dict[str, Any]:
 
 def _log_event(seq: int, payload: dict[str, Any]) -> str:
     return f"id: {seq}\nevent: log\ndata: {json.dumps(payload)}\n\n"
+
+
+def _status_event(payload: dict[str, Any]) -> str:
+    return f"event: status\ndata: {json.dumps(payload)}\n\n"
 
 
 def _end_event(record: dict[str, Any]) -> str:
@@ -310,7 +317,8 @@ async def _stored_lines(platform: Platform, task_id: str, after: int) -> AsyncIt
 async def _events(
     platform: Platform, subscriber: Any, task_id: str, after: int, record: dict[str, Any]
 ) -> AsyncIterator[str]:
-    """The SSE stream: stored lines past ``after``, lines still in memory, live ones, then ``end``."""
+    """The SSE stream: stored lines past ``after``, the record's ``status`` (again when it changes to
+    ``running``), lines still in memory, live ones, then ``end``."""
     broker = platform.broker
     try:
         async for seq, text in _stored_lines(platform, task_id, after):
@@ -319,6 +327,7 @@ async def _events(
         if is_terminal(record["status"]):
             yield _end_event(record)
             return
+        yield _status_event({"status": record["status"], "started_at": record.get("started_at")})
         lines, _live = platform.recent_lines(task_id, after)
         for seq, payload in lines:
             after = seq
@@ -334,6 +343,8 @@ async def _events(
                 if seq > after:
                     after = seq
                     yield _log_event(seq, line)
+            elif kind == "status":
+                yield _status_event(payload)
             elif kind == "end":
                 async for seq, text in _stored_lines(platform, task_id, after):
                     after = seq

@@ -17,8 +17,9 @@ database: they hand changes to a :class:`RecordWriter` thread that coalesces and
 batches, so the hubs' event loops never wait for a disk or a network round trip.
 
 Statuses of a record: ``pending`` (stored, not started), ``queued`` (choosing an agent, or waiting for
-a retry), ``dispatched`` (the command was handed to the router for its agent), ``running`` (its
-first output line arrived), then ``completed``, ``failed``, ``cancelled``, ``timed_out`` or ``lost``
+a retry), ``dispatched`` (the command was handed to the router for its agent), ``running`` (the agent
+said its process started -- ``started_at`` is that moment -- or, from an agent that sends no start
+event, its first output line arrived), then ``completed``, ``failed``, ``cancelled``, ``timed_out`` or ``lost``
 (its agent went away mid-task, or the platform died with it in flight).
 """
 
@@ -114,8 +115,12 @@ class RecordWriter:
     Producers (task and log listeners, router events; any thread) only put changes in memory:
     a new task row, column updates per task (coalesced: the latest value of each column wins), log
     lines, agent rows. The thread takes everything queued, writes it, and repeats; under load the
-    batches grow by themselves. If the database fails, the batch is kept and retried with a
-    back-off (up to 5 s). Log lines beyond ``max_pending_logs`` waiting lines are refused
+    batches grow by themselves. If the database fails (it is unreachable, locked, ...), the batch is
+    kept and retried with a back-off (up to 5 s). If a value in it is refused (a row the database
+    cannot take), the batch is written piece by piece instead: every good row lands, a task row's
+    refused columns are left out and the row is marked (``error_type`` ``record_error``, ``error``
+    naming the columns), and a refused output line or agent row is dropped and counted
+    (:attr:`rejected`), so one bad row never loses the others. Log lines beyond ``max_pending_logs`` waiting lines are refused
     (``log`` returns False) so that a flood cannot grow memory without bound.
     """
 
@@ -139,6 +144,8 @@ class RecordWriter:
         self._written = 0  # changes written so far
         self._closing = False
         self.failures = 0
+        self.rejected = 0  # output lines and agent rows the database refused (dropped)
+        self.marked = 0  # task rows stored without refused columns (error_type record_error)
         self._thread = threading.Thread(target=self._run, name="platform-record-writer", daemon=True)
         self._thread.start()
 
@@ -234,7 +241,26 @@ class RecordWriter:
                     log_rows=logs,
                     agent_rows=list(agents.values()),
                 )
-            except Exception:
+            except Exception as exc:
+                isolated = False
+                if not _transient(exc):
+                    logger.warning("a platform record was refused (%s); writing the batch row by row", exc)
+                    try:
+                        self._write_isolated(new, updates, logs, agents)
+                        isolated = True
+                    except Exception:  # the database went away meanwhile: retry the whole batch
+                        logger.warning("writing the batch row by row failed", exc_info=True)
+                if isolated:
+                    delay = 0.05
+                    with self._cond:
+                        self._written = max(self._written, mark)
+                        self._cond.notify_all()
+                    if ended and self.on_committed is not None:
+                        try:
+                            self.on_committed(ended)
+                        except Exception:
+                            logger.exception("the platform's on_committed callback failed")
+                    continue
                 self.failures += 1
                 logger.exception("writing platform records failed; retrying in %.2f s", delay)
                 with self._cond:
@@ -253,6 +279,85 @@ class RecordWriter:
                     self.on_committed(ended)
                 except Exception:
                     logger.exception("the platform's on_committed callback failed")
+
+    def _write_isolated(
+        self,
+        new: dict[str, dict[str, Any]],
+        updates: dict[str, dict[str, Any]],
+        logs: list[dict[str, Any]],
+        agents: dict[str, dict[str, Any]],
+    ) -> None:
+        """Write a batch that the database refused, one row at a time (see the class docstring)."""
+        store = self.store
+        for row in new.values():
+            if not self._try(lambda row=row: write_records(store, new_tasks=[row])):
+                kept = self._columns(lambda fields: write_records(store, new_tasks=[fields]), row, "task_id")
+                self._mark(row["task_id"], kept)
+        for task_id, fields in updates.items():
+            if not self._try(lambda t=task_id, f=fields: write_records(store, task_updates={t: f})):
+                self._mark(task_id, self._columns(
+                    lambda part, t=task_id: write_records(store, task_updates={t: part}), fields, None
+                ))  # fmt: skip
+        for row in logs:
+            if not self._try(lambda row=row: write_records(store, log_rows=[row])):
+                self.rejected += 1
+        for row in agents.values():
+            if not self._try(lambda row=row: write_records(store, agent_rows=[row])):
+                self.rejected += 1
+
+    @staticmethod
+    def _try(write: Callable[[], None]) -> bool:
+        try:
+            write()
+            return True
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            return False
+
+    def _columns(
+        self, write: Callable[[dict[str, Any]], None], row: dict[str, Any], key: str | None
+    ) -> list[str]:
+        """Write ``row`` without the columns the database refuses; the names of those columns.
+
+        For a new row (``key`` names its id) the refused columns are left at their defaults; for an
+        update, each column is tried on its own."""
+        refused: list[str] = []
+        if key is not None:
+            base = {k: v for k, v in row.items() if k == key or v is None or isinstance(v, (str, bool))}
+            extra = [k for k in row if k not in base]
+            for column in extra:  # numbers, times and JSON: find the ones that break the insert
+                if not self._try(lambda c=column: write({**base, c: row[c]})):
+                    refused.append(column)
+            good = {k: v for k, v in row.items() if k not in refused}
+            if not self._try(lambda: write(good)):
+                refused = [k for k in row if k != key]
+                self._try(lambda: write({key: row[key], "status": row.get("status", "pending")}))
+            return refused
+        for column, value in row.items():
+            if not self._try(lambda c=column, v=value: write({c: v})):
+                refused.append(column)
+        return refused
+
+    def _mark(self, task_id: str, refused: list[str]) -> None:
+        self.marked += 1
+        message = f"the platform could not store this record's column(s) {', '.join(refused) or '?'}"
+        logger.warning("task %s: %s", task_id, message)
+        self._try(lambda: write_records(
+            self.store, task_updates={task_id: {"error": message, "error_type": "record_error"}}
+        ))  # fmt: skip
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed write may succeed as is later (the database is away, busy or locked), rather
+    than a value the database refuses (too large, wrong type, a broken constraint)."""
+    import sqlalchemy.exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        return not isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError, sa_exc.ProgrammingError))
+    return isinstance(exc, (OSError, sa_exc.TimeoutError))
 
 
 # ---------------------------------------------------------------------------------------------- live logs
@@ -360,6 +465,8 @@ class _Live:
     lines: int = 0
     log_truncated: bool = False
     request_id: str | None = None
+    process_started: bool = False  # the agent reported the current attempt's process start
+    started_at: float | None = None  # when, by the agent's report
     recent: deque[tuple[int, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=_LIVE_BUFFER))
 
 
@@ -386,6 +493,9 @@ class Platform:
         sse_keepalive: seconds between ``: keepalive`` comments on an idle log stream.
         default_timeout: seconds a script may run when a REST request gives none.
         heartbeat_interval, heartbeat_timeout, max_message_bytes, register_timeout: the hubs' limits.
+        start_timeout: seconds an agent that sends start events may hold a task (with a free slot)
+            without starting or answering it; then the attempt fails with ``start_timeout`` (retried
+            if the task has retries left). Default: ``heartbeat_timeout + 5``.
         retention: finished REST tasks the platform's own manager keeps in memory (their records stay
             in the store); a manager passed in keeps its own setting.
         stale_after: at start, unfinished records of a platform that is gone are reaped (marked
@@ -421,6 +531,7 @@ class Platform:
         heartbeat_timeout: float = 15.0,
         max_message_bytes: int = 1 << 20,
         register_timeout: float = 10.0,
+        start_timeout: float | None = None,
         retention: int = 1000,
         stale_after: float = 60.0,
     ) -> None:
@@ -447,6 +558,7 @@ class Platform:
             "heartbeat_timeout": heartbeat_timeout,
             "max_message_bytes": max_message_bytes,
             "register_timeout": register_timeout,
+            "start_timeout": start_timeout,
         }
         self._given = manager
         self.broker = LogBroker(max_sse_clients)
@@ -527,6 +639,7 @@ class Platform:
         self.manager.register_target(self._script_target())
         self._removers.append(self.manager.add_listener(self._on_task))
         self._removers.append(self.bridge.add_log_listener(self._on_log))
+        self._removers.append(self.bridge.add_start_listener(self._on_start))
         self.ws_hub = RemoteHub(
             self.manager, host=self.host, port=self.ws_port, token=self.token, **self.hub_options
         )
@@ -739,6 +852,33 @@ class Platform:
             )
         return out
 
+    def timeline_overrides(self, tasks: list[TaskInfo]) -> dict[str, dict[str, Any]]:
+        """What ``/timeline`` shows of recorded tasks instead of the manager's view: the record's
+        status (``running`` for a started platform task, not ``waiting_remote``), ``agent: first
+        line of the script`` as the label, and the process's start as the bar's start."""
+        _manager, store, _writer = self.require()
+        recorded = [info for info in tasks if _recorded(info)]
+        out: dict[str, dict[str, Any]] = {}
+        for row in store.tasks.many(info.id for info in recorded):
+            first = next((line.strip() for line in (row.script or "").splitlines() if line.strip()), "")
+            out[row.task_id] = {
+                "status": row.status,
+                "label": f"{row.agent_id or '(any agent)'}: {first}",
+                "started_at": row.started_at.timestamp() if row.started_at is not None else None,
+            }
+        with self._lock:  # live tasks: what the platform knows now (the store may be a batch behind)
+            for info in recorded:
+                live = self._live.get(info.id)
+                if live is None:
+                    continue
+                entry = out.setdefault(info.id, {"label": f"{live.agent_id or '(any agent)'}: "})
+                entry["status"] = live.status
+                if live.process_started:
+                    entry["started_at"] = live.started_at
+                elif live.status in ("pending", "queued", "dispatched"):
+                    entry["started_at"] = None  # not started yet: no bar
+        return out
+
     def recent_lines(self, task_id: str, after: int) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
         """Output lines of a live task still in memory numbered above ``after``, and whether it is live."""
         with self._lock:
@@ -840,14 +980,18 @@ class Platform:
             if status is TaskStatus.PENDING:
                 if info.attempts:  # a failed attempt waits for its retry
                     live.status = "queued"
+                    live.process_started = False
+                    live.started_at = None
                     fields.update(status="queued", **_error_fields(info))
             elif status is TaskStatus.RUNNING:
                 if live.status in ("pending", "queued"):
                     first = live.status == "pending"
                     live.status = "queued"
                     fields.update(status="queued")
-                    if first:
+                    if first and not live.process_started:
                         fields.update(queued_at=time.time(), started_at=info.started_at)
+                    elif first:
+                        fields.update(queued_at=time.time())
             elif status is TaskStatus.WAITING_REMOTE:
                 live.agent_id = self._chosen.get(info.id, live.agent_id)
                 fields.update(dispatched_at=time.time(), agent_id=live.agent_id)
@@ -937,7 +1081,9 @@ class Platform:
             "cancelled": status == "cancelled",
             "timed_out": status == "timed_out",
             "lost": status == "lost",
-            "agent_id": result.get("worker") or live.agent_id,
+            # the agent it was sent to (from its connection), never what the answer claims
+            # (the answer's own "worker" only when no transport sent it: a caller delivering itself)
+            "agent_id": (outcome.worker if outcome is not None else None) or live.agent_id or _named(result),
             "request_id": request_id,
             **_error_fields(info),
         }
@@ -953,24 +1099,58 @@ class Platform:
         fields["truncated"] = truncated
         return fields
 
+    def _live_for(self, task_id: str, writer: RecordWriter) -> _Live | None:
+        """The live entry of an unfinished recorded task, started from the manager if the task's
+        events have not reached this listener yet (lock held); None for a task not to record."""
+        live = self._live.get(task_id)
+        if live is None:
+            # Task events reach listeners in order but possibly later than output lines and starts
+            # reach these (another thread may be delivering): start the record from the manager.
+            info = self._check(task_id)
+            if info is None or not _recorded(info) or info.status.is_terminal:
+                return None
+            live = self._new_record(info, writer)
+        return live
+
+    def _on_start(self, task_id: str | None, request_id: str, started_at: float) -> None:
+        """The agent spawned the process of the task's current attempt: ``running`` from that moment."""
+        writer = self.writer
+        if task_id is None or writer is None:
+            return
+        with self._lock:
+            live = self._live_for(task_id, writer)
+            if live is None:
+                return
+            live.process_started = True
+            live.started_at = started_at
+            live.request_id = request_id
+            fields: dict[str, Any] = {
+                "started_at": started_at,
+                "request_id": request_id,
+                "updated_at": time.time(),
+            }
+            changed = live.status in ("pending", "queued", "dispatched")
+            if changed:
+                live.status = "running"
+                fields["status"] = "running"
+            writer.update(task_id, fields)
+        self.broker.publish(task_id, "status", {"status": "running", "started_at": _iso(started_at)})
+
     def _on_log(self, task_id: str | None, request_id: str, stream: str, line: str) -> None:
         writer = self.writer
         if task_id is None or writer is None:
             return
         now = time.time()
+        became_running = False
         with self._lock:
-            live = self._live.get(task_id)
+            live = self._live_for(task_id, writer)
             if live is None:
-                # Task events reach listeners in order but possibly later than output lines reach
-                # this one (another thread may be delivering): start the record from the manager.
-                info = self._check(task_id)
-                if info is None or not _recorded(info) or info.status.is_terminal:
-                    return
-                live = self._new_record(info, writer)
+                return
             fields: dict[str, Any] = {}
-            if live.status in ("pending", "queued", "dispatched"):
+            if live.status in ("pending", "queued", "dispatched"):  # an agent that sends no start event
                 live.status = "running"
                 fields.update(status="running", updated_at=now)
+                became_running = True
             if live.request_id != request_id:
                 live.request_id = request_id
                 fields["request_id"] = request_id
@@ -995,6 +1175,8 @@ class Platform:
                     live.recent.append((seq, payload))
             if fields:
                 writer.update(task_id, fields)
+        if became_running:
+            self.broker.publish(task_id, "status", {"status": "running", "started_at": None})
         if line is not None:
             self.broker.publish(task_id, "log", (seq, payload))
 
@@ -1038,6 +1220,11 @@ class Platform:
 def _recorded(info: TaskInfo) -> bool:
     """Whether the platform keeps a record of this task: REST scripts and ``remote_execute`` commands."""
     return info.kind is TaskKind.REMOTE and info.name in (SCRIPT_TARGET, REMOTE_TARGET_NAME)
+
+
+def _named(result: Mapping[str, Any]) -> str | None:
+    worker = result.get("worker")
+    return worker[:128] if isinstance(worker, str) and worker else None
 
 
 def _error_fields(info: TaskInfo) -> dict[str, Any]:

@@ -585,6 +585,16 @@ class PlatformTasks:
         with self.store.sessions() as session:
             return session.get(PlatformTask, task_id)
 
+    def many(self, task_ids: Iterable[str]) -> list[PlatformTask]:
+        """The stored tasks among ``task_ids`` (in no particular order; unknown ids are left out)."""
+        ids = list(dict.fromkeys(task_ids))
+        found: list[PlatformTask] = []
+        with self.store.sessions() as session:
+            for start in range(0, len(ids), 500):  # bounded IN lists
+                query = sa.select(PlatformTask).where(PlatformTask.task_id.in_(ids[start : start + 500]))
+                found.extend(session.scalars(query))
+        return found
+
     def list(
         self,
         *,

@@ -25,6 +25,7 @@ and tells the executor to stop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import threading
@@ -127,6 +128,8 @@ class RemoteOutcome:
     result: Any = None
     error: str | None = None
     error_type: str | None = None
+    worker: str | None = None
+    """The executor the transport sent it to (from its authenticated connection), if one did."""
 
 
 class RemoteRequest:
@@ -149,6 +152,9 @@ class RemoteRequest:
         "suspension",
         "labels",
         "runtime",
+        "started_at",
+        "sent_at",
+        "sent_to",
     )
 
     def __init__(
@@ -188,6 +194,11 @@ class RemoteRequest:
         # remote side can join the trace.
         self.trace: dict[str, str] = tracing.inject_context() if tracing.tracing_enabled() else {}
         self.suspension: Suspension | None = None
+        # when the executor said its process started (epoch seconds; None until then), and when the
+        # transport last handed it to an executor (for the bound on a dispatch that never starts)
+        self.started_at: float | None = None
+        self.sent_at: float | None = None
+        self.sent_to: str | None = None  # the worker the transport handed it to last
 
 
 class RemoteTransport(Protocol):
@@ -202,6 +213,9 @@ class RemoteTransport(Protocol):
 
 LogListener = Callable[[str | None, str, str, str], None]
 """``(task_id, request_id, stream, line)``, called for each streamed output line."""
+
+StartListener = Callable[[str | None, str, float], None]
+"""``(task_id, request_id, started_at)``, called once when an executor's process started."""
 
 
 class RemoteExecutionManager:
@@ -237,6 +251,7 @@ class RemoteExecutionManager:
         self._recent_by_task: OrderedDict[str, str] = OrderedDict()
         self._transport: RemoteTransport | None = None
         self._log_listeners: list[LogListener] = []
+        self._start_listeners: list[StartListener] = []
         self.ignored_responses = 0
         if task_manager is not None:
             task_manager.register_target(self._remote_target())
@@ -347,6 +362,34 @@ class RemoteExecutionManager:
             except Exception:
                 logger.exception("remote log listener failed")
         return True
+
+    def handle_remote_start(self, request_id: str, started_at: float) -> bool:
+        """Note that the executor's process of a pending request started at ``started_at`` (epoch
+        seconds) and tell the start listeners; False (nothing changes) if it is not pending or started."""
+        with self._lock:
+            request = self._requests.get(request_id)
+            if request is None or request.started_at is not None:
+                return False
+            request.started_at = started_at
+            listeners = list(self._start_listeners)
+        for listener in listeners:
+            try:
+                listener(request.task_id, request_id, started_at)
+            except Exception:
+                logger.exception("remote start listener failed")
+        return True
+
+    def add_start_listener(self, callback: StartListener) -> Callable[[], None]:
+        """Call ``callback(task_id, request_id, started_at)`` when a request's process starts; returns a remover."""
+        with self._lock:
+            self._start_listeners.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._start_listeners:
+                    self._start_listeners.remove(callback)
+
+        return remove
 
     def add_log_listener(self, callback: LogListener) -> Callable[[], None]:
         """Call ``callback(task_id, request_id, stream, line)`` for each streamed line; returns a remover."""
@@ -668,6 +711,11 @@ class RemoteExecutionManager:
                 request_id,
             )
             return False
+        if request.sent_to is not None and outcome.worker is None:
+            outcome = dataclasses.replace(outcome, worker=request.sent_to)
+            with self._lock:
+                if request_id in self._recent:
+                    self._recent[request_id] = outcome
         if request.timer is not None:
             request.timer.cancel()
         try:

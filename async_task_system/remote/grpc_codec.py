@@ -10,7 +10,8 @@ protocol frame         protobuf message                     notes
 register               AgentMessage.register                name -> agent_id, max_concurrent ->
                        (AgentRegister)                      capacity, worker_version -> version
 heartbeat              AgentMessage.heartbeat
-log                    AgentMessage.task_log                request_id -> task_id, line -> output
+started                AgentMessage.task_started            started_at -> Timestamp
+log                    AgentMessage.task_log                line -> output
 result                 AgentMessage.task_result             exit_code/stdout/stderr in the seed's
                                                             fields; the rest in added fields
 registered / error     ServerMessage.register_response      success, or the refusal's error_type
@@ -19,6 +20,11 @@ execute                ServerMessage.task_request           command -> script, l
 cancel                 ServerMessage.task_cancel
 error                  ServerMessage.error
 =====================  ===================================  ======================================
+
+Ids: a hub frame's ``task_id`` (the operator's task id) goes to ``TaskRequest.task_id`` and its
+``request_id`` (the hub's id of the attempt) to ``TaskRequest.request_id``; an agent's message
+gives back ``request_id`` when it set it, else its ``task_id`` (an agent built from seed 002's
+proto), which the router matches to the request that agent runs for the task.
 """
 
 from __future__ import annotations
@@ -55,6 +61,20 @@ def _now() -> common_pb2.Timestamp:
     return common_pb2.Timestamp(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
 
 
+def _timestamp(seconds: float) -> common_pb2.Timestamp:
+    return common_pb2.Timestamp(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
+
+
+def _ids(frame: dict[str, Any]) -> dict[str, str]:
+    """``task_id`` and ``request_id`` of a protobuf message for a frame (both the request id when no task id)."""
+    request_id = frame["request_id"]
+    return {"task_id": frame.get("task_id") or request_id, "request_id": request_id}
+
+
+def _request_id(message: Any) -> str:
+    return message.request_id or message.task_id
+
+
 def _int32(value: Any, default: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         return default
@@ -87,7 +107,7 @@ def agent_message(frame: dict[str, Any]) -> agent_pb2.AgentMessage:
     if kind == "log":
         return agent_pb2.AgentMessage(
             task_log=task_pb2.TaskLog(
-                task_id=frame["request_id"],
+                **_ids(frame),
                 output=frame["line"],
                 is_stderr=frame.get("stream") == "stderr",
                 timestamp=_now(),
@@ -95,13 +115,21 @@ def agent_message(frame: dict[str, Any]) -> agent_pb2.AgentMessage:
         )
     if kind == "result":
         return agent_pb2.AgentMessage(task_result=_task_result(frame))
+    if kind == "started":
+        started_at = frame.get("started_at")
+        return agent_pb2.AgentMessage(
+            task_started=task_pb2.TaskStarted(
+                **_ids(frame),
+                started_at=_timestamp(started_at) if isinstance(started_at, (int, float)) else _now(),
+            )
+        )
     raise ProtocolError(f"no gRPC message for a {kind!r} frame")
 
 
 def _task_result(frame: dict[str, Any]) -> task_pb2.TaskResult:
     result = frame.get("result")
     message = task_pb2.TaskResult(
-        task_id=frame["request_id"],
+        **_ids(frame),
         completed_at=_now(),
         success=bool(frame.get("success")),
         error=frame.get("error") or "",
@@ -150,13 +178,22 @@ def agent_frame(message: agent_pb2.AgentMessage) -> dict[str, Any]:
         log = message.task_log
         return {
             "type": "log",
-            "request_id": log.task_id,
+            "request_id": _request_id(log),
             "stream": "stderr" if log.is_stderr else "stdout",
             "line": log.output,
         }
     if kind == "task_result":
         return _result_frame(message.task_result)
-    raise ProtocolError("the message carries none of register, heartbeat, task_result, task_log")
+    if kind == "task_started":
+        started = message.task_started
+        stamp = started.started_at
+        frame: dict[str, Any] = {"type": "started", "request_id": _request_id(started)}
+        if started.HasField("started_at") and (stamp.seconds or stamp.nanos):
+            frame["started_at"] = stamp.seconds + stamp.nanos / 1e9
+        return frame
+    raise ProtocolError(
+        "the message carries none of register, heartbeat, task_started, task_result, task_log"
+    )
 
 
 def _result_frame(message: task_pb2.TaskResult) -> dict[str, Any]:
@@ -189,7 +226,7 @@ def _result_frame(message: task_pb2.TaskResult) -> dict[str, Any]:
             error, error_type = error or f"exit code {message.exit_code}", "remote_error"
     frame: dict[str, Any] = {
         "type": "result",
-        "request_id": message.task_id,
+        "request_id": _request_id(message),
         "success": success,
         "result": result,
         "error": None if success else error,
@@ -218,7 +255,7 @@ def server_message(frame: dict[str, Any]) -> agent_pb2.ServerMessage:
     if kind == "execute":
         timeout = frame.get("timeout")
         request = task_pb2.TaskRequest(
-            task_id=frame["request_id"],
+            **_ids(frame),
             env=frame.get("env") or {},
             trace=frame.get("trace") or {},
         )
@@ -242,7 +279,7 @@ def server_message(frame: dict[str, Any]) -> agent_pb2.ServerMessage:
         return agent_pb2.ServerMessage(task_request=request)
     if kind == "cancel":
         return agent_pb2.ServerMessage(
-            task_cancel=task_pb2.TaskCancel(task_id=frame["request_id"], reason=frame.get("reason", ""))
+            task_cancel=task_pb2.TaskCancel(**_ids(frame), reason=frame.get("reason", ""))
         )
     if kind == "error":
         return agent_pb2.ServerMessage(
@@ -285,7 +322,8 @@ def server_frame(message: agent_pb2.ServerMessage) -> dict[str, Any]:
         timeout = request.timeout_seconds or request.timeout or None
         frame = {
             "type": "execute",
-            "request_id": request.task_id,
+            "request_id": _request_id(request),
+            "task_id": request.task_id,
             "command": request.script,
             "timeout": timeout,
             "env": dict(request.env),
@@ -306,7 +344,7 @@ def server_frame(message: agent_pb2.ServerMessage) -> dict[str, Any]:
     if kind == "task_cancel":
         return {
             "type": "cancel",
-            "request_id": message.task_cancel.task_id,
+            "request_id": _request_id(message.task_cancel),
             "reason": message.task_cancel.reason,
         }
     if kind == "error":

@@ -63,7 +63,8 @@ class GrpcHub(HubBase):
     """A gRPC hub for remote workers, bound to one task manager's remote bridge.
 
     Args: as :class:`~.hub.RemoteHub` (``manager``, ``router``, ``host``, ``port``, ``token``,
-    ``heartbeat_interval``, ``heartbeat_timeout``, ``max_message_bytes``, ``register_timeout``), plus
+    ``heartbeat_interval``, ``heartbeat_timeout``, ``max_message_bytes``, ``register_timeout``,
+    ``start_timeout``), plus
     ``max_connections``: streams served at once (more are refused with ``RESOURCE_EXHAUSTED``).
     """
 

@@ -62,6 +62,9 @@ class RemoteHub(HubBase):
         heartbeat_timeout: a worker silent this long is declared lost and its requests fail.
         max_message_bytes: larger frames are refused with an error frame.
         register_timeout: seconds a new connection has to send its ``register`` frame.
+        start_timeout: seconds a worker that reports starts may hold a command (with a free slot)
+            without starting or answering it; then it fails with ``start_timeout`` (default
+            ``heartbeat_timeout + 5``).
     """
 
     scheme = "ws"

@@ -5,7 +5,9 @@ asyncio loop thread of its own, authorizes connections, and turns what workers s
 calls. Everything here is independent of the wire: the loop thread's life, owning or sharing the
 router, the registration rules (a valid ``register`` message, the hub accepting, the name free),
 the liveness deadline (any message re-arms it; ``heartbeat_timeout`` seconds of silence and the
-worker is lost), and what a ``heartbeat``, ``log`` or ``result`` message does. Messages reach this
+worker is lost), what a ``heartbeat``, ``started``, ``log`` or ``result`` message does, and the
+bound on a dispatch that never starts (``start_timeout``: a hub owning its router checks it every
+second, see :meth:`~.router.WorkerRouter.expire_unstarted`). Messages reach this
 class as :mod:`.protocol` dicts: the WebSocket hub decodes JSON text, the gRPC hub translates
 protobuf messages at the edge (:mod:`.grpc_codec`).
 
@@ -26,7 +28,14 @@ from typing import Any
 
 from ..errors import AsyncTaskSystemError
 from .bridge import RemoteExecutionManager, RemoteRequest, RemoteUnavailable
-from .protocol import ProtocolError, check_log, check_register, check_result
+from .protocol import (
+    ProtocolError,
+    check_heartbeat,
+    check_log,
+    check_register,
+    check_result,
+    check_started,
+)
 from .router import Worker, WorkerRouter
 
 __all__ = ["HubBase", "Link", "RegisterRefused"]
@@ -75,6 +84,7 @@ class HubBase:
         heartbeat_timeout: float = 15.0,
         max_message_bytes: int = 1 << 20,
         register_timeout: float = 10.0,
+        start_timeout: float | None = None,
     ) -> None:
         if heartbeat_timeout <= heartbeat_interval:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
@@ -91,6 +101,10 @@ class HubBase:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_message_bytes = max_message_bytes
         self.register_timeout = register_timeout
+        # seconds a start-reporting worker may hold a command with a free slot without starting it
+        self.start_timeout = heartbeat_timeout + 5.0 if start_timeout is None else float(start_timeout)
+        if self.start_timeout <= 0:
+            raise ValueError("start_timeout must be a positive number of seconds")
         self.owns_router = router is None
         self.router = (
             router
@@ -133,8 +147,19 @@ class HubBase:
             self.router.open()
         if self.owns_router:
             self.remote.set_transport(self)
+            loop.call_soon_threadsafe(self._sweep)
         logger.info("%s hub listening on %s", self.transport_name, self.url)
         return self
+
+    def _sweep(self) -> None:
+        """Fail dispatches that never started (hub loop, every second while the router accepts)."""
+        if self._stopped:
+            return
+        try:
+            self.router.expire_unstarted(self.start_timeout)
+        except Exception:
+            logger.exception("checking for commands that never started failed")
+        asyncio.get_running_loop().call_later(min(1.0, self.start_timeout / 4), self._sweep)
 
     @staticmethod
     def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -307,15 +332,13 @@ class HubBase:
             )
 
     def handle_message(self, worker: Worker, message: dict[str, Any]) -> None:
-        """Apply a ``heartbeat``, ``log`` or ``result`` message from ``worker``; ProtocolError if it is not one."""
+        """Apply a ``heartbeat``, ``started``, ``log`` or ``result`` message from ``worker``; ProtocolError if it is not one."""
         kind = message.get("type")
         if kind == "heartbeat":
-            running = message.get("running", 0)
-            if isinstance(running, bool) or not isinstance(running, int) or running < 0:
-                raise ProtocolError(
-                    f"heartbeat field 'running' must be a count, got {type(running).__name__}"
-                )
-            self.router.heartbeat(worker, running)
+            self.router.heartbeat(worker, check_heartbeat(message)["running"])
+        elif kind == "started":
+            started = check_started(message)
+            self.router.started(worker, started["request_id"], started["started_at"])
         elif kind == "log":
             log = check_log(message)
             self.router.log(worker, log["request_id"], log["stream"], log["line"])
@@ -332,7 +355,7 @@ class HubBase:
         elif kind == "register":
             raise ProtocolError("this connection is registered already; a second register frame is refused")
         else:
-            raise ProtocolError(f"unknown frame type {kind!r}: expected heartbeat, log or result")
+            raise ProtocolError(f"unknown frame type {kind!r}: expected heartbeat, started, log or result")
 
     # ------------------------------------------------------------------ sending (any thread -> hub loop)
 

@@ -6,7 +6,7 @@ also be sent in seed 000's exact shape ``{"request_id", "success", "result", "er
 every field; this module is the single place that builds and checks them, so the hub, the worker
 and :class:`~async_task_system.remote.handler.RemoteExecutionHandler` agree.
 
-Worker -> hub: ``register``, ``heartbeat``, ``log``, ``result``.
+Worker -> hub: ``register``, ``heartbeat``, ``started``, ``log``, ``result``.
 Hub -> worker: ``registered``, ``execute``, ``cancel``, ``error``.
 """
 
@@ -30,14 +30,17 @@ __all__ = [
     "check_register",
     "check_runtime_call",
     "check_result",
+    "check_heartbeat",
     "check_log",
     "check_execute",
+    "check_started",
     "register_frame",
     "registered_frame",
     "execute_frame",
     "cancel_frame",
     "heartbeat_frame",
     "log_frame",
+    "started_frame",
     "result_frame",
     "error_frame",
 ]
@@ -161,8 +164,15 @@ def check_register(message: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
         raise ProtocolError("register frame field 'capabilities' must be a list of strings")
     max_concurrent = message.get("max_concurrent", 5)
-    if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
-        raise ProtocolError("register frame field 'max_concurrent' must be a positive integer")
+    if (
+        not isinstance(max_concurrent, int)
+        or isinstance(max_concurrent, bool)
+        or not 1 <= max_concurrent <= MAX_CONCURRENT
+    ):
+        raise ProtocolError(
+            f"register frame field 'max_concurrent' must be an integer from 1 to {MAX_CONCURRENT}, "
+            f"got {_shown(max_concurrent)}"
+        )
     version = message.get("worker_version", "")
     if not isinstance(version, str) or len(version) > _NAME_MAX:
         raise ProtocolError(
@@ -185,16 +195,90 @@ def check_register(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+MAX_CONCURRENT = 10_000
+"""The most scripts a worker may say it runs at once (``max_concurrent``, gRPC ``capacity``)."""
+
+INT32 = (-(2**31), 2**31 - 1)
+_COUNT_MAX = 2**31 - 1
+
+
+def _shown(value: Any) -> str:
+    """A short picture of a refused value for an error message (never the whole of a huge one)."""
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_heartbeat(message: dict[str, Any]) -> dict[str, int]:
+    """Validate a ``heartbeat`` frame; returns ``{running, queued}`` (counts from 0 to 2**31-1)."""
+    out = {}
+    for key in ("running", "queued"):
+        value = message.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _COUNT_MAX:
+            raise ProtocolError(
+                f"heartbeat field {key!r} must be a count from 0 to {_COUNT_MAX}, got {_shown(value)}"
+            )
+        out[key] = value
+    return out
+
+
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "stdout": (str,),
+    "stderr": (str,),
+    "worker": (str,),
+    "timed_out": (bool,),
+    "cancelled": (bool,),
+    "truncated": (bool,),
+}
+
+
+def _check_result_fields(result: dict[str, Any]) -> None:
+    """The well-known fields of a result object have their types and bounds (others are free)."""
+    exit_code = result.get("exit_code")
+    if exit_code is not None and (
+        isinstance(exit_code, bool) or not isinstance(exit_code, int) or not INT32[0] <= exit_code <= INT32[1]
+    ):
+        raise ProtocolError(
+            f"result field 'exit_code' must be null or an integer within int32, got {_shown(exit_code)}"
+        )
+    for key, kinds in _RESULT_TYPES.items():
+        value = result.get(key)
+        if value is not None and not isinstance(value, kinds):
+            raise ProtocolError(
+                f"result field {key!r} must be {'a string' if kinds == (str,) else 'true or false'} "
+                f"or null, got {type(value).__name__}"
+            )
+    worker = result.get("worker")
+    if isinstance(worker, str) and len(worker) > _NAME_MAX:
+        raise ProtocolError(f"result field 'worker' must be at most {_NAME_MAX} characters")
+    duration = result.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, (int, float))
+        or not math.isfinite(duration)
+        or not 0 <= duration < 1e9
+    ):
+        raise ProtocolError(f"result field 'duration' must be null or seconds >= 0, got {_shown(duration)}")
+
+
 def check_result(message: dict[str, Any]) -> dict[str, Any]:
-    """Validate a result frame (seed 000 shape); returns ``{request_id, success, result, error, error_type}``."""
+    """Validate a result frame (seed 000 shape); returns ``{request_id, success, result, error, error_type}``.
+
+    A ``result`` object's well-known fields (``exit_code`` within int32, ``stdout``, ``stderr`` and
+    ``worker`` strings, ``timed_out``/``cancelled``/``truncated`` booleans, ``duration`` seconds) are
+    checked: a bad one refuses the frame with a precise error, before anything is recorded.
+    """
     request_id = _require(message, "request_id", str, "result")
     success = _require(message, "success", bool, "result")
+    if isinstance(message.get("result"), dict):
+        _check_result_fields(message["result"])
     error = message.get("error")
     if error is not None and not isinstance(error, str):
         error = str(error)
     error_type = message.get("error_type")
-    if error_type is not None and not isinstance(error_type, str):
-        raise ProtocolError("result frame field 'error_type' must be a string")
+    if error_type is not None and (not isinstance(error_type, str) or len(error_type) > _NAME_MAX):
+        raise ProtocolError(
+            f"result frame field 'error_type' must be a string of at most {_NAME_MAX} characters"
+        )
     return {
         "request_id": request_id,
         "success": success,
@@ -212,6 +296,20 @@ def check_log(message: dict[str, Any]) -> dict[str, Any]:
         raise ProtocolError("log frame field 'stream' must be 'stdout' or 'stderr'")
     line = _require(message, "line", str, "log")
     return {"request_id": request_id, "stream": stream, "line": line}
+
+
+def check_started(message: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``started`` frame; returns ``{request_id, started_at}`` (epoch seconds, or None if absent)."""
+    request_id = _require(message, "request_id", str, "started")
+    started_at = message.get("started_at")
+    if started_at is not None and (
+        isinstance(started_at, bool)
+        or not isinstance(started_at, (int, float))
+        or not math.isfinite(started_at)
+        or not 0 <= started_at < 1e11
+    ):
+        raise ProtocolError("started frame field 'started_at' must be seconds since the Unix epoch")
+    return {"request_id": request_id, "started_at": None if started_at is None else float(started_at)}
 
 
 def check_runtime_call(call: Any) -> dict[str, Any]:
@@ -258,9 +356,13 @@ def check_execute(message: dict[str, Any]) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in trace.items()
     ):
         raise ProtocolError("execute frame field 'trace' must be an object of string values")
+    task_id = message.get("task_id") or request_id
+    if not isinstance(task_id, str):
+        raise ProtocolError("execute frame field 'task_id' must be a string")
     return {
         "trace": trace,
         "request_id": request_id,
+        "task_id": task_id,
         "command": command,
         "language": language,
         "timeout": timeout,
@@ -318,7 +420,9 @@ def execute_frame(
     env: dict[str, str] | None = None,
     trace: dict[str, str] | None = None,
     runtime: dict[str, Any] | None = None,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
+    """``request_id`` is the hub's id of this attempt (answers carry it); ``task_id`` the operator's."""
     frame: dict[str, Any] = {
         "type": "execute",
         "request_id": request_id,
@@ -326,6 +430,8 @@ def execute_frame(
         "language": language,
         "timeout": timeout,
     }
+    if task_id:
+        frame["task_id"] = task_id
     if env:
         frame["env"] = dict(env)
     if trace:
@@ -335,20 +441,39 @@ def execute_frame(
     return frame
 
 
-def cancel_frame(request_id: str, reason: str = "cancelled") -> dict[str, Any]:
-    return {"type": "cancel", "request_id": request_id, "reason": reason}
+def cancel_frame(request_id: str, reason: str = "cancelled", task_id: str | None = None) -> dict[str, Any]:
+    frame = {"type": "cancel", "request_id": request_id, "reason": reason}
+    if task_id:
+        frame["task_id"] = task_id
+    return frame
+
+
+def started_frame(request_id: str, started_at: float, task_id: str | None = None) -> dict[str, Any]:
+    """The worker spawned the process of ``request_id`` at ``started_at`` (epoch seconds)."""
+    frame: dict[str, Any] = {"type": "started", "request_id": request_id, "started_at": started_at}
+    if task_id:
+        frame["task_id"] = task_id
+    return frame
 
 
 def heartbeat_frame(running: int, queued: int) -> dict[str, Any]:
     return {"type": "heartbeat", "running": running, "queued": queued}
 
 
-def log_frame(request_id: str, stream: str, line: str) -> dict[str, Any]:
-    return {"type": "log", "request_id": request_id, "stream": stream, "line": line}
+def log_frame(request_id: str, stream: str, line: str, task_id: str | None = None) -> dict[str, Any]:
+    frame = {"type": "log", "request_id": request_id, "stream": stream, "line": line}
+    if task_id:
+        frame["task_id"] = task_id
+    return frame
 
 
 def result_frame(
-    request_id: str, success: bool, result: Any, error: str | None, error_type: str | None = None
+    request_id: str,
+    success: bool,
+    result: Any,
+    error: str | None,
+    error_type: str | None = None,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
     frame: dict[str, Any] = {
         "type": "result",
@@ -359,6 +484,8 @@ def result_frame(
     }
     if error_type:
         frame["error_type"] = error_type
+    if task_id:
+        frame["task_id"] = task_id
     return frame
 
 

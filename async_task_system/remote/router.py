@@ -10,10 +10,12 @@ transport event                        router call
 =====================================  ==========================================================
 a worker registered                    ``join(Worker(name, capabilities, max_concurrent, send, ...))``
 any frame received / a heartbeat       ``seen(worker)`` / ``heartbeat(worker, running)``
+a started frame                        ``started(worker, request_id, started_at)``
 a log or result frame                  ``log(worker, ...)`` / ``result(worker, ...)``
 connection closed, or silent too long  ``leave(worker, reason)``
 a frame could not be delivered later   ``send_failed(worker, request_id, error)``
 the bridge sends / cancels a request   ``send_request(request)`` / ``cancel_request(request, ...)``
+a periodic tick (the hub's loop)       ``expire_unstarted(bound)``
 the transport starts / stops           ``open()`` / ``close(error_type, message)``
 =====================================  ==========================================================
 
@@ -31,6 +33,17 @@ with ``no_worker`` and a message listing the connected workers (their capabiliti
 Workers joined through any transport share this registry: :class:`Worker` says which
 (``transport``: ``"ws"`` or ``"grpc"``), with the ``labels``, ``version`` and ``runtimes`` it
 registered.
+
+Ids: an ``execute`` frame carries the hub's ``request_id`` (one attempt) and the operator's
+``task_id``. Workers answer with the ``request_id``; an answer that names the ``task_id`` instead (a
+gRPC agent built from seed 002's proto only knows ``TaskRequest.task_id``) is matched to the request
+that worker runs for that task.
+
+Starts: a worker that reports ``started`` (its process spawned) makes the request count as running
+on it (``running`` in :meth:`workers`); a start for a request it is not running, a second one, or one
+after the result is ignored and counted (:attr:`ignored_starts`), never an error. Once a worker has
+reported a start, a request it was sent that neither starts nor ends within ``bound`` seconds of a
+free slot (:meth:`expire_unstarted`) fails with ``start_timeout`` (a retry may re-queue it).
 
 Threads: one lock guards the registry, and every method is safe from any thread (the bridge calls
 ``send_request`` / ``cancel_request`` from task threads and timers, a transport calls the rest
@@ -72,6 +85,8 @@ class RequestOutcomes(Protocol):
 
     def handle_remote_log(self, request_id: str, stream: str, line: str) -> bool: ...
 
+    def handle_remote_start(self, request_id: str, started_at: float) -> bool: ...
+
 
 class Worker:
     """One connected worker as the router sees it; ``connection`` is the transport's own (opaque)."""
@@ -94,6 +109,9 @@ class Worker:
         "version",
         "transport",
         "runtimes",
+        "started",
+        "sends_starts",
+        "slot_freed_at",
     )
 
     def __init__(
@@ -125,8 +143,11 @@ class Worker:
         self.last_seen = time.time()
         self.running = 0
         self.dropped = False
-        # recently cancelled request ids: their late log lines and results are expected
-        self.cancelled: dict[str, None] = {}
+        # recently cancelled request ids (-> their task ids): their late log lines and results are expected
+        self.cancelled: dict[str, str | None] = {}
+        self.started: set[str] = set()  # in-flight requests whose process the worker said started
+        self.sends_starts = False  # it reported a start once: it speaks the start event
+        self.slot_freed_at = self.connected_at
 
     def can_run(self, request: RemoteRequest) -> bool:
         """Whether this worker offers what ``request`` needs (language or runtime) and has every selector label."""
@@ -177,6 +198,7 @@ class WorkerRouter:
         self._open = False
         self._closed = False
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self.ignored_starts = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -250,6 +272,7 @@ class WorkerRouter:
                 del self._workers[worker.name]
             lost = list(worker.in_flight)
             worker.in_flight.clear()
+            worker.started.clear()
             for request_id in lost:
                 self._routes.pop(request_id, None)
             self._workers_changed.notify_all()
@@ -331,7 +354,12 @@ class WorkerRouter:
                     "in_flight": len(w.in_flight),
                     "assigned": w.assigned,
                     "completed": w.completed,
-                    "running": w.running,
+                    # what the platform knows (started, not ended) for a worker that reports starts;
+                    # else its last heartbeat's figure
+                    "running": len(w.started) if w.sends_starts else w.running,
+                    "reported_running": w.running,
+                    "started": len(w.started),
+                    "sends_starts": w.sends_starts,
                     "connected_at": w.connected_at,
                     "last_seen": w.last_seen,
                 }
@@ -354,6 +382,7 @@ class WorkerRouter:
     def log(self, worker: Worker, request_id: str, stream: str, line: str) -> bool:
         """Pass one output line on; False for a request just cancelled; ProtocolError if not ``worker``'s."""
         with self._lock:
+            request_id = self._resolve(worker, request_id)
             if request_id in worker.cancelled:
                 return False
             known = request_id in worker.in_flight
@@ -377,17 +406,73 @@ class WorkerRouter:
         :class:`ProtocolError` (and changes nothing) for a request this worker was not given.
         """
         with self._lock:
+            request_id = self._resolve(worker, request_id)
             request = worker.in_flight.pop(request_id, None)
             if request is not None:
                 self._routes.pop(request_id, None)
                 worker.completed += 1
-            elif worker.cancelled.pop(request_id, 0) is None:
+                worker.started.discard(request_id)
+                worker.slot_freed_at = time.time()
+            elif request_id in worker.cancelled:
+                del worker.cancelled[request_id]
                 return False
         if request is None:
             raise ProtocolError(f"result for request {request_id!r}, which this worker is not running")
         self.pump()  # a slot on this worker is free again
         self.remote.complete(request_id, success, result, error, error_type)
         return True
+
+    def started(self, worker: Worker, request_id: str, started_at: float | None = None) -> bool:
+        """``worker`` spawned the process of ``request_id`` (at ``started_at``, epoch seconds; now if None).
+
+        Returns False, changing nothing but :attr:`ignored_starts`, for a request this worker is not
+        running (unknown, another worker's, already answered) or one it reported started before.
+        """
+        with self._lock:
+            worker.sends_starts = True
+            request_id = self._resolve(worker, request_id)
+            fresh = request_id in worker.in_flight and request_id not in worker.started
+            if fresh:
+                worker.started.add(request_id)
+            else:
+                self.ignored_starts += 1
+        if not fresh:
+            logger.debug("ignored a start from worker %r for request %r", worker.name, request_id)
+            return False
+        self.remote.handle_remote_start(request_id, time.time() if started_at is None else started_at)
+        return True
+
+    def expire_unstarted(self, bound: float, now: float | None = None) -> list[str]:
+        """Fail requests sent to start-reporting workers that neither started nor ended within ``bound``
+        seconds of being sent with a free slot (error type ``start_timeout``); returns their ids."""
+        now = time.time() if now is None else now
+        expired: list[tuple[Worker, RemoteRequest]] = []
+        with self._lock:
+            for worker in self._workers.values():
+                if not worker.sends_starts or len(worker.started) >= worker.max_concurrent:
+                    continue  # no start events, or every slot busy: a request may wait there
+                for request_id, request in list(worker.in_flight.items()):
+                    if request_id in worker.started:
+                        continue
+                    since = max(request.sent_at or now, worker.slot_freed_at)
+                    if now - since >= bound:
+                        del worker.in_flight[request_id]
+                        self._routes.pop(request_id, None)
+                        worker.cancelled[request_id] = request.task_id
+                        expired.append((worker, request))
+        for worker, request in expired:
+            self.remote.fail_request(
+                request.request_id,
+                "start_timeout",
+                f"worker {worker.name!r} neither started nor answered the command within {bound:g} s",
+            )
+            try:
+                worker.send(cancel_frame(request.request_id, "start_timeout", request.task_id))
+            except Exception:
+                logger.debug("could not send a cancel to worker %r", worker.name, exc_info=True)
+        if expired:
+            self.pump()
+        return [request.request_id for _worker, request in expired]
 
     def send_failed(self, worker: Worker, request_id: str, error: BaseException) -> None:
         """An ``execute`` frame could not be delivered: fail the request with ``worker_lost``."""
@@ -416,12 +501,13 @@ class WorkerRouter:
             worker = self._routes.pop(request.request_id, None)
             if worker is not None:
                 worker.in_flight.pop(request.request_id, None)
-                worker.cancelled[request.request_id] = None
+                worker.started.discard(request.request_id)
+                worker.cancelled[request.request_id] = request.task_id
                 if len(worker.cancelled) > _REMEMBERED_CANCELS:
                     worker.cancelled.pop(next(iter(worker.cancelled)))
         if worker is not None:
             try:
-                worker.send(cancel_frame(request.request_id, reason))
+                worker.send(cancel_frame(request.request_id, reason, request.task_id))
             except Exception:  # best effort: a worker that cannot be told will be lost anyway
                 logger.debug("could not send a cancel to worker %r", worker.name, exc_info=True)
             self.pump()
@@ -441,6 +527,21 @@ class WorkerRouter:
         worker.in_flight[request.request_id] = request
         worker.assigned += 1
         self._routes[request.request_id] = worker
+        request.sent_at = time.time()
+        request.sent_to = worker.name
+
+    @staticmethod
+    def _resolve(worker: Worker, request_id: str) -> str:
+        """The request ``worker`` runs (or just had cancelled) for an id that may be its task id (lock held)."""
+        if request_id in worker.in_flight or request_id in worker.cancelled:
+            return request_id
+        for candidate, request in worker.in_flight.items():
+            if request.task_id == request_id:
+                return candidate
+        for candidate, task_id in reversed(worker.cancelled.items()):
+            if task_id == request_id:
+                return candidate
+        return request_id
 
     def _pump_locked(
         self,
@@ -481,6 +582,7 @@ class WorkerRouter:
                 request.env,
                 request.trace,
                 request.runtime,
+                request.task_id,
             )
             try:
                 worker.send(frame)
@@ -498,6 +600,7 @@ class WorkerRouter:
             known = worker.in_flight.pop(request_id, None) is not None
             if known:
                 self._routes.pop(request_id, None)
+                worker.started.discard(request_id)
         if known:
             self.remote.fail_request(
                 request_id, "worker_lost", f"could not send the command to worker {worker.name!r}: {error}"

@@ -30,6 +30,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -49,6 +50,7 @@ from .protocol import (
     log_frame,
     register_frame,
     result_frame,
+    started_frame,
 )
 
 __all__ = [
@@ -404,6 +406,11 @@ class WorkerDaemon:
 
     async def _execute(self, request: dict[str, Any], outbox: asyncio.Queue[dict[str, Any]]) -> None:
         request_id = request["request_id"]
+        task_id = request.get("task_id") or request_id
+
+        def on_start() -> None:
+            # the process is being spawned now: tell the hub at once (before any output line)
+            outbox.put_nowait(started_frame(request_id, time.time(), task_id))
 
         def on_line(stream: str, line: str) -> None:
             limit = self._frame_limit
@@ -411,7 +418,7 @@ class WorkerDaemon:
                 line = line.encode("utf-8")[: limit - 512].decode(
                     "utf-8", errors="ignore"
                 )  # fit the hub's limit
-            outbox.put_nowait(log_frame(request_id, stream, line))
+            outbox.put_nowait(log_frame(request_id, stream, line, task_id))
 
         waiting = True
         self._queued += 1
@@ -426,8 +433,10 @@ class WorkerDaemon:
                         result = {"exit_code": None, "cancelled": True}
                         success, error, error_type = False, "cancelled before it started", "cancelled"
                     elif request.get("runtime") is not None:
-                        success, result, error, error_type = await self._run_tool(request)
+                        success, result, error, error_type = await self._run_tool(request, on_start)
                     else:
+                        logger.info("running task %s (request %s)", task_id, request_id)
+                        on_start()
                         success, result, error, error_type = await self.runner.run(
                             request["command"],
                             request["language"],
@@ -449,7 +458,7 @@ class WorkerDaemon:
                 self._cancelled_queued.discard(request_id)
         if isinstance(result, dict):
             result["worker"] = self.config.name
-        outbox.put_nowait(self._fitted_result(request_id, success, result, error, error_type))
+        outbox.put_nowait(self._fitted_result(request_id, success, result, error, error_type, task_id))
 
     # ------------------------------------------------------------------ runtime tools
 
@@ -470,7 +479,9 @@ class WorkerDaemon:
             )
         return path
 
-    async def _run_tool(self, request: dict[str, Any]) -> tuple[bool, Any, str | None, str | None]:
+    async def _run_tool(
+        self, request: dict[str, Any], on_start: Any = None
+    ) -> tuple[bool, Any, str | None, str | None]:
         """One runtime-tool command; the result is a RuntimeResult dict (``success`` is its ``ok``)."""
         from ..runtimes.base import RuntimeResult
 
@@ -490,6 +501,8 @@ class WorkerDaemon:
                 from ..runtimes.manager import RuntimeManager
 
                 self._runtime_manager = RuntimeManager(self.runner.limits)
+            if on_start is not None:
+                on_start()
             job = asyncio.ensure_future(
                 self._runtime_manager.execute(
                     name, entry, request["command"], call["parameters"], request.get("timeout")
@@ -518,11 +531,17 @@ class WorkerDaemon:
     # ------------------------------------------------------------------ results
 
     def _fitted_result(
-        self, request_id: str, success: bool, result: Any, error: str | None, error_type: str | None
+        self,
+        request_id: str,
+        success: bool,
+        result: Any,
+        error: str | None,
+        error_type: str | None,
+        task_id: str | None = None,
     ) -> dict[str, Any]:
         """The result frame, with stdout/stderr shortened (``truncated: true``) until it fits the hub's
         message limit: a refused message would leave the request unanswered until its deadline."""
-        frame = result_frame(request_id, success, result, error, error_type)
+        frame = result_frame(request_id, success, result, error, error_type, task_id)
         limit = self._frame_limit
         if limit is None or not isinstance(result, dict):
             return frame
@@ -533,10 +552,10 @@ class WorkerDaemon:
             text = result.get(longest) or ""
             if not text:
                 result = {"exit_code": result.get("exit_code"), "truncated": True, "worker": self.config.name}
-                return result_frame(request_id, success, result, error, error_type)
+                return result_frame(request_id, success, result, error, error_type, task_id)
             result[longest] = text[: len(text) // 2]
             result["truncated"] = True
-            frame = result_frame(request_id, success, result, error, error_type)
+            frame = result_frame(request_id, success, result, error, error_type, task_id)
         return frame
 
 

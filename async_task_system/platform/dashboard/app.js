@@ -116,7 +116,10 @@ async function refreshAgents() {
     cell(row, agent.agent_id);
     cell(row, badge(agent.state || "online"));
     const capacity = agent.capacity ?? agent.max_concurrent ?? "?";
-    cell(row, `${agent.in_flight ?? agent.running ?? 0} / ${capacity}`);
+    // running: started and not ended, as the platform knows it; sent but not started yet: "+n sent"
+    const running = agent.running ?? 0;
+    const waiting = Math.max(0, (agent.in_flight ?? running) - running);
+    cell(row, `${running} / ${capacity}${waiting ? ` (+${waiting} sent)` : ""}`);
     cell(row, labels(agent.labels));
     cell(row, agent.transport || "");
     cell(row, agent.version || "");
@@ -240,6 +243,13 @@ async function followLog(taskId) {
           if (event.type === "log") {
             const data = JSON.parse(event.data);
             appendLog(data.stream, data.line);
+          } else if (event.type === "status") {
+            const data = JSON.parse(event.data);
+            if (state.selected === taskId && data.status) {
+              const status = $("detail-status");
+              status.className = `badge s-${String(data.status).replace(/[^a-z_]/g, "")}`;
+              status.textContent = data.status;
+            }
           } else if (event.type === "end") {
             $("log-state").textContent = "(ended)";
             refresh();

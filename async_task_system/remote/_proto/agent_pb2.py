@@ -26,7 +26,7 @@ from . import common_pb2 as proto_dot_common__pb2
 from . import task_pb2 as proto_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/agent.proto\x12\x05proto\x1a\x12proto/common.proto\x1a\x10proto/task.proto\"\xee\x01\n\rServerMessage\x12,\n\x11register_response\x18\x01 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12(\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12*\n\x0ctask_request\x18\x03 \x01(\x0b\x32\x12.proto.TaskRequestH\x00\x12(\n\x0btask_cancel\x18\x04 \x01(\x0b\x32\x11.proto.TaskCancelH\x00\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.proto.ErrorMessageH\x00\x42\t\n\x07message\"\xb8\x01\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.proto.AgentRegisterH\x00\x12%\n\theartbeat\x18\x02 \x01(\x0b\x32\x10.proto.HeartbeatH\x00\x12(\n\x0btask_result\x18\x03 \x01(\x0b\x32\x11.proto.TaskResultH\x00\x12\"\n\x08task_log\x18\x04 \x01(\x0b\x32\x0e.proto.TaskLogH\x00\x42\t\n\x07message\"\xcd\x01\n\rAgentRegister\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .proto.AgentRegister.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x10\n\x08runtimes\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\tHeartbeat\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12#\n\ttimestamp\x18\x03 \x01(\x0b\x32\x10.proto.Timestamp\"\x92\x01\n\x08Response\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\x12\x19\n\x11heartbeat_timeout\x18\x04 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x12\n\nerror_type\x18\x06 \x01(\t\"D\n\x0c\x45rrorMessage\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x12\n\nerror_type\x18\x03 \x01(\t2H\n\x0c\x41gentService\x12\x38\n\x07\x43onnect\x12\x13.proto.AgentMessage\x1a\x14.proto.ServerMessage(\x01\x30\x01\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/agent.proto\x12\x05proto\x1a\x12proto/common.proto\x1a\x10proto/task.proto\"\xee\x01\n\rServerMessage\x12,\n\x11register_response\x18\x01 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12(\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12*\n\x0ctask_request\x18\x03 \x01(\x0b\x32\x12.proto.TaskRequestH\x00\x12(\n\x0btask_cancel\x18\x04 \x01(\x0b\x32\x11.proto.TaskCancelH\x00\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.proto.ErrorMessageH\x00\x42\t\n\x07message\"\xe4\x01\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.proto.AgentRegisterH\x00\x12%\n\theartbeat\x18\x02 \x01(\x0b\x32\x10.proto.HeartbeatH\x00\x12(\n\x0btask_result\x18\x03 \x01(\x0b\x32\x11.proto.TaskResultH\x00\x12\"\n\x08task_log\x18\x04 \x01(\x0b\x32\x0e.proto.TaskLogH\x00\x12*\n\x0ctask_started\x18\x05 \x01(\x0b\x32\x12.proto.TaskStartedH\x00\x42\t\n\x07message\"\xcd\x01\n\rAgentRegister\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .proto.AgentRegister.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x10\n\x08runtimes\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\tHeartbeat\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12#\n\ttimestamp\x18\x03 \x01(\x0b\x32\x10.proto.Timestamp\"\x92\x01\n\x08Response\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\x12\x19\n\x11heartbeat_timeout\x18\x04 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x12\n\nerror_type\x18\x06 \x01(\t\"D\n\x0c\x45rrorMessage\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x12\n\nerror_type\x18\x03 \x01(\t2H\n\x0c\x41gentService\x12\x38\n\x07\x43onnect\x12\x13.proto.AgentMessage\x1a\x14.proto.ServerMessage(\x01\x30\x01\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,17 +39,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVERMESSAGE']._serialized_start=67
   _globals['_SERVERMESSAGE']._serialized_end=305
   _globals['_AGENTMESSAGE']._serialized_start=308
-  _globals['_AGENTMESSAGE']._serialized_end=492
-  _globals['_AGENTREGISTER']._serialized_start=495
-  _globals['_AGENTREGISTER']._serialized_end=700
-  _globals['_AGENTREGISTER_LABELSENTRY']._serialized_start=655
-  _globals['_AGENTREGISTER_LABELSENTRY']._serialized_end=700
-  _globals['_HEARTBEAT']._serialized_start=702
-  _globals['_HEARTBEAT']._serialized_end=783
-  _globals['_RESPONSE']._serialized_start=786
-  _globals['_RESPONSE']._serialized_end=932
-  _globals['_ERRORMESSAGE']._serialized_start=934
-  _globals['_ERRORMESSAGE']._serialized_end=1002
-  _globals['_AGENTSERVICE']._serialized_start=1004
-  _globals['_AGENTSERVICE']._serialized_end=1076
+  _globals['_AGENTMESSAGE']._serialized_end=536
+  _globals['_AGENTREGISTER']._serialized_start=539
+  _globals['_AGENTREGISTER']._serialized_end=744
+  _globals['_AGENTREGISTER_LABELSENTRY']._serialized_start=699
+  _globals['_AGENTREGISTER_LABELSENTRY']._serialized_end=744
+  _globals['_HEARTBEAT']._serialized_start=746
+  _globals['_HEARTBEAT']._serialized_end=827
+  _globals['_RESPONSE']._serialized_start=830
+  _globals['_RESPONSE']._serialized_end=976
+  _globals['_ERRORMESSAGE']._serialized_start=978
+  _globals['_ERRORMESSAGE']._serialized_end=1046
+  _globals['_AGENTSERVICE']._serialized_start=1048
+  _globals['_AGENTSERVICE']._serialized_end=1120
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/task.proto\x12\x05proto\x1a\x12proto/common.proto\"\xce\x02\n\x0bTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1d\n\x04type\x18\x02 \x01(\x0e\x32\x0f.proto.TaskType\x12\x0e\n\x06script\x18\x03 \x01(\t\x12\x0f\n\x07timeout\x18\x04 \x01(\x05\x12(\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1b.proto.TaskRequest.EnvEntry\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\x12,\n\x05trace\x18\x07 \x03(\x0b\x32\x1d.proto.TaskRequest.TraceEntry\x12#\n\x07runtime\x18\x08 \x01(\x0b\x32\x12.proto.RuntimeCall\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa2\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06stdout\x18\x03 \x01(\t\x12\x0e\n\x06stderr\x18\x04 \x01(\t\x12&\n\x0c\x63ompleted_at\x18\x05 \x01(\x0b\x32\x10.proto.Timestamp\x12\x0f\n\x07success\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\nerror_type\x18\x08 \x01(\t\x12\x11\n\ttimed_out\x18\t \x01(\x08\x12\x11\n\tcancelled\x18\n \x01(\x08\x12\x11\n\ttruncated\x18\x0b \x01(\x08\x12\x10\n\x08\x64uration\x18\x0c \x01(\x01\x12\x14\n\x0cno_exit_code\x18\r \x01(\x08\x12\x13\n\x0bresult_json\x18\x0e \x01(\t\"b\n\x07TaskLog\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x11\n\tis_stderr\x18\x03 \x01(\x08\x12#\n\ttimestamp\x18\x04 \x01(\x0b\x32\x10.proto.Timestamp\"W\n\x0bRuntimeCall\x12\x0f\n\x07runtime\x18\x01 \x01(\t\x12\r\n\x05\x65ntry\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x17\n\x0fparameters_json\x18\x04 \x01(\t\"-\n\nTaskCancel\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*g\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_TYPE_SHELL\x10\x01\x12\x14\n\x10TASK_TYPE_PYTHON\x10\x02\x12\x15\n\x11TASK_TYPE_RUNTIME\x10\x03\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/task.proto\x12\x05proto\x1a\x12proto/common.proto\"\xe2\x02\n\x0bTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1d\n\x04type\x18\x02 \x01(\x0e\x32\x0f.proto.TaskType\x12\x0e\n\x06script\x18\x03 \x01(\t\x12\x0f\n\x07timeout\x18\x04 \x01(\x05\x12(\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1b.proto.TaskRequest.EnvEntry\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\x12,\n\x05trace\x18\x07 \x03(\x0b\x32\x1d.proto.TaskRequest.TraceEntry\x12#\n\x07runtime\x18\x08 \x01(\x0b\x32\x12.proto.RuntimeCall\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb6\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06stdout\x18\x03 \x01(\t\x12\x0e\n\x06stderr\x18\x04 \x01(\t\x12&\n\x0c\x63ompleted_at\x18\x05 \x01(\x0b\x32\x10.proto.Timestamp\x12\x0f\n\x07success\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\nerror_type\x18\x08 \x01(\t\x12\x11\n\ttimed_out\x18\t \x01(\x08\x12\x11\n\tcancelled\x18\n \x01(\x08\x12\x11\n\ttruncated\x18\x0b \x01(\x08\x12\x10\n\x08\x64uration\x18\x0c \x01(\x01\x12\x14\n\x0cno_exit_code\x18\r \x01(\x08\x12\x13\n\x0bresult_json\x18\x0e \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"v\n\x07TaskLog\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x11\n\tis_stderr\x18\x03 \x01(\x08\x12#\n\ttimestamp\x18\x04 \x01(\x0b\x32\x10.proto.Timestamp\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"W\n\x0bRuntimeCall\x12\x0f\n\x07runtime\x18\x01 \x01(\t\x12\r\n\x05\x65ntry\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x17\n\x0fparameters_json\x18\x04 \x01(\t\"A\n\nTaskCancel\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"X\n\x0bTaskStarted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\nstarted_at\x18\x02 \x01(\x0b\x32\x10.proto.Timestamp\x12\x12\n\nrequest_id\x18\x03 \x01(\t*g\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_TYPE_SHELL\x10\x01\x12\x14\n\x10TASK_TYPE_PYTHON\x10\x02\x12\x15\n\x11TASK_TYPE_RUNTIME\x10\x03\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,20 +37,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKREQUEST_ENVENTRY']._serialized_options = b'8\001'
   _globals['_TASKREQUEST_TRACEENTRY']._loaded_options = None
   _globals['_TASKREQUEST_TRACEENTRY']._serialized_options = b'8\001'
-  _globals['_TASKTYPE']._serialized_start=913
-  _globals['_TASKTYPE']._serialized_end=1016
+  _globals['_TASKTYPE']._serialized_start=1083
+  _globals['_TASKTYPE']._serialized_end=1186
   _globals['_TASKREQUEST']._serialized_start=48
-  _globals['_TASKREQUEST']._serialized_end=382
-  _globals['_TASKREQUEST_ENVENTRY']._serialized_start=294
-  _globals['_TASKREQUEST_ENVENTRY']._serialized_end=336
-  _globals['_TASKREQUEST_TRACEENTRY']._serialized_start=338
-  _globals['_TASKREQUEST_TRACEENTRY']._serialized_end=382
-  _globals['_TASKRESULT']._serialized_start=385
-  _globals['_TASKRESULT']._serialized_end=675
-  _globals['_TASKLOG']._serialized_start=677
-  _globals['_TASKLOG']._serialized_end=775
-  _globals['_RUNTIMECALL']._serialized_start=777
-  _globals['_RUNTIMECALL']._serialized_end=864
-  _globals['_TASKCANCEL']._serialized_start=866
-  _globals['_TASKCANCEL']._serialized_end=911
+  _globals['_TASKREQUEST']._serialized_end=402
+  _globals['_TASKREQUEST_ENVENTRY']._serialized_start=314
+  _globals['_TASKREQUEST_ENVENTRY']._serialized_end=356
+  _globals['_TASKREQUEST_TRACEENTRY']._serialized_start=358
+  _globals['_TASKREQUEST_TRACEENTRY']._serialized_end=402
+  _globals['_TASKRESULT']._serialized_start=405
+  _globals['_TASKRESULT']._serialized_end=715
+  _globals['_TASKLOG']._serialized_start=717
+  _globals['_TASKLOG']._serialized_end=835
+  _globals['_RUNTIMECALL']._serialized_start=837
+  _globals['_RUNTIMECALL']._serialized_end=924
+  _globals['_TASKCANCEL']._serialized_start=926
+  _globals['_TASKCANCEL']._serialized_end=991
+  _globals['_TASKSTARTED']._serialized_start=993
+  _globals['_TASKSTARTED']._serialized_end=1081
 # @@protoc_insertion_point(module_scope)
