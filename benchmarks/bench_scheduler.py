@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 
 from async_task_system import TaskManager
-from async_task_system.scheduler import ToolScheduler
+from async_task_system.scheduler.engine import ToolScheduler
 
 
 def noop() -> None:

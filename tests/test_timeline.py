@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from async_task_system import TaskManager, TaskStatus
-from async_task_system.timeline import STATUS_COLORS, Timeline
+from async_task_system.observe.timeline import STATUS_COLORS, Timeline
 
 SVG = "{http://www.w3.org/2000/svg}"
 
