@@ -7,7 +7,10 @@ call), so code written against the built-ins keeps working.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "RemoteExecutionError",
     "AsyncTaskSystemError",
     "TaskValidationError",
     "UnknownTaskError",
@@ -40,3 +43,23 @@ class InvalidTransition(AsyncTaskSystemError, RuntimeError):
 
 class ManagerClosedError(AsyncTaskSystemError, RuntimeError):
     """The task manager is shut down and accepts no new tasks."""
+
+
+class RemoteExecutionError(AsyncTaskSystemError, RuntimeError):
+    """A remote command did not succeed. ``error_type`` is ``remote_error`` (it ran and failed, e.g. a
+    non-zero exit code; ``result`` then holds exit code, stdout and stderr), ``timeout``,
+    ``worker_lost``, ``hub_stopped``, ``no_worker`` or ``cancelled``.
+
+    Raised by :mod:`async_task_system.remote`; defined beside the other errors so that every layer
+    can catch it (runtime tools run on fleet workers too)."""
+
+    def __init__(
+        self, error_type: str, message: str, result: Any = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.result = result
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.args[0]}"

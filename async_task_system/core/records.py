@@ -26,7 +26,6 @@ from .tasks import ALLOWED_TRANSITIONS, TaskFailure, TaskInfo, TaskStatus
 
 if TYPE_CHECKING:
     from ._timers import TimerHandle
-    from .manager import Suspension
     from .targets import Target
 
 __all__ = ["TaskRecords", "TaskRecord", "WaitResult", "new_id_prefix"]
@@ -69,7 +68,7 @@ class TaskRecord:
         self.holds_slot = False
         self.read = False
         self.future: Future[Any] | None = None
-        self.suspension: Suspension | None = None
+        self.suspension: Any = None  # the manager's Suspension handle while it waits on one
         self.resolved: dict[str, Any] = {}  # results of the tasks its arguments refer to
         self.turn = 0  # how often the current attempt was continued after a suspension
         self.continuation: Callable[[], Any] | None = None  # queued by Suspension.resume_later

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.compat import TIMEOUT_ERRORS
-from ..core.errors import AsyncTaskSystemError, TaskValidationError
+from ..core.errors import AsyncTaskSystemError, RemoteExecutionError, TaskValidationError
 from ..core.manager import Suspension, TimerHandle, call_later, get_current_task_id
 from ..core.targets import Target
 from ..core.tasks import TaskError, TaskKind
@@ -88,23 +88,6 @@ REMOTE_INPUTS: dict[str, dict[str, Any]] = {
         "nullable": True,
     },
 }
-
-
-class RemoteExecutionError(AsyncTaskSystemError, RuntimeError):
-    """A remote command did not succeed. ``error_type`` is ``remote_error`` (it ran and failed, e.g. a
-    non-zero exit code; ``result`` then holds exit code, stdout and stderr), ``timeout``,
-    ``worker_lost``, ``hub_stopped``, ``no_worker`` or ``cancelled``."""
-
-    def __init__(
-        self, error_type: str, message: str, result: Any = None, request_id: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.result = result
-        self.request_id = request_id
-
-    def __str__(self) -> str:
-        return f"{self.error_type}: {self.args[0]}"
 
 
 class RemoteUnavailable(RemoteExecutionError):

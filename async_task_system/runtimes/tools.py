@@ -44,7 +44,7 @@ from typing import Any
 from smolagents import Tool
 from smolagents.tools import AUTHORIZED_TYPES
 
-from ..core.errors import AsyncTaskSystemError
+from ..core.errors import AsyncTaskSystemError, RemoteExecutionError
 from .base import RuntimeResult
 from .manager import RuntimeManager, default_runtime_manager
 
@@ -181,7 +181,6 @@ class RuntimeTool(Tool):
         """One call on a fleet worker through the remote bridge: inside a task, the task suspends
         (WAITING_REMOTE, no slot) until the answer; elsewhere this thread waits for it."""
         from ..core.manager import get_current_task_id, get_task_manager
-        from ..remote.bridge import RemoteExecutionError
 
         manager = self._task_manager or get_task_manager()
         if manager is None:
