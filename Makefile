@@ -81,6 +81,7 @@ demo: $(STAMP)
 test: $(STAMP) phoenix
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 # The suite alone (no lint), in $(VENV): what test-pythons runs per Python.
@@ -96,6 +97,7 @@ test-pythons: phoenix
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -13,9 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._registry import register_extension
-
-__version__ = "0.1.0"
+from ._version import __version__
+from .core.registry import register_extension
 
 # Subsystems plug into TaskManager by name; the core never imports them.
 register_extension(
@@ -25,52 +24,54 @@ register_extension(
     tools=("remote_execute",),
 )
 register_extension("journal", "async_task_system.platform.journal:Journal")
-register_extension("conversations", "async_task_system.conversation:Conversations", kinds=("conversation",))
-register_extension("scheduler", "async_task_system.scheduler:scheduler_extension")
+register_extension(
+    "conversations", "async_task_system.agents.conversation:Conversations", kinds=("conversation",)
+)
+register_extension("scheduler", "async_task_system.scheduler.engine:scheduler_extension")
 register_extension(
     "collaboration",
-    "async_task_system.collaboration:collaboration_extension",
+    "async_task_system.collab.collaboration:collaboration_extension",
     kinds=("agent_request",),
     tools=("ask_agent",),
 )
 
 _EXPORTS: dict[str, str] = {
-    "ASYNC_GUIDANCE": "agent",
-    "AsyncAgent": "agent",
-    "ChatAgent": "agent",
-    "ConversationSuspended": "conversation",
-    "current_conversation": "conversation",
-    "create_async_agent": "agent",
-    "model_from_env": "config",
-    "ChangeBatch": "_changes",
-    "ChangeFeed": "_changes",
-    "AsyncTaskSystemError": "errors",
-    "InvalidTransition": "errors",
-    "ManagerClosedError": "errors",
-    "TaskValidationError": "errors",
-    "UnknownTaskError": "errors",
-    "Suspension": "manager",
-    "TaskManager": "manager",
-    "WaitResult": "manager",
-    "cancellation_requested": "manager",
-    "get_current_task_id": "manager",
-    "get_task_manager": "manager",
-    "register_extension": "manager",
-    "report_progress": "manager",
-    "Target": "_targets",
-    "TaskError": "tasks",
-    "TaskFailure": "tasks",
-    "TaskInfo": "tasks",
-    "TaskKind": "tasks",
-    "TaskStatus": "tasks",
-    "ScriptExhaustedError": "testing",
-    "ScriptedModel": "testing",
-    "create_task_tools": "tools",
-    "attached_context": "tracing",
-    "extract_context": "tracing",
-    "inject_context": "tracing",
-    "run_with_context": "tracing",
-    "setup_tracing": "tracing",
+    "ASYNC_GUIDANCE": "agents.agent",
+    "AsyncAgent": "agents.agent",
+    "ChatAgent": "agents.agent",
+    "ConversationSuspended": "agents.conversation",
+    "current_conversation": "agents.conversation",
+    "create_async_agent": "agents.agent",
+    "model_from_env": "agents.config",
+    "ChangeBatch": "core.changes",
+    "ChangeFeed": "core.changes",
+    "AsyncTaskSystemError": "core.errors",
+    "InvalidTransition": "core.errors",
+    "ManagerClosedError": "core.errors",
+    "TaskValidationError": "core.errors",
+    "UnknownTaskError": "core.errors",
+    "Suspension": "core.manager",
+    "TaskManager": "core.manager",
+    "WaitResult": "core.manager",
+    "cancellation_requested": "core.manager",
+    "get_current_task_id": "core.manager",
+    "get_task_manager": "core.manager",
+    "register_extension": "core.manager",
+    "report_progress": "core.manager",
+    "Target": "core.targets",
+    "TaskError": "core.tasks",
+    "TaskFailure": "core.tasks",
+    "TaskInfo": "core.tasks",
+    "TaskKind": "core.tasks",
+    "TaskStatus": "core.tasks",
+    "ScriptExhaustedError": "agents.testing",
+    "ScriptedModel": "agents.testing",
+    "create_task_tools": "agents.tools",
+    "attached_context": "observe.tracing",
+    "extract_context": "observe.tracing",
+    "inject_context": "observe.tracing",
+    "run_with_context": "observe.tracing",
+    "setup_tracing": "observe.tracing",
 }
 
 __all__ = [
@@ -128,19 +129,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from ._changes import ChangeBatch, ChangeFeed
-    from ._targets import Target
-    from .agent import ASYNC_GUIDANCE, AsyncAgent, ChatAgent, create_async_agent
-    from .config import model_from_env
-    from .conversation import ConversationSuspended, current_conversation
-    from .errors import (
+    from .agents.agent import ASYNC_GUIDANCE, AsyncAgent, ChatAgent, create_async_agent
+    from .agents.config import model_from_env
+    from .agents.conversation import ConversationSuspended, current_conversation
+    from .agents.testing import ScriptedModel, ScriptExhaustedError
+    from .agents.tools import create_task_tools
+    from .core.changes import ChangeBatch, ChangeFeed
+    from .core.errors import (
         AsyncTaskSystemError,
         InvalidTransition,
         ManagerClosedError,
         TaskValidationError,
         UnknownTaskError,
     )
-    from .manager import (
+    from .core.manager import (
         Suspension,
         TaskManager,
         WaitResult,
@@ -150,7 +152,12 @@ if TYPE_CHECKING:
         register_extension,
         report_progress,
     )
-    from .tasks import TaskError, TaskFailure, TaskInfo, TaskKind, TaskStatus
-    from .testing import ScriptedModel, ScriptExhaustedError
-    from .tools import create_task_tools
-    from .tracing import attached_context, extract_context, inject_context, run_with_context, setup_tracing
+    from .core.targets import Target
+    from .core.tasks import TaskError, TaskFailure, TaskInfo, TaskKind, TaskStatus
+    from .observe.tracing import (
+        attached_context,
+        extract_context,
+        inject_context,
+        run_with_context,
+        setup_tracing,
+    )

@@ -25,8 +25,8 @@ from datetime import datetime
 from pathlib import Path
 
 from async_task_system import TaskManager
-from async_task_system.a2a import A2AAgent
-from async_task_system.collaboration import AgentDirectory, CollaborationProtocol
+from async_task_system.collab.a2a import A2AAgent
+from async_task_system.collab.collaboration import AgentDirectory, CollaborationProtocol
 
 PEER = Path(__file__).resolve().parent.parent / "tests" / "_collab_peer.py"
 

@@ -110,7 +110,7 @@ def bench_sleepers(n: int = 32, seconds: float = 0.1, rounds: int = 5) -> None:
 def bench_demo() -> None:
     from smolagents import CodeAgent
 
-    from async_task_system.demo import DATASETS, analyze_dataset, demo_script
+    from async_task_system.cli.demo import DATASETS, analyze_dataset, demo_script
 
     model = ScriptedModel(demo_script())
     with create_async_agent(tools=[analyze_dataset], model=model, max_workers=5, verbosity_level=0) as agent:

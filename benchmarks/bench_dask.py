@@ -18,8 +18,8 @@ import statistics
 import time
 
 from async_task_system import ScriptedModel, TaskManager, create_async_agent
-from async_task_system.demo import DATASETS, DEMO_TASK, analyze_dataset, demo_script
-from async_task_system.scaleout import DaskExecutor, dask_executor
+from async_task_system.cli.demo import DATASETS, DEMO_TASK, analyze_dataset, demo_script
+from async_task_system.scaleout.dask import DaskExecutor, dask_executor
 
 
 def noop() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from async_task_system import TaskManager
 from async_task_system.remote.grpc_hub import GrpcHub
 from async_task_system.remote.hub import RemoteHub
-from async_task_system.sandbox import ScriptRunner
+from async_task_system.sandbox.process import ScriptRunner
 
 TOKEN = "bench-dispatch-token"
 

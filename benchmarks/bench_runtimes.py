@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _runtime_fixtures import C_TOOL, JS_TOOL, MCP_SERVER, PY_TOOL, WAT_KERNELS  # noqa: E402
 
 from async_task_system.runtimes import RuntimeManager  # noqa: E402
-from async_task_system.sandbox import RunLimits  # noqa: E402
+from async_task_system.sandbox.process import RunLimits  # noqa: E402
 
 FIB_N = 20
 

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from async_task_system import TaskManager, tracing
-from async_task_system.tasks import TaskInfo, TaskKind, TaskStatus
+from async_task_system.core.tasks import TaskInfo, TaskKind, TaskStatus
 
 
 class DropExporter(SpanExporter):

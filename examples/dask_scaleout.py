@@ -20,7 +20,7 @@ import os
 import time
 
 from async_task_system import ScriptedModel, create_async_agent
-from async_task_system.demo import DATASETS
+from async_task_system.cli.demo import DATASETS
 from async_task_system.scaleout import dask_executor
 
 

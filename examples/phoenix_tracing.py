@@ -32,7 +32,7 @@ from opentelemetry import trace
 from smolagents import CodeAgent, tool
 
 from async_task_system import ScriptedModel, create_async_agent, model_from_env, setup_tracing
-from async_task_system.tracing import DEFAULT_PHOENIX_ENDPOINT
+from async_task_system.observe.tracing import DEFAULT_PHOENIX_ENDPOINT
 
 PHOENIX_VENV = Path(
     os.environ.get("ASYNC_TASK_SYSTEM_PHOENIX_VENV") or Path.home() / ".cache/async_task_system/phoenix-venv"

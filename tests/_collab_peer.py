@@ -11,8 +11,8 @@ import os
 import sys
 
 from async_task_system import TaskManager, report_progress
-from async_task_system.a2a import A2AServer
-from async_task_system.collaboration import AgentDirectory, CollaborationProtocol
+from async_task_system.collab.a2a import A2AServer
+from async_task_system.collab.collaboration import AgentDirectory, CollaborationProtocol
 
 
 def square(x: int) -> int:

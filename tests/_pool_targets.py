@@ -43,7 +43,7 @@ def make_pid_agent():
     """A module-level agent factory: a CodeAgent on a scripted model that answers with its process id."""
     from smolagents import CodeAgent
 
-    from async_task_system.testing import ScriptedModel
+    from async_task_system.agents.testing import ScriptedModel
 
     script = ["<code>\nimport os\nfinal_answer(os.getpid())\n</code>"]
     return CodeAgent(

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from async_task_system import TaskManager, TaskStatus, report_progress
-from async_task_system.a2a import FROM_A2A, TO_A2A, A2AAgent, A2AServer
-from async_task_system.collaboration import AgentDirectory, CollaborationError, CollaborationProtocol
+from async_task_system.collab.a2a import FROM_A2A, TO_A2A, A2AAgent, A2AServer
+from async_task_system.collab.collaboration import AgentDirectory, CollaborationError, CollaborationProtocol
 
 pytest.importorskip("a2a")
 from a2a.client import A2ACardResolver, ClientConfig, ClientFactory  # noqa: E402

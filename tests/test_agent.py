@@ -17,7 +17,7 @@ from async_task_system import (
     create_async_agent,
     get_current_task_id,
 )
-from async_task_system.testing import message_text
+from async_task_system.agents.testing import message_text
 
 
 @tool

@@ -18,8 +18,8 @@ from smolagents import CodeAgent, tool
 from smolagents.local_python_executor import LocalPythonExecutor
 
 from async_task_system import ScriptedModel, create_async_agent
-from async_task_system._agent_runtime import ContextPreservingExecutor, install_context_executor
-from async_task_system.testing import message_text
+from async_task_system.agents.testing import message_text
+from async_task_system.core.agent_runtime import ContextPreservingExecutor, install_context_executor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,7 +288,7 @@ def test_setting_timeout_seconds_changes_the_limit_and_keeps_the_context():
         executor = agent.agent.python_executor
         executor.timeout_seconds = 0.3
         assert executor.timeout_seconds == 0.3
-        assert executor._inner.timeout_seconds is None  # no second (context-less) timer
+        assert executor.wrapped.timeout_seconds is None  # no second (context-less) timer
         token = _request_id.set("req-7")
         try:
             assert agent.run("spin, then read the id") == "req-7"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from async_task_system import TaskManager, TaskStatus, report_progress
-from async_task_system.collaboration import (
+from async_task_system.collab.collaboration import (
     AgentDirectory,
     CollaborationError,
     CollaborationMessage,
@@ -269,7 +269,7 @@ def test_cancelling_the_agent_request_task_cancels_the_remote_handler(pair):
 def test_ask_agent_tool(pair):
     boss, worker = pair
     worker.register_handler("add", lambda a, b: a + b)
-    from async_task_system.collaboration import ask_agent_tool
+    from async_task_system.collab.collaboration import ask_agent_tool
 
     tool = ask_agent_tool(boss.manager)
     assert tool(agent="worker", tool="add", parameters={"a": 20, "b": 22}) == 42
@@ -279,8 +279,8 @@ def test_ask_agent_tool(pair):
 
 def test_an_llm_asks_another_agent_through_submit_task_and_ask_agent(directory):
     from async_task_system import ScriptedModel, create_async_agent
-    from async_task_system.collaboration import attach_collaboration
-    from async_task_system.testing import message_text
+    from async_task_system.agents.testing import message_text
+    from async_task_system.collab.collaboration import attach_collaboration
 
     worker = CollaborationProtocol("translator", TaskManager(max_workers=2), directory)
     worker.register_handler("translate", lambda text: {"hello": "bonjour"}.get(text, "?"))

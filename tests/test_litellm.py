@@ -9,7 +9,7 @@ import sys
 from openai_stub import OpenAIStub
 
 from async_task_system import TaskStatus, create_async_agent, model_from_env
-from async_task_system.demo import DATASETS, demo_script
+from async_task_system.cli.demo import DATASETS, demo_script
 
 
 def test_async_agent_on_litellm_against_a_stub_server(monkeypatch, tmp_path):
@@ -24,7 +24,7 @@ def test_async_agent_on_litellm_against_a_stub_server(monkeypatch, tmp_path):
             monkeypatch.delenv(key, raising=False)
         model = model_from_env()
         assert type(model).__name__ == "LiteLLMModel"
-        from async_task_system.demo import analyze_dataset
+        from async_task_system.cli.demo import analyze_dataset
 
         with create_async_agent(
             tools=[analyze_dataset], model=model, max_workers=5, verbosity_level=0

@@ -9,7 +9,7 @@ from concurrent.futures import CancelledError
 
 import pytest
 
-from async_task_system._pool import ChainingThreadPool
+from async_task_system.core._pool import ChainingThreadPool
 
 
 def test_a_submit_made_while_completing_a_future_runs_next_on_the_same_thread():

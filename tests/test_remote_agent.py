@@ -12,8 +12,8 @@ import pytest
 from smolagents import CodeAgent
 
 from async_task_system import ScriptedModel, TaskStatus, create_async_agent
+from async_task_system.agents.testing import message_text
 from async_task_system.remote import RemoteExecuteTool, attach_remote
-from async_task_system.testing import message_text
 
 TOKEN = "agent-test-token"
 

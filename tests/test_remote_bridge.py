@@ -10,13 +10,13 @@ import time
 import pytest
 
 from async_task_system import TaskManager, TaskStatus, get_current_task_id, get_task_manager
+from async_task_system.core.tasks import TaskFailure
 from async_task_system.remote import (
     RemoteExecuteTool,
     RemoteExecutionError,
     RemoteExecutionHandler,
     UnknownRequestError,
 )
-from async_task_system.tasks import TaskFailure
 
 
 def _request_id(manager: TaskManager, task_id: str) -> str:
@@ -283,7 +283,7 @@ def test_remote_tool_validates_before_starting_anything():
 
 
 def test_submit_task_description_lists_the_remote_target():
-    from async_task_system.tools import SubmitTaskTool
+    from async_task_system.agents.tools import SubmitTaskTool
 
     manager = TaskManager()
     tool = SubmitTaskTool(manager)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from async_task_system.sandbox import RunLimits, ScriptRunner, run_script
+from async_task_system.sandbox.process import RunLimits, ScriptRunner, run_script
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process groups and rlimits are POSIX")
 

@@ -12,8 +12,8 @@ import pytest
 from _runtime_fixtures import MCP_SERVER, require_module, write
 
 from async_task_system import TaskStatus, create_async_agent
+from async_task_system.agents.testing import ScriptedModel
 from async_task_system.runtimes import McpRuntime, McpServer, RuntimeManager
-from async_task_system.testing import ScriptedModel
 
 
 @pytest.fixture

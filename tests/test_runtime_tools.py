@@ -10,6 +10,7 @@ import pytest
 from _runtime_fixtures import JS_TOOL, PY_TOOL, WAT_KERNELS, compile_c, require, require_module, write
 
 from async_task_system import TaskManager, TaskStatus, TaskValidationError, create_async_agent
+from async_task_system.agents.testing import ScriptedModel
 from async_task_system.runtimes import (
     ManifestError,
     RuntimeManager,
@@ -18,8 +19,7 @@ from async_task_system.runtimes import (
     load_tools,
     runtime_tool,
 )
-from async_task_system.sandbox import RunLimits
-from async_task_system.testing import ScriptedModel
+from async_task_system.sandbox.process import RunLimits
 
 
 @pytest.fixture

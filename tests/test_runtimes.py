@@ -19,7 +19,7 @@ from _runtime_fixtures import (
     write,
 )
 
-from async_task_system.errors import AsyncTaskSystemError
+from async_task_system.core.errors import AsyncTaskSystemError
 from async_task_system.runtimes import (
     JavaScriptRuntime,
     RuntimeManager,
@@ -28,7 +28,7 @@ from async_task_system.runtimes import (
     UnknownRuntimeError,
     WasmRuntime,
 )
-from async_task_system.sandbox import RunLimits
+from async_task_system.sandbox.process import RunLimits
 
 LIMITS = RunLimits(timeout=20, max_output_bytes=64 * 1024)
 

@@ -25,7 +25,7 @@ from _pool_targets import (  # noqa: E402
 )
 
 from async_task_system import ScriptedModel, TaskManager, TaskStatus, create_async_agent  # noqa: E402
-from async_task_system.scaleout import DaskExecutor, dask_executor  # noqa: E402
+from async_task_system.scaleout.dask import DaskExecutor, dask_executor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

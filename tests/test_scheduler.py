@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 import pytest
 
 from async_task_system import ScriptedModel, TaskManager, TaskStatus, create_async_agent
-from async_task_system.scheduler import (
+from async_task_system.agents.testing import message_text
+from async_task_system.scheduler.engine import (
     ManualClock,
     MemoryScheduleStore,
     ScheduleError,
@@ -22,8 +23,7 @@ from async_task_system.scheduler import (
     ToolScheduler,
     UnknownScheduleError,
 )
-from async_task_system.scheduler_tools import attach_scheduler
-from async_task_system.testing import message_text
+from async_task_system.scheduler.tools import attach_scheduler
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()
 

@@ -7,7 +7,7 @@ from test_scheduler import T0, boom, fired_at, make, ping, settle
 
 from async_task_system import TaskManager
 from async_task_system.platform.store import PlatformSchedules, Store
-from async_task_system.scheduler import ManualClock, SqlScheduleStore, ToolScheduler
+from async_task_system.scheduler.engine import ManualClock, SqlScheduleStore, ToolScheduler
 
 
 def test_schedules_survive_a_restart_and_catch_up_by_policy(database_url):

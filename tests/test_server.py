@@ -1172,7 +1172,7 @@ def test_history_honours_max_context_num_zero_and_is_cut(serve_factory):
     with srv.client() as c:
         c.request({"request_id": "a", "input": {"Text": "x" * 10_000}, "config": {"max_context_num": 0}})
         c.request({"request_id": "b", "input": {"Text": "y" * 10_000}})
-        histories = srv.thread.call(lambda: [list(conn.history) for conn in srv.server._connections])
+        histories = srv.thread.call(lambda: [list(conn.history) for conn in srv.server.connections])
     (history,) = histories
     assert len(history) == 1 and history[0].user == "y" * 100 + " [...]"
 

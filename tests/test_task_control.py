@@ -16,7 +16,7 @@ from async_task_system import (
     get_current_task_id,
     report_progress,
 )
-from async_task_system.tools import SubmitTaskTool
+from async_task_system.agents.tools import SubmitTaskTool
 
 
 def _handing_off(manager: TaskManager, handles: list, name: str = "hand_off", **suspend_kwargs) -> None:
@@ -256,7 +256,7 @@ def test_a_continuation_starts_only_after_the_suspending_code_has_returned():
 
 
 def test_the_sleep_tool_inside_a_task_ends_when_the_task_is_cancelled():
-    from async_task_system.tools import SleepTool
+    from async_task_system.agents.tools import SleepTool
 
     with TaskManager() as manager:
         sleep = SleepTool(manager)

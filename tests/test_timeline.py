@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from async_task_system import TaskManager, TaskStatus
-from async_task_system.timeline import STATUS_COLORS, Timeline
+from async_task_system.observe.timeline import STATUS_COLORS, Timeline
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -80,7 +80,7 @@ def test_the_svg_has_one_row_per_task_colored_by_status(run):
         assert row.get("data-status") == status.value
         shapes = [e for e in row if e.get("class") in ("bar", "not-started")]
         assert len(shapes) == 1
-        assert STATUS_COLORS[status] in (shapes[0].get("fill"), shapes[0].get("stroke")), key
+        assert STATUS_COLORS[status.value] in (shapes[0].get("fill"), shapes[0].get("stroke")), key
     assert by_id[ids["never"]].find(f"{SVG}rect[@class='not-started']") is not None, "it never ran"
     assert "timeout" in "".join(by_id[ids["slow"]].itertext())
 

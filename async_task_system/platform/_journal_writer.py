@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import AsyncTaskSystemError
+from ..core.errors import AsyncTaskSystemError
 
 __all__ = ["WriterProcess", "WriterGone", "WriterError"]
 

@@ -40,13 +40,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._records import new_id_prefix
-from ..tasks import TaskError, TaskInfo, TaskKind, TaskStatus
+from ..core.records import new_id_prefix
+from ..core.tasks import TaskError, TaskInfo, TaskKind, TaskStatus
 from ._journal_writer import WriterGone, WriterProcess
 from .store import INTERRUPTED, LIVE_STATUSES, JournalTask, Store, cap_text
 
 if TYPE_CHECKING:
-    from ..manager import TaskManager
+    from ..core.manager import TaskManager
 
 __all__ = ["Journal", "RecoveryReport", "encode_json"]
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .._compat import TIMEOUT_ERRORS
+from ..core.compat import TIMEOUT_ERRORS
 from ..http_front import FrontGuard, FrontLimits, error_response
 from .service import PlatformError, is_terminal
 
@@ -269,7 +269,7 @@ def _add_other_routes(app: FastAPI, platform: Platform) -> None:
 
     @app.get("/timeline", summary="SVG timeline of the platform manager's tasks", response_class=Response)
     def timeline(limit: int = Query(500, ge=1, le=5000)) -> Response:
-        from ..timeline import Timeline
+        from ..observe.timeline import Timeline
 
         manager, _store, _writer = platform.require()
         tasks = sorted(manager.list(), key=lambda info: info.created_at)[-limit:]

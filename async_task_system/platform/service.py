@@ -38,12 +38,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import Target
-from ..errors import AsyncTaskSystemError, ManagerClosedError, TaskValidationError
+from ..core.errors import AsyncTaskSystemError, ManagerClosedError, TaskValidationError
+from ..core.manager import TaskManager, get_current_task_id
+from ..core.targets import Target
+from ..core.tasks import TaskInfo, TaskKind, TaskStatus
 from ..http_front import FrontLimits
-from ..manager import TaskManager, get_current_task_id
 from ..remote.bridge import REMOTE_TARGET_NAME, RemoteExecutionManager
-from ..tasks import TaskInfo, TaskKind, TaskStatus
 from .store import DEFAULT_URL, TERMINAL_STATUSES, Store, cap_text, write_records
 
 if TYPE_CHECKING:

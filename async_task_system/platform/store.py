@@ -1018,7 +1018,7 @@ def _process_exists(pid: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- schedules
-# The scheduler's persisted schedules (async_task_system.scheduler, revision 0003): one row per
+# The scheduler's persisted schedules (async_task_system.scheduler.engine, revision 0003): one row per
 # schedule with its queryable fields and the full record as JSON, and its recent runs (the status
 # and error of each) in schedule_runs. The scheduler's SqlScheduleStore reads and writes them
 # through PlatformSchedules.

@@ -16,7 +16,7 @@ Responses may arrive from any thread or event loop. Unknown, late and duplicate 
 logged and ignored; nothing here raises into the transport that delivered them.
 
 Every task transition goes through the manager's public task control: ``TaskManager.suspend``
-hands the attempt over, and the request's :class:`~async_task_system.manager.Suspension` finishes
+hands the attempt over, and the request's :class:`~async_task_system.core.manager.Suspension` finishes
 it (``complete``, ``fail`` with the manager's one retry rule, or ``resume`` for an inline wait).
 A task cancelled or timed out while it waits abandons its suspension, which fails the request
 and tells the executor to stop.
@@ -37,16 +37,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import tracing
-from .._compat import TIMEOUT_ERRORS
-from .._targets import Target
-from ..errors import AsyncTaskSystemError, TaskValidationError
-from ..manager import Suspension, TimerHandle, call_later, get_current_task_id
-from ..tasks import TaskError, TaskKind
+from ..core.compat import TIMEOUT_ERRORS
+from ..core.errors import AsyncTaskSystemError, RemoteExecutionError, TaskValidationError
+from ..core.manager import Suspension, TimerHandle, call_later, get_current_task_id
+from ..core.targets import Target
+from ..core.tasks import TaskError, TaskKind
+from ..observe import tracing
 from .protocol import LANGUAGES, ProtocolError, check_labels, check_runtime_call
 
 if TYPE_CHECKING:
-    from ..manager import TaskManager
+    from ..core.manager import TaskManager
 
 __all__ = [
     "RemoteExecutionManager",
@@ -89,23 +89,6 @@ REMOTE_INPUTS: dict[str, dict[str, Any]] = {
         "nullable": True,
     },
 }
-
-
-class RemoteExecutionError(AsyncTaskSystemError, RuntimeError):
-    """A remote command did not succeed. ``error_type`` is ``remote_error`` (it ran and failed, e.g. a
-    non-zero exit code; ``result`` then holds exit code, stdout and stderr), ``timeout``,
-    ``worker_lost``, ``hub_stopped``, ``no_worker`` or ``cancelled``."""
-
-    def __init__(
-        self, error_type: str, message: str, result: Any = None, request_id: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.result = result
-        self.request_id = request_id
-
-    def __str__(self) -> str:
-        return f"{self.error_type}: {self.args[0]}"
 
 
 class RemoteUnavailable(RemoteExecutionError):

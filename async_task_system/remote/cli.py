@@ -67,7 +67,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..manager import TaskManager
+    from ..core.manager import TaskManager
 
     if args.transport == "grpc":
         from .grpc_hub import GrpcHub as hub_class
@@ -176,8 +176,8 @@ def _run_commands(manager: Any, jobs: list[tuple[str, str]], timeout: float) -> 
 
 
 def _run_task(manager: Any, hub: Any, task: str) -> int:
-    from ..agent import create_async_agent
-    from ..config import model_from_env
+    from ..agents.agent import create_async_agent
+    from ..agents.config import model_from_env
     from .tools import attach_remote
 
     model = model_from_env()

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "the gRPC hub needs grpcio and protobuf: pip install 'async_task_system[grpc]'"
     ) from exc
 
-from .._compat import TIMEOUT_ERRORS
+from ..core.compat import TIMEOUT_ERRORS
 from ._proto import agent_pb2
 from .grpc_codec import SERVICE, agent_frame, refusal_message, server_message
 from .hub_base import HubBase, RegisterRefused

@@ -26,7 +26,7 @@ class RemoteExecutionHandler:
     """Routes remote responses to ``task_manager.handle_websocket_response``.
 
     Args:
-        task_manager: the :class:`~async_task_system.manager.TaskManager` whose tasks wait.
+        task_manager: the :class:`~async_task_system.core.manager.TaskManager` whose tasks wait.
         max_message_bytes: larger messages are rejected unread.
     """
 

@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "the remote hub needs the websockets library (>= 15): pip install 'async_task_system[remote]'"
     ) from exc
 
-from .._compat import TIMEOUT_ERRORS
+from ..core.compat import TIMEOUT_ERRORS
 from .hub_base import HubBase, RegisterRefused
 from .protocol import ProtocolError, decode, encode, error_frame, registered_frame
 from .router import Worker

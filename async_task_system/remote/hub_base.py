@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import AsyncTaskSystemError
+from ..core.errors import AsyncTaskSystemError
 from .bridge import RemoteExecutionManager, RemoteRequest, RemoteUnavailable
 from .protocol import (
     ProtocolError,

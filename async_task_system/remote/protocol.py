@@ -17,8 +17,8 @@ import math
 import re
 from typing import Any
 
-from ..errors import AsyncTaskSystemError
-from ..sandbox import SCRIPT_LANGUAGES
+from ..core.errors import AsyncTaskSystemError
+from ..sandbox.process import SCRIPT_LANGUAGES
 
 __all__ = [
     "PROTOCOL_VERSION",

@@ -4,7 +4,7 @@ It connects to a hub over WebSocket (``ws://``, :class:`~async_task_system.remot
 or gRPC (``grpc://``, :class:`~async_task_system.remote.grpc_hub.GrpcHub`; the client lives in
 :mod:`.grpc_worker`, imported only for that scheme), registers (name, capabilities, labels,
 version, the runtimes it offers), sends heartbeats, and runs what it is sent: shell and Python
-scripts through :class:`~async_task_system.sandbox.ScriptRunner` (own process group, SIGTERM then
+scripts through :class:`~async_task_system.sandbox.process.ScriptRunner` (own process group, SIGTERM then
 SIGKILL on timeout or cancel, rlimits, clean environment, capped output), and, with
 ``--tools-dir``, commands of runtime tools (:mod:`async_task_system.runtimes`) whose entry files
 lie in that directory. Job execution is the same for both transports: each delivers and takes
@@ -35,10 +35,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import __version__
-from .._compat import TIMEOUT_ERRORS
-from ..errors import AsyncTaskSystemError
-from ..sandbox import DEFAULT_ALLOW_ENV, RunLimits, ScriptRunner
+from .._version import __version__
+from ..core.compat import TIMEOUT_ERRORS
+from ..core.errors import AsyncTaskSystemError
+from ..sandbox.process import DEFAULT_ALLOW_ENV, RunLimits, ScriptRunner
 from .protocol import (
     LANGUAGES,
     ProtocolError,

@@ -16,8 +16,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import AsyncTaskSystemError
-from ..sandbox import RunOutcome
+from ..core.errors import AsyncTaskSystemError
+from ..sandbox.process import RunOutcome
 
 __all__ = [
     "BaseRuntime",
@@ -208,7 +208,7 @@ def read_json_result(runtime: str, stdout: str, fields: dict[str, Any]) -> Runti
 
 class SubprocessRuntime(BaseRuntime):
     """A runtime whose tools run as sandboxed subprocesses through the shared
-    :class:`~async_task_system.sandbox.ScriptRunner` (one :class:`~async_task_system.sandbox.RunLimits`
+    :class:`~async_task_system.sandbox.process.ScriptRunner` (one :class:`~async_task_system.sandbox.process.RunLimits`
     for all: timeout, memory, CPU seconds, output bytes, environment allow-list, process group).
 
     Subclasses build the argument list and the stdin bytes (:meth:`command_line`) and read the
@@ -216,7 +216,7 @@ class SubprocessRuntime(BaseRuntime):
     """
 
     def __init__(self, runner: Any = None) -> None:
-        from ..sandbox import ScriptRunner
+        from ..sandbox.process import ScriptRunner
 
         self.runner = runner if runner is not None else ScriptRunner()
 

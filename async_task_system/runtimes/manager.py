@@ -1,7 +1,7 @@
 """RuntimeManager (seed 001 §2.6): one place that routes a call to its runtime by name.
 
-It builds the standard runtimes around **one** :class:`~async_task_system.sandbox.RunLimits` and
-one :class:`~async_task_system.sandbox.ScriptRunner` (the same runner class the fleet worker uses),
+It builds the standard runtimes around **one** :class:`~async_task_system.sandbox.process.RunLimits` and
+one :class:`~async_task_system.sandbox.process.ScriptRunner` (the same runner class the fleet worker uses),
 so Python, JavaScript and native tools share the limits, and the WASM runtime takes its timeout,
 memory and output caps from the same object. An unknown runtime is an error listing the known ones.
 """
@@ -13,7 +13,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
-from ..sandbox import RunLimits, ScriptRunner
+from ..sandbox.process import RunLimits, ScriptRunner
 from .base import BaseRuntime, RuntimeResult, UnknownRuntimeError
 from .javascript import JavaScriptRuntime
 from .mcp import McpRuntime
@@ -117,7 +117,7 @@ class RuntimeManager:
         group killed, its module interrupted) the moment that task is cancelled or times out; the
         manager tells us through a listener, nothing polls.
         """
-        from .._loop import background_loop
+        from ..core.loop import background_loop
 
         loop = background_loop()
         try:
@@ -156,7 +156,7 @@ class RuntimeManager:
 def _stop_with_current_task(future: concurrent.futures.Future[Any]) -> Callable[[], None] | None:
     """Cancel ``future`` when the background task running this code ends early; returns the
     listener's remover (``None`` outside a task)."""
-    from ..manager import get_current_task_id, get_task_manager
+    from ..core.manager import get_current_task_id, get_task_manager
 
     task_id = get_current_task_id()
     manager = get_task_manager()

@@ -25,8 +25,8 @@ import threading
 import time
 from typing import Any
 
-from ..errors import AsyncTaskSystemError, TaskValidationError
-from ..sandbox import RunLimits, ScriptRunner
+from ..core.errors import AsyncTaskSystemError, TaskValidationError
+from ..sandbox.process import RunLimits, ScriptRunner
 from .base import BaseRuntime, RuntimeResult
 
 __all__ = ["McpRuntime", "McpServer", "McpServerError"]
@@ -193,7 +193,7 @@ class McpRuntime(BaseRuntime):
         seconds = float(timeout or (self.limits or RunLimits()).timeout)
 
         def call() -> Any:
-            from .._targets import tool_target  # the same argument checks as submit_task
+            from ..core.targets import tool_target  # the same argument checks as submit_task
 
             tool = self.server(entry).tool(command)
             return tool(**tool_target(tool).validate(parameters or {}))

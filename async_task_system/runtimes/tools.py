@@ -44,7 +44,7 @@ from typing import Any
 from smolagents import Tool
 from smolagents.tools import AUTHORIZED_TYPES
 
-from ..errors import AsyncTaskSystemError
+from ..core.errors import AsyncTaskSystemError, RemoteExecutionError
 from .base import RuntimeResult
 from .manager import RuntimeManager, default_runtime_manager
 
@@ -160,7 +160,7 @@ class RuntimeTool(Tool):
 
     def check_arguments(self, arguments: dict[str, Any]) -> None:
         """Refuse unknown, missing and mistyped arguments with a message naming them (before anything runs)."""
-        from .._targets import tool_target  # the same checks submit_task applies
+        from ..core.targets import tool_target  # the same checks submit_task applies
 
         tool_target(self).validate(arguments)
 
@@ -180,8 +180,7 @@ class RuntimeTool(Tool):
     def _run_remote(self, parameters: dict[str, Any]) -> RuntimeResult:
         """One call on a fleet worker through the remote bridge: inside a task, the task suspends
         (WAITING_REMOTE, no slot) until the answer; elsewhere this thread waits for it."""
-        from ..manager import get_current_task_id, get_task_manager
-        from ..remote.bridge import RemoteExecutionError
+        from ..core.manager import get_current_task_id, get_task_manager
 
         manager = self._task_manager or get_task_manager()
         if manager is None:

@@ -11,7 +11,7 @@ Two kinds of module, picked by what it exports:
   ``preopens`` maps some (a seat belt: WASI sees only what is mapped, but a mapped directory is
   fully readable and writable by the module).
 
-Limits, from the same :class:`~async_task_system.sandbox.RunLimits` as the subprocess runtimes:
+Limits, from the same :class:`~async_task_system.sandbox.process.RunLimits` as the subprocess runtimes:
 ``timeout`` (seconds; an *epoch deadline*: the engine's epoch is bumped once at the deadline, or
 on cancel, and the running code traps there, with no polling and no thread per call),
 ``memory_mb`` (the store's linear memory limit: ``memory.grow`` past it fails), and
@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any
 
-from ..sandbox import CappedOutput, RunLimits
+from ..sandbox.process import CappedOutput, RunLimits
 from .base import BaseRuntime, RuntimeResult, from_envelope, parse_json_output, read_json_result
 from .javascript import request_bytes
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from smolagents.models import ChatMessage, MessageRole
 
-from ..errors import AsyncTaskSystemError
+from ..core.errors import AsyncTaskSystemError
 from .protocol import (
     ErrorCode,
     InputType,
@@ -188,7 +188,7 @@ class AgentHandle:
     def __init__(self, obj: Any) -> None:
         from smolagents.agents import MultiStepAgent
 
-        from ..agent import AsyncAgent
+        from ..agents.agent import AsyncAgent
 
         self.owner = obj
         self.task_manager: Any = None
@@ -224,7 +224,7 @@ class AgentHandle:
     def set_instructions(self, prompt: str) -> None:
         """Replace the agent's custom instructions (an AsyncAgent keeps its async-task guidance)."""
         if self.is_async_agent:
-            from ..agent import ASYNC_GUIDANCE
+            from ..agents.agent import ASYNC_GUIDANCE
 
             self.agent.instructions = f"{ASYNC_GUIDANCE}\n{prompt}"
         else:

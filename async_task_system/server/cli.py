@@ -205,7 +205,7 @@ def load_object(spec: str) -> Any:
 
 
 def _last_user_text(messages: list[Any]) -> str:
-    from ..testing import message_text
+    from ..agents.testing import message_text
 
     for message in reversed(messages):
         role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
@@ -227,7 +227,7 @@ def _task_of(messages: list[Any]) -> str:
 
 def scripted_agent_model() -> Any:
     """The ``--scripted`` agent model: answers every task with a final_answer echoing it."""
-    from ..testing import ScriptedModel
+    from ..agents.testing import ScriptedModel
 
     def answer(messages: list[Any]) -> str:
         reply = f"(scripted offline model, no LLM configured) You asked: {_task_of(messages)}"
@@ -238,7 +238,7 @@ def scripted_agent_model() -> Any:
 
 def scripted_chat_model() -> Any:
     """The ``--scripted`` model for ``use_tools=false``: plain-text echo."""
-    from ..testing import ScriptedModel
+    from ..agents.testing import ScriptedModel
 
     def answer(messages: list[Any]) -> str:
         return f"(scripted offline model, no LLM configured) You said: {_last_user_text(messages)}"
@@ -298,8 +298,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         description = f"factory {args.factory}"
     else:
-        from ..agent import create_async_agent
-        from ..config import model_from_env
+        from ..agents.agent import create_async_agent
+        from ..agents.config import model_from_env
 
         try:
             tools = _load_tools(args.tools)

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..errors import AsyncTaskSystemError
+from ..core.errors import AsyncTaskSystemError
 
 # Strict scalar types: JSON ``"yes"`` or ``"5"`` is not a boolean or a number (an int is a float).
 StrictFloat = Annotated[float, Strict()]

@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .._compat import TIMEOUT_ERRORS
-from .._targets import CallWithKeywords, Target
-from ..errors import ManagerClosedError
-from ..manager import TaskManager
-from ..tasks import TaskInfo, TaskKind, TaskStatus
+from ..core.compat import TIMEOUT_ERRORS
+from ..core.errors import ManagerClosedError
+from ..core.manager import TaskManager
+from ..core.targets import CallWithKeywords, Target
+from ..core.tasks import TaskInfo, TaskKind, TaskStatus
 from .agents import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_REQUEST_PIXELS,
@@ -824,6 +824,11 @@ class AgentServer:
         self._remove_task_listener = task_manager.add_listener(self._on_task_change)
 
     # ------------------------------------------------------------------------------------ public
+
+    @property
+    def connections(self) -> tuple[object, ...]:
+        """The open connections (each with its conversation ``history``), for inspection."""
+        return tuple(self._connections)
 
     @property
     def port(self) -> int:

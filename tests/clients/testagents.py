@@ -21,7 +21,7 @@ from smolagents.models import ChatMessage, MessageRole, Model
 from smolagents.monitoring import TokenUsage
 
 from async_task_system import ScriptedModel, create_async_agent
-from async_task_system.testing import message_text
+from async_task_system.agents.testing import message_text
 
 RELEASE = threading.Event()
 """Set to let ``block`` return (tests set it in teardown, so nothing hangs)."""

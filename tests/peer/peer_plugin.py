@@ -24,7 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from smolagents.agents import CodeAgent
 
-    from async_task_system._agent_runtime import ContextPreservingExecutor, install_context_executor
+    from async_task_system.core.agent_runtime import ContextPreservingExecutor, install_context_executor
 
     original = CodeAgent.__init__
 

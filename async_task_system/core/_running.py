@@ -1,7 +1,7 @@
 """How a manager runs its tasks: slots, the pending queue, executors, timeouts, retries, dependents.
 
 :class:`TaskRunner` sits between the records (:mod:`._records`) and the public API
-(:class:`~async_task_system.manager.TaskManager`). Concurrency is bounded by the manager's own
+(:class:`~async_task_system.core.manager.TaskManager`). Concurrency is bounded by the manager's own
 slots (``max_workers``), not by the executor: a task that stops using its slot (it timed out,
 was cancelled, or was handed to something else) hands it to the next pending task. The executor
 receives a picklable :class:`~._attempt.AttemptCall`; the task's state changes here when the
@@ -23,17 +23,17 @@ from typing import Any
 
 from . import _timers
 from ._attempt import AttemptCall
-from ._changes import ChangeFeed
 from ._dependencies import DependencyGraph, dependency_failure
 from ._listeners import ListenerQueue
-from ._loop import background_loop, spawn
 from ._pool import ChainingThreadPool
-from ._records import TaskRecord, TaskRecords
+from .changes import ChangeFeed
+from .loop import background_loop, spawn
+from .records import TaskRecord, TaskRecords
 from .tasks import TaskError, TaskStatus
 
 __all__ = ["TaskRunner", "call_quietly"]
 
-logger = logging.getLogger("async_task_system.manager")
+logger = logging.getLogger("async_task_system.core.manager")
 
 
 class TaskRunner(TaskRecords):

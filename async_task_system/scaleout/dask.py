@@ -2,7 +2,7 @@
 
 The manager stays where it is (its records, slots, timeouts, retries, dependencies and waiters
 are local); only each attempt's work goes to the cluster, through the executor seam: a picklable
-:class:`~async_task_system._attempt.AttemptCall` submitted with ``pure=False`` (Dask's default,
+:class:`~async_task_system.core._attempt.AttemptCall` submitted with ``pure=False`` (Dask's default,
 ``pure=True``, would merge two identical calls into one). The attempt carries a W3C trace
 carrier and the task's id, so spans opened on a worker join the submitter's trace and
 ``get_current_task_id()`` works there.
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from distributed import Client
 
-    from .manager import TaskManager
+    from ..core.manager import TaskManager
 
 __all__ = ["DaskExecutor", "dask_executor"]
 

@@ -215,6 +215,11 @@ class ContextPreservingExecutor:
         self.__dict__["timeout_seconds"] = timeout_seconds
         _install_stop_checks()
 
+    @property
+    def wrapped(self) -> LocalPythonExecutor:
+        """The smolagents executor this one runs steps of."""
+        return self.__dict__["_inner"]
+
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes not set on the wrapper itself; during copy/unpickle the
         # instance is still empty, and dunder lookups must not fall through to the inner executor.

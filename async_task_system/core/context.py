@@ -9,10 +9,18 @@ cancellation checks are no-ops.
 from __future__ import annotations
 
 import contextvars
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .manager import TaskManager
+
+class TaskManager(Protocol):
+    """What the context needs of the manager running a task (the real one is
+    :class:`async_task_system.core.manager.TaskManager`; named here so that this module, which the
+    manager's own parts import, does not import the manager)."""
+
+    def is_cancel_requested(self, task_id: str) -> bool: ...
+
+    def report_progress(self, task_id: str, fraction: float | None, message: str | None) -> bool: ...
+
 
 __all__ = [
     "current_task",

@@ -1,7 +1,7 @@
 """``async-agent demo`` and ``async-agent run``: seed 004's scenario on a real CodeAgent.
 
 The demo analyses five datasets (1 to 2 s each) with an AsyncAgent. Without an LLM configured
-in ``.env`` it uses the offline :class:`~async_task_system.testing.ScriptedModel`, whose script
+in ``.env`` it uses the offline :class:`~async_task_system.agents.testing.ScriptedModel`, whose script
 is exactly the calls seed 004 shows; with API_KEY, BASE_URL and MODEL_ID it uses LiteLLM and the
 LLM plans on its own. It shows task progress live, the answer, the statistics, and the wall time
 against the same tools run one after another, and at the end a timeline of what ran in parallel.
@@ -21,11 +21,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .agent import create_async_agent
-from .config import llm_settings_from_env, model_from_env
-from .manager import TaskManager, report_progress
-from .tasks import TaskInfo, TaskStatus
-from .testing import ScriptedModel
+from ..agents.agent import create_async_agent
+from ..agents.config import llm_settings_from_env, model_from_env
+from ..agents.testing import ScriptedModel
+from ..core.manager import TaskManager, report_progress
+from ..core.tasks import TaskInfo, TaskStatus
 
 __all__ = [
     "DATASETS",

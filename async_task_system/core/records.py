@@ -1,7 +1,7 @@
 """A manager's task records: ids, statuses, reading and waiting. No running happens here.
 
 :class:`TaskRecords` holds every task the manager still keeps, the one lock that guards them,
-the per-status counts and the retention rule; :class:`~async_task_system.manager.TaskManager`
+the per-status counts and the retention rule; :class:`~async_task_system.core.manager.TaskManager`
 builds the running of tasks (slots, executors, timeouts, retries, task control) on top of it.
 
 Retention: a finished task is dropped only after its result was read (``results``, ``result``
@@ -25,9 +25,8 @@ from .errors import InvalidTransition, UnknownTaskError
 from .tasks import ALLOWED_TRANSITIONS, TaskFailure, TaskInfo, TaskStatus
 
 if TYPE_CHECKING:
-    from ._targets import Target
     from ._timers import TimerHandle
-    from .manager import Suspension
+    from .targets import Target
 
 __all__ = ["TaskRecords", "TaskRecord", "WaitResult", "new_id_prefix"]
 
@@ -69,7 +68,7 @@ class TaskRecord:
         self.holds_slot = False
         self.read = False
         self.future: Future[Any] | None = None
-        self.suspension: Suspension | None = None
+        self.suspension: Any = None  # the manager's Suspension handle while it waits on one
         self.resolved: dict[str, Any] = {}  # results of the tasks its arguments refer to
         self.turn = 0  # how often the current attempt was continued after a suspension
         self.continuation: Callable[[], Any] | None = None  # queued by Suspension.resume_later

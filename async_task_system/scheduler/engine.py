@@ -55,9 +55,9 @@ from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import AsyncTaskSystemError, ManagerClosedError, TaskValidationError
-from .manager import TaskManager, call_later
-from .tasks import TaskInfo, TaskKind, TaskStatus
+from ..core.errors import AsyncTaskSystemError, ManagerClosedError, TaskValidationError
+from ..core.manager import TaskManager, call_later
+from ..core.tasks import TaskInfo, TaskKind, TaskStatus
 
 __all__ = [
     "ScheduleType",
@@ -575,7 +575,7 @@ class SqlScheduleStore:
 
     def __init__(self, store: Any = None, **store_options: Any) -> None:
         try:
-            from .platform.store import DEFAULT_URL, PlatformSchedules, Store
+            from ..platform.store import DEFAULT_URL, PlatformSchedules, Store
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise ImportError(
                 "SqlScheduleStore needs SQLAlchemy 2 and Alembic: pip install 'async_task_system[platform]'"
@@ -1255,7 +1255,7 @@ class ToolScheduler:
             if asyncio.iscoroutine(outcome):
                 loop = task.loop
                 if loop is None or loop.is_closed():
-                    from ._loop import background_loop
+                    from ..core.loop import background_loop
 
                     loop = background_loop()
                 asyncio.run_coroutine_threadsafe(outcome, loop)

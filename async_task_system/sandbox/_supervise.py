@@ -4,7 +4,7 @@ Its configuration is JSON in its environment variable ``ASYNC_AGENT_SANDBOX`` (t
 environment included: never on a command line, which every user can read); the script gets
 exactly the environment given there.
 
-Started by :class:`~async_task_system.sandbox.ScriptRunner` in a session of its own, it
+Started by :class:`~async_task_system.sandbox.process.ScriptRunner` in a session of its own, it
 forks the script and watches the whole tree of processes the script makes, until the tree is gone.
 Standard library only, no imports from the package (it starts in a fraction of the time).
 

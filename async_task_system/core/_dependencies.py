@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ._targets import RESULT_REF, is_result_ref
 from .errors import TaskValidationError
+from .targets import RESULT_REF, is_result_ref
 from .tasks import TaskError, TaskInfo, TaskStatus
 
 __all__ = ["DependencyGraph", "dependency_failure"]

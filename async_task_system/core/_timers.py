@@ -65,6 +65,11 @@ class TimerQueue:
                 self._cond.notify()
         return handle
 
+    def stored(self) -> int:
+        """Entries held, cancelled ones not yet purged included (bounded: see ``cancel``)."""
+        with self._cond:
+            return len(self._heap)
+
     def __len__(self) -> int:
         """Timers still armed."""
         with self._cond:

@@ -8,7 +8,7 @@ scripts a hub sends (:meth:`ScriptRunner.run`), and the tool runtimes
 
 * argument lists, never a shell string built by us (a script is ``/bin/sh -c SCRIPT`` or
   ``python -u -c SCRIPT``); stdin is ``/dev/null`` unless the caller passes bytes for it;
-* each under its own supervisor (:mod:`async_task_system._supervise`) in a new session: the
+* each under its own supervisor (:mod:`async_task_system.sandbox._supervise`) in a new session: the
   supervisor is the child subreaper of everything the program starts, so on timeout, cancel, the
   program's end and this process's death (``PR_SET_PDEATHSIG``) *every* descendant is killed,
   also one that called ``setsid`` or double-forked;
@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ._compat import TIMEOUT_ERRORS
+from ..core.compat import TIMEOUT_ERRORS
 
 __all__ = [
     "CappedOutput",

@@ -219,7 +219,7 @@ def agent_target(agent_or_factory: Any, name: str | None = None, description: st
         agent_name = name or getattr(template, "name", None)
 
         def build() -> Any:
-            from ._agent_runtime import copy_agent  # smolagents: loaded only when an agent runs
+            from .agent_runtime import copy_agent  # smolagents: loaded only when an agent runs
 
             return copy_agent(template)
     elif callable(agent_or_factory):

@@ -18,10 +18,10 @@ __all__ = ["main", "build_parser"]
 # ``configure_parser(parser)`` and ``run(args) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "async_task_system.demo",
+        "async_task_system.cli.demo",
         "Run seed 004's scenario: 5 datasets analysed in parallel by a CodeAgent.",
     ),
-    "run": ("async_task_system.demo", "Run any task on the LLM configured in .env."),
+    "run": ("async_task_system.cli.demo", "Run any task on the LLM configured in .env."),
     "serve": (
         "async_task_system.server.cli",
         "Serve the agent to any client over JSON lines on TCP (seed 003).",

@@ -17,7 +17,7 @@ from .errors import TaskValidationError
 from .tasks import TaskKind
 
 if TYPE_CHECKING:
-    from ._targets import Target
+    from .targets import Target
 
 __all__ = ["TargetRegistry", "Extensions", "register_extension"]
 

@@ -1,6 +1,6 @@
 """The HTTP front shared by the platform's REST API and the A2A server: uvicorn (h11) hardened.
 
-Two parts, both used by :mod:`.platform.service` and :mod:`.a2a`:
+Two parts, both used by :mod:`async_task_system.platform.service` and :mod:`async_task_system.collab.a2a`:
 
 * :class:`FrontLimits` and :func:`start_server`: uvicorn on the h11 protocol, with a connection
   registry uvicorn lacks. A connection must send a complete request head within

@@ -16,8 +16,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from . import tracing
-from ._context import current_task
+from ..observe import tracing
+from .context import current_task
 from .tasks import TaskInfo
 
 __all__ = ["AttemptCall"]
