@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .agents import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
-from .tcp import (
+from .limits import (
     DEFAULT_AUTH_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_AUTH_LINE_BYTES,
