@@ -257,3 +257,26 @@ def test_get_task_manager_inside_the_agents_own_code():
     with create_async_agent(tools=[which_manager], model=model, verbosity_level=0) as agent:
         assert agent.run("which manager?") == "visible"
     assert get_task_manager() is None
+
+
+def test_tools_is_the_dict_of_what_the_llm_gets_as_on_smolagents_agents():
+    model = ScriptedModel(
+        ["<code>\nfinal_answer(sorted(n for n in ['submit_task', 'analyze_dataset']))\n</code>"]
+    )
+    with create_async_agent(tools=[analyze_dataset], model=model, verbosity_level=0) as agent:
+        tools = agent.tools
+        assert tools is agent.agent.tools  # the CodeAgent's own dict, as smolagents exposes it
+        assert tools["analyze_dataset"] is analyze_dataset
+        for name in (
+            "submit_task",
+            "wait_for_tasks",
+            "get_task_results",
+            "check_task",
+            "cancel_task",
+            "final_answer",
+        ):
+            assert name in tools and tools[name].name == name
+        system_prompt_tools = set(tools)
+        agent.run("list")
+        prompt = message_text(model.calls[0][0])
+        assert all(name in prompt for name in system_prompt_tools)  # each one was shown to the LLM

@@ -28,6 +28,11 @@ def test_demo_runs_offline_and_reports_speedup(tmp_path):
     assert "No LLM configured" in out and "ScriptedModel" in out
     assert "Analysed 5 datasets in parallel" in out
     assert out.count("completed") >= 5
+    assert "Baseline: the same 5 tools one after another (about 7.5 s; --no-baseline skips it)" in out
+    for done, name in enumerate(
+        ("sales_2024", "customers", "inventory", "web_traffic", "support_tickets"), 1
+    ):
+        assert f"baseline {done}/5: analyze_dataset('{name}')" in out  # progress while it runs
     speedup = float(re.search(r"Speedup: ([\d.]+)x", out).group(1))
     assert speedup > 2.0, out
 

@@ -36,6 +36,7 @@ def test_the_seed_example_suspends_resumes_and_answers():
         ]
     )
     agent = ChatAgent(model=model, verbosity_level=0)
+    agent.task_manager.remote_manager.manual_delivery = True  # answered by hand below
     assert agent.task_manager.remote_manager is not None  # 远程执行管理器已就绪
     seen: list[tuple[str, str]] = []
     with agent:
@@ -76,6 +77,7 @@ def test_a_conversation_suspends_twice_and_errors_reach_the_llm():
         ]
     )
     with TaskManager(max_workers=2) as manager:
+        manager.remote_manager.manual_delivery = True  # this test answers by hand
         task_id = manager.create_task("Run two commands.", tools=["remote_execute"], model=model)
         first = _request_for(manager, task_id)
         manager.handle_websocket_response(first, True, {"exit_code": 0, "stdout": "Linux\n", "stderr": ""})
@@ -95,6 +97,7 @@ def test_a_conversation_suspends_twice_and_errors_reach_the_llm():
 def test_cancel_while_suspended_drops_the_request_and_a_late_answer_is_ignored():
     model = ScriptedModel(["<code>\nremote_execute('sleep 100')\n</code>"])
     with TaskManager() as manager:
+        manager.remote_manager.manual_delivery = True  # this test answers by hand
         task_id = manager.create_task("wait for it", tools=["remote_execute"], model=model)
         request_id = _request_for(manager, task_id)
         assert manager.cancel(task_id) is True
@@ -107,6 +110,7 @@ def test_cancel_while_suspended_drops_the_request_and_a_late_answer_is_ignored()
 def test_the_task_timeout_applies_while_suspended():
     model = ScriptedModel(["<code>\nremote_execute('sleep 100')\n</code>"])
     with TaskManager() as manager:
+        manager.remote_manager.manual_delivery = True  # this test answers by hand
         task_id = manager.create_task("wait", tools=["remote_execute"], model=model, timeout=0.3)
         manager.wait([task_id], timeout=5)
         info = manager.check(task_id)
@@ -120,6 +124,7 @@ def test_two_hand_offs_in_one_step_the_second_is_refused_to_the_llm():
     )
     model = ScriptedModel([code, "<code>\nfinal_answer('ok')\n</code>"])
     with TaskManager() as manager:
+        manager.remote_manager.manual_delivery = True  # this test answers by hand
         task_id = manager.create_task("two calls", tools=["remote_execute"], model=model)
         request_id = _request_for(manager, task_id)
         assert [r.command for r in manager.remote_manager.pending()] == ["one"]
@@ -149,6 +154,7 @@ def test_from_the_llm_with_submit_task_and_on_a_tool_calling_agent():
         [call("remote_execute", {"command": "hostname"}), call("final_answer", {"answer": "box-7"})]
     )
     with TaskManager() as manager:
+        manager.remote_manager.manual_delivery = True  # this test answers by hand
         _ = manager.remote_manager
         task_id = manager.create_task(
             "Which host?",
@@ -185,6 +191,7 @@ def test_a_thousand_conversations_hold_a_bounded_number_of_threads():
 
     peak = 0
     with TaskManager(max_workers=4) as manager:
+        manager.remote_manager.manual_delivery = True  # this test answers by hand
         remote = manager.remote_manager
         ids = [
             manager.create_task(f"job {i}", tools=["remote_execute"], model=script(i)) for i in range(count)
@@ -208,6 +215,7 @@ def test_a_thousand_conversations_hold_a_bounded_number_of_threads():
 def test_an_answer_after_shutdown_is_ignored(shutdown_first):
     model = ScriptedModel(["<code>\nremote_execute('x')\n</code>"])
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     task_id = manager.create_task("x", tools=["remote_execute"], model=model)
     request_id = _request_for(manager, task_id)
     manager.shutdown(wait=False, cancel_pending=True)
@@ -246,6 +254,7 @@ def test_spans_before_and_after_a_suspension_share_the_trace_and_the_task_span()
             ]
         )
         with TaskManager() as manager:
+            manager.remote_manager.manual_delivery = True  # this test answers by hand
             with provider.get_tracer("test").start_as_current_span("coordinator") as root:
                 task_id = manager.create_task("trace me", tools=[probe, "remote_execute"], model=model)
             request_id = _request_for(manager, task_id)

@@ -82,7 +82,12 @@ def test_sigkill_of_the_platform_mid_task_then_restart_on_the_same_database(data
     first = PlatformProcess("--db", database_url, "--http-port", "0", "--ws-port", "0")
     cleanup.append(first.process)
     http_url, ws_url = first.address("REST API"), first.address("WebSocket")
-    assert not any("token" in line for line in first.banner)  # given through the environment: not printed
+    assert not any(TOKEN in line for line in first.banner)  # given through the environment: not printed
+    dashboard = first.address("dashboard")
+    assert dashboard == f"{http_url}/dashboard/"
+    assert any("(sign in with your token, $ASYNC_AGENT_TOKEN)" in line for line in first.banner)
+    page = httpx.get(dashboard)  # no token needed for the page itself; it asks for one
+    assert page.status_code == 200 and 'id="token"' in page.text
     workers = Workers()
     cleanup.append(workers)
     workers.start(ws_url, "survivor", "--reconnect-max", "1")
@@ -126,10 +131,13 @@ def test_a_generated_token_is_printed_once_and_guards_the_api(tmp_path, cleanup)
     )  # fmt: skip
     cleanup.append(process)
     assert process.stdout is not None
-    banner = [process.stdout.readline() for _ in range(6)]
+    banner = [process.stdout.readline() for _ in range(7)]
     token = next(line.split()[1] for line in banner if line.strip().startswith("token"))
     url = next(line.split()[2] for line in banner if "REST API" in line)
     assert f"ASYNC_AGENT_TOKEN={token} async-agent worker --hub ws://127.0.0.1:" in banner[-1]
+    dashboard = next(line for line in banner if line.strip().startswith("dashboard"))
+    assert dashboard.split()[1] == f"{url}/dashboard/" and token not in dashboard
+    assert "(sign in with the token printed below)" in dashboard
     assert httpx.get(f"{url}/tasks").status_code == 401
     assert httpx.get(f"{url}/tasks", headers={"Authorization": f"Bearer {token}"}).json() == []
     process.send_signal(signal.SIGINT)

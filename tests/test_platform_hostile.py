@@ -21,7 +21,7 @@ import pytest
 from _platform import TOKEN, client, running_platform, workers_fixture  # noqa: F401  (fixtures)
 
 from async_task_system import TaskManager
-from async_task_system.collaboration import AgentDirectory, CollaborationError, CollaborationProtocol
+from async_task_system.collab import AgentDirectory, CollaborationError, CollaborationProtocol
 from async_task_system.http_front import FrontLimits
 
 WAIT = 30.0
@@ -97,7 +97,7 @@ def test_slowloris_does_not_starve_the_rest_api_and_half_open_connections_are_cl
 def test_a2a_slowloris_and_a_connection_that_never_sends_a_head():
     protocol = CollaborationProtocol("w", TaskManager(max_workers=2), AgentDirectory())
     protocol.register_handler("echo", lambda text: text)
-    from async_task_system.a2a import A2AAgent, A2AServer
+    from async_task_system.collab.a2a import A2AAgent, A2AServer
 
     server = A2AServer(protocol, http_limits=FrontLimits(header_timeout=1.0)).start()
     directory = AgentDirectory()
@@ -164,7 +164,7 @@ def test_content_length_with_transfer_encoding_is_refused_not_answered_twice(pla
 
 
 def test_a2a_body_limit_holds_for_chunked_bodies_and_smuggling_is_refused():
-    from async_task_system.a2a import A2AServer
+    from async_task_system.collab.a2a import A2AServer
 
     protocol = CollaborationProtocol("w", TaskManager(max_workers=2), AgentDirectory())
     protocol.register_handler("echo", lambda text: text)
@@ -296,7 +296,7 @@ def test_handlers_left_running_are_bounded_then_requests_are_busy():
 
 
 def test_a2a_handlers_that_never_return_free_their_slots_and_threads_stay_bounded():
-    from async_task_system.a2a import A2AAgent, A2AServer
+    from async_task_system.collab.a2a import A2AAgent, A2AServer
 
     protocol, release = _hanging_protocol(8)
     server = A2AServer(protocol).start()

@@ -27,6 +27,7 @@ def _request_id(manager: TaskManager, task_id: str) -> str:
 
 def test_thousand_waiting_tasks_hold_no_slot_while_other_tasks_run():
     manager = TaskManager(max_workers=2)
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     running = 0
     peak = 0
     lock = threading.Lock()
@@ -62,6 +63,7 @@ def test_thousand_waiting_tasks_hold_no_slot_while_other_tasks_run():
 
 def test_seed_000_suspend_and_resume_from_task_code():
     manager = TaskManager(max_workers=1)
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     seen: list[tuple[str, str]] = []
     manager.add_listener(lambda info: seen.append((info.id, info.status.value)))
     request_ids: list[str] = []
@@ -89,6 +91,7 @@ def test_seed_000_suspend_and_resume_from_task_code():
 
 def test_remote_error_fails_the_task_with_the_message():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     task_id = manager.submit("remote", "remote_execute", {"command": "ls /nope"})
     manager.handle_websocket_response(
         _request_id(manager, task_id), False, None, "Remote server connection failed"
@@ -103,6 +106,7 @@ def test_remote_error_fails_the_task_with_the_message():
 
 def test_remote_timeout_fails_the_task_with_timeout():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     manager.remote_manager.response_grace = 0.0
     task_id = manager.submit("remote", "remote_execute", {"command": "sleep 100", "timeout": 0.2})
     assert manager.wait(task_id, timeout=5).not_done == []
@@ -114,6 +118,7 @@ def test_remote_timeout_fails_the_task_with_timeout():
 
 def test_unknown_late_and_duplicate_responses_are_ignored():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     remote = manager.remote_manager
     task_id = manager.submit("remote", "remote_execute", {"command": "true"})
     request_id = _request_id(manager, task_id)
@@ -128,6 +133,7 @@ def test_unknown_late_and_duplicate_responses_are_ignored():
 
 def test_wait_for_remote_result_async_blocking_and_after_the_fact():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     remote = manager.remote_manager
     ok = remote.create_remote_request(None, "echo hi", 10)
     bad = remote.create_remote_request(None, "false", 10)
@@ -161,6 +167,7 @@ def test_wait_for_remote_result_async_blocking_and_after_the_fact():
 
 def test_cancelling_a_waiting_task_drops_its_request():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     task_id = manager.submit("remote", "remote_execute", {"command": "sleep 100"})
     request_id = _request_id(manager, task_id)
     assert manager.cancel(task_id) is True
@@ -173,6 +180,7 @@ def test_cancelling_a_waiting_task_drops_its_request():
 
 def test_task_timeout_while_waiting_fails_it_and_drops_the_request():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     task_id = manager.submit("remote", "remote_execute", {"command": "sleep 100", "timeout": 60}, timeout=0.2)
     assert manager.wait(task_id, timeout=5).not_done == []
     assert manager.check(task_id).error.type == "timeout"
@@ -182,6 +190,7 @@ def test_task_timeout_while_waiting_fails_it_and_drops_the_request():
 
 def test_inline_wait_lends_the_slot_and_returns_the_result_to_the_caller():
     manager = TaskManager(max_workers=1)
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     inline_started = threading.Event()
 
     def uses_remote() -> str:
@@ -212,6 +221,7 @@ def test_inline_wait_lends_the_slot_and_returns_the_result_to_the_caller():
 
 def test_inline_failure_raises_in_the_caller_and_the_task_continues():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
 
     def tolerant() -> str:
         try:
@@ -233,6 +243,7 @@ def test_inline_failure_raises_in_the_caller_and_the_task_continues():
 
 def test_remote_task_retries_after_a_remote_failure():
     manager = TaskManager(retry_backoff=0.01)
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     task_id = manager.submit("remote", "remote_execute", {"command": "flaky"}, retries=1)
     first = _request_id(manager, task_id)
     manager.handle_websocket_response(first, False, None, "worker hiccup")
@@ -250,6 +261,7 @@ def test_remote_task_retries_after_a_remote_failure():
 
 def test_bring_your_own_websocket_handler():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     handler = RemoteExecutionHandler(manager, max_message_bytes=2048)
     task_id = manager.submit("remote", "remote_execute", {"command": "uptime"})
     request_id = _request_id(manager, task_id)
@@ -267,6 +279,7 @@ def test_bring_your_own_websocket_handler():
 
 def test_remote_tool_validates_before_starting_anything():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     tool = RemoteExecuteTool(manager)
     with pytest.raises(ValueError, match="language must be one of"):
         tool.forward("print(1)", language="ruby")
@@ -295,6 +308,7 @@ def test_submit_task_description_lists_the_remote_target():
 
 def test_coroutine_tasks_wait_remotely_without_a_thread_or_a_slot():
     manager = TaskManager(max_workers=2)
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     remote = manager.remote_manager
 
     async def fetch(n: int) -> str:
@@ -325,6 +339,7 @@ def test_coroutine_tasks_wait_remotely_without_a_thread_or_a_slot():
 
 def test_seed_000_async_tool_suspends_and_returns_pending():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
 
     async def remote_execute(command: str, timeout: int = 30) -> dict:
         task_manager = get_task_manager()
@@ -353,6 +368,7 @@ def test_seed_000_async_tool_suspends_and_returns_pending():
 
 def test_remote_tool_wait_modes_outside_a_task():
     manager = TaskManager()
+    manager.remote_manager.manual_delivery = True  # this test answers by hand
     remote = manager.remote_manager
 
     def answer_soon(stdout: str) -> None:

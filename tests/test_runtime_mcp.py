@@ -14,6 +14,7 @@ from _runtime_fixtures import MCP_SERVER, require_module, write
 from async_task_system import TaskStatus, create_async_agent
 from async_task_system.agents.testing import ScriptedModel
 from async_task_system.runtimes import McpRuntime, McpServer, RuntimeManager
+from async_task_system.runtimes.mcp import McpServerError
 
 
 @pytest.fixture
@@ -78,3 +79,23 @@ def test_the_mcp_runtime_routes_to_a_server_by_command_line(server_file):
         )
     finally:
         runtimes.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # mcpadapt's thread
+def test_a_server_that_exits_at_start_is_reported_at_once_with_its_stderr(tmp_path):
+    require_module("mcp")
+    require_module("mcpadapt")
+    script = write(
+        tmp_path, "broken.py", "import sys\nsys.stderr.write('missing setting: DB_URL\\n')\nsys.exit(3)\n"
+    )
+    with pytest.raises(McpServerError) as caught:
+        McpServer(sys.executable, [script], start_timeout=3600.0)  # a wait for the timeout never ends
+    message = str(caught.value)
+    assert "exited with code 3 before answering the MCP handshake" in message
+    assert "missing setting: DB_URL" in message
+
+
+def test_a_server_command_that_does_not_exist_is_named():
+    require_module("mcp")
+    with pytest.raises(McpServerError, match="'no-such-mcp-server-xyz' was not found"):
+        McpServer("no-such-mcp-server-xyz", ["--stdio"], start_timeout=3600.0)

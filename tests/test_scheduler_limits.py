@@ -16,7 +16,7 @@ from async_task_system.scheduler import (
     SqlScheduleStore,
     ToolScheduler,
 )
-from async_task_system.scheduler_tools import ScheduleTaskTool
+from async_task_system.scheduler.tools import ScheduleTaskTool
 
 
 def ping(x: int = 0) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from smolagents import CodeAgent
+from smolagents import CodeAgent, Tool
 
 from ..core.agent_runtime import install_context_executor
 from ..core.manager import TaskManager, active_manager
@@ -73,6 +73,13 @@ class AsyncAgent:
         self.agent = agent
         self.task_manager = task_manager
         self._owns_task_manager = owns_task_manager
+
+    @property
+    def tools(self) -> dict[str, Tool]:
+        """The tools the LLM gets, by name, as in smolagents' agents: yours, the task tools
+        (``submit_task``, ``wait_for_tasks``, ...), ``final_answer`` and any added later (e.g.
+        ``remote_execute`` by ``attach_remote``). It is the wrapped ``CodeAgent``'s own dict."""
+        return self.agent.tools
 
     @property
     def owns_task_manager(self) -> bool:

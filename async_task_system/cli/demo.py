@@ -223,9 +223,18 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     console.print(f"AsyncAgent wall time: [bold]{parallel_seconds:.2f} s[/]")
     if not args.no_baseline:
+        console.print(
+            f"Baseline: the same {len(DATASETS)} tools one after another (about {sum(DATASETS.values()):g} s; "
+            "--no-baseline skips it)"
+        )
         started = time.perf_counter()
-        for name in DATASETS:
+        for done, name in enumerate(DATASETS, start=1):
+            call_started = time.perf_counter()
             analyze_dataset(dataset=name)
+            console.print(
+                f"  baseline {done}/{len(DATASETS)}: analyze_dataset({name!r}) "
+                f"{time.perf_counter() - call_started:.2f} s"
+            )
         sequential_seconds = time.perf_counter() - started
         console.print(f"Same tools one after another: [bold]{sequential_seconds:.2f} s[/]")
         console.print(f"Speedup: [bold green]{sequential_seconds / parallel_seconds:.2f}x[/]")

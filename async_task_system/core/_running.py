@@ -16,7 +16,7 @@ import logging
 import pickle
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Executor, Future
 from functools import partial
 from typing import Any
@@ -29,6 +29,7 @@ from ._pool import ChainingThreadPool
 from .changes import ChangeFeed
 from .loop import background_loop, spawn
 from .records import TaskRecord, TaskRecords
+from .targets import UnsendableError
 from .tasks import TaskError, TaskStatus
 
 __all__ = ["TaskRunner", "call_quietly"]
@@ -325,6 +326,15 @@ def _is_coroutine(value: Any) -> bool:
     return hasattr(value, "__await__") and hasattr(value, "send")
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    cause: BaseException | None = exc
+    for _ in range(32):  # a chain, bounded (a cycle of causes is possible)
+        if cause is None:
+            return
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
 def _executor_error(exc: BaseException) -> TaskError:
     """The error of a failed future, with a how-to-fix message when the work could not be pickled."""
     text = str(exc)
@@ -335,6 +345,9 @@ def _executor_error(exc: BaseException) -> TaskError:
             "pickle" in str(cause).lower() or "Can't get local object" in str(cause)
         )
         cause = cause.__cause__ or cause.__context__
+    unsendable = next((c for c in _causes(exc) if isinstance(c, UnsendableError)), None)
+    if unsendable is not None:  # it names the callable and the fix itself
+        return TaskError("unpicklable", str(unsendable), TaskError.from_exception(exc).traceback)
     if pickling:
         return TaskError(
             "unpicklable",

@@ -48,7 +48,7 @@ class ManagerClosedError(AsyncTaskSystemError, RuntimeError):
 class RemoteExecutionError(AsyncTaskSystemError, RuntimeError):
     """A remote command did not succeed. ``error_type`` is ``remote_error`` (it ran and failed, e.g. a
     non-zero exit code; ``result`` then holds exit code, stdout and stderr), ``timeout``,
-    ``worker_lost``, ``hub_stopped``, ``no_worker`` or ``cancelled``.
+    ``worker_lost``, ``hub_stopped``, ``no_worker``, ``no_hub`` or ``cancelled``.
 
     Raised by :mod:`async_task_system.remote`; defined beside the other errors so that every layer
     can catch it (runtime tools run on fleet workers too)."""

@@ -8,15 +8,18 @@ so that one validator serves all three and its errors read the same to the LLM.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
+import pickle
+import sys
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import TaskValidationError
+from .errors import AsyncTaskSystemError, TaskValidationError
 from .tasks import TaskKind
 
 __all__ = [
@@ -41,25 +44,120 @@ def is_result_ref(value: Any) -> bool:
 
 
 class CallWithKeywords:
-    """``call(arguments)`` -> ``fn(**arguments)``: picklable whenever ``fn`` is (a module-level function,
-    a Tool instance), so a target's work can go to a process pool or a Dask cluster."""
+    """``call(arguments)`` -> ``fn(**arguments)``, sendable to a process pool or a Dask cluster.
 
-    __slots__ = ("fn",)
+    A smolagents tool (an ``@tool`` function or a ``Tool`` subclass instance) that is an attribute
+    of an importable module travels *by reference*: its module and attribute name, resolved in the
+    receiving process (``@tool`` builds a class local to the decorator, which pickle cannot send).
+    Another tool is pickled (with cloudpickle when it is installed, e.g. by the ``dask`` extra);
+    when neither can send it, :class:`UnsendableError` says which tool and how to fix it. Plain
+    functions are pickled as they are (by name: a module-level function).
+    """
+
+    __slots__ = ("fn", "_reference")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
+        self._reference: tuple[str, str] | None | bool = False  # False: not looked up yet
 
     def __call__(self, arguments: dict[str, Any]) -> Any:
         return self.fn(**arguments)
 
-    def __getstate__(self) -> Any:
-        return self.fn
-
-    def __setstate__(self, state: Any) -> None:
-        self.fn = state
+    def __reduce__(self) -> Any:
+        if self._reference is False:
+            self._reference = _module_reference(self.fn)
+        if self._reference is not None:
+            return (_call_by_reference, self._reference)
+        fn = self.fn
+        return (CallWithKeywords, (_picklable(fn) if _is_tool(fn) else fn,))
 
     def __repr__(self) -> str:
         return f"CallWithKeywords({self.fn!r})"
+
+
+class UnsendableError(AsyncTaskSystemError, pickle.PicklingError):
+    """A target's callable cannot be sent to another process; the message says which and how to fix it."""
+
+
+_resolved: dict[tuple[str, str], Any] = {}
+
+
+def _call_by_reference(module: str, attribute: str) -> CallWithKeywords:
+    """In the receiving process: the tool ``module.attribute`` (imported once per process)."""
+    key = (module, attribute)
+    fn = _resolved.get(key)
+    if fn is None:
+        fn = _resolved[key] = getattr(importlib.import_module(module), attribute)
+    call = CallWithKeywords(fn)
+    call._reference = key
+    return call
+
+
+def _module_reference(fn: Any) -> tuple[str, str] | None:
+    """``(module, attribute)`` of an importable module holding the tool ``fn``, else None."""
+    if not _is_tool(fn):
+        return None
+    forward = getattr(type(fn), "forward", None)
+    candidates: list[tuple[str | None, str | None]] = [
+        (getattr(forward, "__module__", None), getattr(forward, "__qualname__", None)),  # @tool
+        (type(fn).__module__, getattr(fn, "name", None)),
+    ]
+    for module_name, attribute in candidates:
+        if not module_name or module_name in ("__main__", "__mp_main__"):  # not importable elsewhere
+            continue
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        if attribute and "." not in attribute and getattr(module, attribute, None) is fn:
+            return module_name, attribute
+        for name, value in list(vars(module).items()):
+            if value is fn:
+                return module_name, name
+    return None
+
+
+def _is_tool(fn: Any) -> bool:
+    return hasattr(fn, "forward") and hasattr(fn, "inputs")  # a smolagents Tool (or duck-typed one)
+
+
+def _picklable(fn: Any) -> Any:
+    """The tool ``fn`` itself when pickle can send it; a cloudpickle payload; or UnsendableError saying why."""
+    try:
+        pickle.dumps(fn)
+        return fn
+    except Exception as plain:  # noqa: BLE001 - the pickler's error, explained below
+        error: Exception = plain
+    try:
+        import cloudpickle
+    except ImportError:
+        cloudpickle = None
+    if cloudpickle is not None:
+        try:
+            return _Cloudpickled(cloudpickle.dumps(fn))
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+    what = f"tool {getattr(fn, 'name', None)!r}"
+    module = getattr(getattr(type(fn), "forward", None), "__module__", None) or type(fn).__module__
+    raise UnsendableError(
+        f"{what} cannot be sent to another process ({type(error).__name__}: {error}). It is sent by "
+        "reference when it is a module-level attribute of an importable module (module "
+        f"{module!r} does not hold it, or is __main__): define it at the top level of a module the "
+        "worker processes can import, give it picklable state"
+        + ("" if cloudpickle is not None else ", or install cloudpickle")
+        + "; or use the default thread pool"
+    ) from error
+
+
+class _Cloudpickled:
+    """A cloudpickle payload that unpickles to the callable (cloudpickle is needed where it lands)."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __reduce__(self) -> Any:
+        return (pickle.loads, (self.payload,))
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {

@@ -1,9 +1,10 @@
 """``async-agent platform``: the store, the WebSocket and gRPC hubs and the REST API in one process.
 
 Binds 127.0.0.1 unless ``--host`` says otherwise; one token for workers and REST clients
-(``--token``, ``$ASYNC_AGENT_TOKEN``, or generated and printed once). Prints the three addresses and
-the command that starts a worker, then serves until SIGINT or SIGTERM, and stops cleanly: in-flight
-tasks end ``failed`` with ``hub_stopped``, queued records are written, the store is closed.
+(``--token``, ``$ASYNC_AGENT_TOKEN``, or generated and printed once). Prints the three addresses, the
+dashboard's (with where its token is, never the token in the URL) and the command that starts a
+worker, then serves until SIGINT or SIGTERM, and stops cleanly: in-flight tasks end ``failed`` with
+``hub_stopped``, queued records are written, the store is closed.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     database = make_url(args.db).render_as_string(hide_password=True)
     token = platform.token if not args.token else "$ASYNC_AGENT_TOKEN"
+    # The dashboard's sign-in hint names where the token is, never the token itself.
+    sign_in = "the token printed below" if not args.token else "your token, $ASYNC_AGENT_TOKEN"
     lines = [f"async-agent platform: store {database}"]
     if platform.reaped:
         lines.append(f"  {len(platform.reaped)} task(s) left unfinished by the previous run were marked lost")
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         f"  REST API   {platform.http_url}",
         f"  WebSocket  {platform.ws_url}",
         f"  gRPC       {platform.grpc_url or 'not available (see the warning above)'}",
+        f"  dashboard  {platform.http_url}/dashboard/   (sign in with {sign_in})",
     ]
     if not args.token:
         lines.append(f"  token      {platform.token}   (generated: shown once, keep it)")

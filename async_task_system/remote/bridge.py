@@ -233,6 +233,11 @@ class RemoteExecutionManager:
         self._recent: OrderedDict[str, RemoteOutcome] = OrderedDict()
         self._recent_by_task: OrderedDict[str, str] = OrderedDict()
         self._transport: RemoteTransport | None = None
+        self.manual_delivery = False
+        """True: with no hub attached, ``remote_execute`` still sends its requests nowhere and waits for
+        your code to deliver them and answer with ``handle_websocket_response`` (seed 000's flow;
+        a :class:`~async_task_system.remote.handler.RemoteExecutionHandler` sets it). False (the
+        default): ``remote_execute`` with no hub fails at once with ``no_hub``."""
         self._log_listeners: list[LogListener] = []
         self._start_listeners: list[StartListener] = []
         self.ignored_responses = 0
@@ -256,6 +261,18 @@ class RemoteExecutionManager:
         """Forget ``transport`` if it is the current one."""
         if self._transport is transport:
             self._transport = None
+
+    def require_delivery(self) -> None:
+        """Raise :class:`RemoteUnavailable` (``no_hub``) when nothing would deliver a request: no hub is
+        attached and :attr:`manual_delivery` is off. ``remote_execute`` calls it before it sends."""
+        if self._transport is None and not self.manual_delivery:
+            raise RemoteUnavailable(
+                "no_hub",
+                "no remote hub is attached, so no worker can receive the command; attach one with "
+                "attach_remote(agent, token=...) (or RemoteHub(task_manager, token=...).start()) and start a "
+                "worker: async-agent worker --hub ws://127.0.0.1:8765 --name <NAME>. To deliver requests "
+                "yourself, set task_manager.remote_manager.manual_delivery = True",
+            )
 
     # ------------------------------------------------------------------ requests (seed 000)
 
@@ -730,6 +747,7 @@ class RemoteExecutionManager:
             task_id = get_current_task_id()
             if task_id is None:
                 raise RuntimeError("the remote target runs only as a task")
+            self.require_delivery()
             self.suspend(
                 task_id,
                 arguments["command"],

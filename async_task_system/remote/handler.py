@@ -32,6 +32,7 @@ class RemoteExecutionHandler:
 
     def __init__(self, task_manager: Any, *, max_message_bytes: int = 1 << 20) -> None:
         self.task_manager = task_manager
+        task_manager.remote_manager.manual_delivery = True  # your WebSocket delivers the requests
         self.max_message_bytes = max_message_bytes
         self.accepted = 0
         self.rejected = 0

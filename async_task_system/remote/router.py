@@ -252,7 +252,7 @@ class WorkerRouter:
                 )
             self._workers[worker.name] = worker
             self._workers_changed.notify_all()
-        logger.info("worker %r joined (%s)", worker.name, ", ".join(worker.capabilities))
+        logger.info("worker joined: %s, %d slot(s)", worker.describe(), worker.max_concurrent)
         self._announce("joined", self._worker_info(worker))
         self.pump()  # requests waiting for a free slot may go to the newcomer
 
@@ -283,7 +283,12 @@ class WorkerRouter:
                 f"worker {worker.name!r} was lost ({reason}) while running the command",
             )
         self.pump()  # waiting requests nobody can run any more fail now
-        logger.info("worker %r left: %s", worker.name, reason)
+        logger.info(
+            "worker left: %s: %s%s",
+            worker.describe(),
+            reason,
+            f"; {len(lost)} request(s) in flight failed (worker_lost)" if lost else "",
+        )
         if info is not None:
             self._announce("left", {**info, "reason": reason})
         return lost

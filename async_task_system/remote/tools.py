@@ -79,6 +79,7 @@ class RemoteExecuteTool(Tool):
         manager = self._manager()
         remote = manager.remote_manager
         remote.validate_command(command, timeout, language or "shell", worker, labels)  # raises how to fix it
+        remote.require_delivery()  # no hub: fail now, saying how to attach one, not at the timeout
         task_id = get_current_task_id()
         in_task = task_id is not None and get_task_manager() is manager
         conversation = current_conversation()

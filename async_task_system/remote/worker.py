@@ -257,6 +257,7 @@ class WorkerDaemon:
         self._cancelled_queued: set[str] = set()
         self._frame_limit: int | None = None  # the hub's max_message_bytes, learned at registration
         self._size: Any = None  # the connection's size of a frame on the wire
+        self.answered = 0  # requests answered (a result sent), over all connections
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler on the worker's loop)."""
@@ -272,6 +273,7 @@ class WorkerDaemon:
             return 2
         delay = config.reconnect_initial
         while not self._stop.is_set():
+            ended = "the hub closed the connection"  # why a --once worker exits
             try:
                 async with connect(config) as connection:
                     code = await self._session(connection)
@@ -285,13 +287,17 @@ class WorkerDaemon:
                 logger.error("bad --hub address: %s", exc)
                 return 2
             except (OSError, ConnectionEnded, ProtocolError, *TIMEOUT_ERRORS) as exc:
+                ended = f"the connection failed or ended: {exc or type(exc).__name__}"
                 logger.warning("connection to %s failed or ended: %s", config.hub, exc or type(exc).__name__)
-            except Exception:  # a daemon keeps serving: log it, back off, reconnect
+            except Exception as exc:  # a daemon keeps serving: log it, back off, reconnect
+                ended = f"unexpected error: {type(exc).__name__}: {exc}"
                 logger.exception("unexpected error in the connection to %s", config.hub)
             finally:
                 killed = self.runner.kill_all() + self._cancel_calls()
                 if killed:
                     logger.warning("killed %d running script(s): the hub connection ended", killed)
+            if config.once and not self._stop.is_set():
+                logger.info("--once: %s after %d job(s); exiting", ended, self.answered)
             if config.once or self._stop.is_set():
                 break
             wait = delay * (0.5 + random.random() / 2)
@@ -459,6 +465,7 @@ class WorkerDaemon:
         if isinstance(result, dict):
             result["worker"] = self.config.name
         outbox.put_nowait(self._fitted_result(request_id, success, result, error, error_type, task_id))
+        self.answered += 1
 
     # ------------------------------------------------------------------ runtime tools
 

@@ -19,8 +19,12 @@ keeping it until :meth:`McpRuntime.close`.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shlex
 import shutil
+import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -30,6 +34,17 @@ from ..sandbox.process import RunLimits, ScriptRunner
 from .base import BaseRuntime, RuntimeResult
 
 __all__ = ["McpRuntime", "McpServer", "McpServerError"]
+
+_STDERR_TAIL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_stderr_tail.py")
+
+
+def _exit_status(path: str) -> dict[str, Any] | None:
+    """What ``_stderr_tail.py`` wrote when the server exited (exit code, stderr tail), or None."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 class McpServerError(AsyncTaskSystemError, RuntimeError):
@@ -85,20 +100,50 @@ class McpServer:
             from smolagents import MCPClient
 
             if shutil.which(self.command) is None:
-                raise McpServerError(f"cannot start the MCP server: {self.command!r} was not found")
-            argv, env = ScriptRunner(self.limits).wrap([self.command, *self.args], self.env)
-            parameters = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
-            try:
-                client = MCPClient(
-                    parameters,
-                    structured_output=self.structured_output,
-                    adapter_kwargs={"connect_timeout": self.start_timeout},
-                )
-            except Exception as exc:  # noqa: BLE001 - whatever the adapter raised, say which server failed
                 raise McpServerError(
-                    f"the MCP server {shlex.join([self.command, *self.args])} did not start: "
-                    f"{type(exc).__name__}: {exc} (its stderr is this process's stderr)"
-                ) from exc
+                    f"cannot start the MCP server: {self.command!r} was not found (not a path to a program, "
+                    "nor a program on PATH)"
+                )
+            status_dir = tempfile.mkdtemp(prefix="mcp-server-")
+            status_file = os.path.join(status_dir, "exit.json")
+            argv, env = ScriptRunner(self.limits).wrap(
+                [sys.executable, "-I", "-S", _STDERR_TAIL, status_file, self.command, *self.args], self.env
+            )
+            parameters = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
+            outcome: dict[str, Any] = {}
+
+            def connect() -> None:
+                try:
+                    outcome["client"] = MCPClient(
+                        parameters,
+                        structured_output=self.structured_output,
+                        adapter_kwargs={"connect_timeout": self.start_timeout},
+                    )
+                except BaseException as exc:  # noqa: BLE001 - reported by start() below
+                    outcome["error"] = exc
+
+            connecting = threading.Thread(target=connect, name="mcp-connect", daemon=True)
+            connecting.start()
+            try:
+                deadline = time.monotonic() + self.start_timeout + 5.0
+                while connecting.is_alive() and time.monotonic() < deadline:
+                    connecting.join(0.05)
+                    died = _exit_status(status_file)
+                    if died is not None and connecting.is_alive():  # it exited before the handshake
+                        # the connecting thread gives up at its own connect timeout; nothing waits on it
+                        raise McpServerError(self._died_message(died))
+                if "error" in outcome or "client" not in outcome:
+                    exc = outcome.get("error") or TimeoutError("no answer to the MCP handshake")
+                    died = _exit_status(status_file)
+                    if died is not None:
+                        raise McpServerError(self._died_message(died)) from exc
+                    raise McpServerError(
+                        f"the MCP server {shlex.join([self.command, *self.args])} did not start: "
+                        f"{type(exc).__name__}: {exc} (its stderr is this process's stderr)"
+                    ) from exc
+                client = outcome["client"]
+            finally:
+                shutil.rmtree(status_dir, ignore_errors=True)
             self._client = client
             self._tools = list(client.get_tools())
         return self
@@ -108,6 +153,14 @@ class McpServer:
         """The server's tools as smolagents ``Tool`` objects (starts the server if needed)."""
         self.start()
         return list(self._tools)
+
+    def _died_message(self, died: dict[str, Any]) -> str:
+        stderr = str(died.get("stderr") or "").strip()
+        return (
+            f"the MCP server {shlex.join([self.command, *self.args])} exited with code "
+            f"{died.get('exit_code')} before answering the MCP handshake; its stderr"
+            + (f":\n{stderr}" if stderr else " was empty")
+        )
 
     def tool(self, name: str) -> Any:
         """The tool called ``name``; ``KeyError`` lists the server's tools."""
