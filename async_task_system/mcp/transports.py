@@ -86,10 +86,12 @@ class _BoundedLines:
             if not line:
                 return
             if len(line) > self.limit and not line.endswith(b"\n"):
-                match = _ID.search(line)
-                request_id = json.loads(match.group(1)) if match else None
+                head, tail = line[:4096], line[-512:]
                 while line and not line.endswith(b"\n"):  # skip the rest of the line, bounded reads
                     line = await anyio.to_thread.run_sync(self.stream.readline, 65536)
+                    tail = (tail + line)[-512:]
+                found = _ID.findall(tail) or _ID.findall(head)  # the SDK writes "id" last
+                request_id = json.loads(found[-1]) if found else None
                 await self.output.write(_too_large(self.limit, request_id) + "\n")
                 continue
             yield line.decode("utf-8", errors="replace")
