@@ -280,3 +280,46 @@ def test_tools_is_the_dict_of_what_the_llm_gets_as_on_smolagents_agents():
         agent.run("list")
         prompt = message_text(model.calls[0][0])
         assert all(name in prompt for name in system_prompt_tools)  # each one was shown to the LLM
+
+
+def test_arun_runs_in_a_running_event_loop_and_keeps_the_callers_contextvars():
+    import asyncio
+    import contextvars
+
+    request = contextvars.ContextVar("request", default="unset")
+
+    @tool
+    def whose_request() -> str:
+        """Returns the request the caller set in its context."""
+        time.sleep(0.2)
+        return request.get()
+
+    steps = [
+        "Thought: run it in the background.\n<code>\n"
+        't = submit_task("tool", "whose_request", {})\n'
+        "wait_for_tasks([t], max_wait_time=10)\n"
+        "final_answer(get_task_results([t])[t])\n"
+        "</code>"
+    ]
+
+    async def main() -> tuple[str, int]:
+        request.set("req-42")
+        ticks = 0
+
+        async def tick() -> None:  # runs only while the loop is free
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        with create_async_agent(
+            tools=[whose_request], model=ScriptedModel(steps), verbosity_level=0
+        ) as agent:
+            answer = await agent.arun("Whose request is this?")
+        ticker.cancel()
+        return answer, ticks
+
+    answer, ticks = asyncio.run(main())
+    assert answer == "req-42"
+    assert ticks > 0, "the event loop was blocked during arun"

@@ -7,6 +7,7 @@ guidance prompt that teaches decompose, submit in parallel, wait, collect, combi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
@@ -103,6 +104,12 @@ class AsyncAgent:
     def run_with_async_guidance(self, task: str, **kwargs: Any) -> Any:
         """Run ``task`` with an explicit reminder to fan independent work out in parallel."""
         return self.run(_RUN_GUIDANCE + task, **kwargs)
+
+    async def arun(self, task: str, *, guidance: bool = True, **kwargs: Any) -> Any:
+        """``await agent.arun(task)``: :meth:`run_with_async_guidance` (or :meth:`run` with
+        ``guidance=False``) in a worker thread, so a running event loop (Jupyter, an async app) stays
+        free; ``asyncio.to_thread`` carries the caller's contextvars (tracing spans) into the run."""
+        return await asyncio.to_thread(self.run_with_async_guidance if guidance else self.run, task, **kwargs)
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = True) -> None:
         """Stop the task manager (if this agent created it) and release the agent's resources."""

@@ -34,6 +34,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "async_task_system.remote.cli",
         "Run a remote-execution hub; optionally start workers and run commands through it.",
     ),
+    "mcp": (
+        "async_task_system.cli.mcp",
+        "Serve the task manager's tools to MCP clients (stdio or streamable HTTP, MCP Tasks).",
+    ),
     "platform": (
         "async_task_system.platform.cli",
         "Run the fleet platform: task store, WebSocket and gRPC hubs, REST API (seed 002).",

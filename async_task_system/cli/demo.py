@@ -10,22 +10,17 @@ against the same tools run one after another, and at the end a timeline of what 
 from __future__ import annotations
 
 import argparse
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from ..agents.agent import create_async_agent
 from ..agents.config import llm_settings_from_env, model_from_env
+from ..agents.live import TaskTable
 from ..agents.testing import ScriptedModel
-from ..core.manager import TaskManager, report_progress
-from ..core.tasks import TaskInfo, TaskStatus
+from ..core.manager import report_progress
 
 __all__ = [
     "DATASETS",
@@ -111,72 +106,6 @@ def demo_script() -> list[str]:
     ]
 
 
-def _progress_cell(info: TaskInfo) -> str:
-    if info.progress is None:
-        return ""
-    filled = round(info.progress * 5)
-    message = "" if info.status.is_terminal else f" {(info.progress_message or '')[:9]}"
-    return f"{'█' * filled}{'░' * (5 - filled)} {info.progress:4.0%}{message}"
-
-
-class TaskProgress:
-    """A live rich table of the manager's tasks, redrawn on every status change (no polling)."""
-
-    _STYLE = {
-        TaskStatus.PENDING: "yellow",
-        TaskStatus.RUNNING: "cyan",
-        TaskStatus.WAITING_REMOTE: "magenta",
-        TaskStatus.COMPLETED: "green",
-        TaskStatus.FAILED: "red",
-        TaskStatus.CANCELLED: "dim",
-    }
-
-    def __init__(self, manager: TaskManager, console: Console) -> None:
-        self.manager = manager
-        self.console = console
-        self._tasks: dict[str, TaskInfo] = {}
-        self._lock = threading.Lock()
-        self._live: Live | None = None
-
-    def _render(self) -> Table:
-        table = Table(title="Background tasks", expand=False)
-        for column in ("task", "target", "arguments", "status", "progress", "seconds"):
-            table.add_column(column)
-        for info in self._tasks.values():
-            style = self._STYLE[info.status]
-            duration = info.duration
-            table.add_row(
-                info.id,
-                info.name,
-                ", ".join(f"{k}={v}" for k, v in info.arguments.items())[:40],
-                f"[{style}]{info.status.value}[/{style}]",
-                _progress_cell(info),
-                "" if duration is None else f"{duration:.2f}",
-            )
-        return table
-
-    def _on_change(self, info: TaskInfo) -> None:
-        with self._lock:
-            self._tasks[info.id] = info
-            if self._live is not None:
-                self._live.update(self._render(), refresh=True)
-
-    @contextmanager
-    def shown(self) -> Iterator[None]:
-        remove = self.manager.add_listener(self._on_change)
-        with Live(self._render(), console=self.console, auto_refresh=False, transient=False) as live:
-            with self._lock:
-                self._live = live
-            try:
-                yield
-            finally:
-                with self._lock:
-                    self._live = None
-                    live.update(self._render(), refresh=True)
-                remove()
-        self.console.print()
-
-
 def configure_demo_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-workers", type=int, default=5, help="background tasks run at once (default 5)")
     parser.add_argument(
@@ -207,7 +136,7 @@ def run_demo(args: argparse.Namespace) -> int:
         verbosity_level=verbosity,
         max_steps=8,
     )
-    progress = TaskProgress(agent.task_manager, console)
+    progress = TaskTable(agent.task_manager, console)
     with agent:
         started = time.perf_counter()
         with progress.shown():
@@ -269,7 +198,7 @@ def run_run(args: argparse.Namespace) -> int:
         max_workers=args.max_workers,
         max_steps=args.max_steps,
     )
-    progress = TaskProgress(agent.task_manager, console)
+    progress = TaskTable(agent.task_manager, console)
     with agent, progress.shown():
         answer = agent.run(args.task) if args.no_guidance else agent.run_with_async_guidance(args.task)
     console.rule("Answer")
