@@ -192,7 +192,7 @@ def test_output_cap_environment_and_rlimits(setup):
     assert "MemoryError" in manager.check(task_id).error.message
     task_id, _ = run_remote(manager, "while :; do :; done", timeout=20)
     error = manager.check(task_id).error
-    assert error.type == "remote_error" and "SIGXCPU" in error.message
+    assert error.type == "cpu_limit" and "SIGXCPU" in error.message
 
 
 def test_at_most_max_concurrent_scripts_run_at_once(setup):
