@@ -144,7 +144,7 @@ def test_output_lines_stream_back_while_the_script_runs(setup):
 
 def test_timeout_kills_the_whole_process_group(setup, tmp_path: Path):
     manager, hub, workers = setup
-    start_worker(hub, workers, "w1")
+    start_worker(hub, workers, "w1", "--no-isolation")  # host pids; isolated: test_sandbox_isolation
     pid_file = tmp_path / "grandchild.pid"
     task_id, _ = run_remote(manager, f"sleep 30 & echo $! > {pid_file}; wait", timeout=0.5)
     info = manager.check(task_id)
