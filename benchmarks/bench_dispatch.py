@@ -26,7 +26,7 @@ from typing import Any
 from async_task_system import TaskManager
 from async_task_system.remote.grpc_hub import GrpcHub
 from async_task_system.remote.hub import RemoteHub
-from async_task_system.sandbox.process import ScriptRunner
+from async_task_system.sandbox.process import RunLimits, ScriptRunner
 
 TOKEN = "bench-dispatch-token"
 

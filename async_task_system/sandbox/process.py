@@ -417,7 +417,7 @@ class ScriptRunner:
             )
         limit = getattr(process, "limit", None)
         if limit == "start_error":
-            result = {"exit_code": None}
+            result["exit_code"] = None
             return RunOutcome(False, result, f"could not start {what}: {process.message}", "remote_error")
         if limit in ("process_limit", "memory_limit"):
             return RunOutcome(False, result, f"sandbox limit: {process.message}", limit)
