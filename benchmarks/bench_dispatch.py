@@ -7,8 +7,9 @@ For each transport: a hub (``GrpcHub`` / ``RemoteHub``) on loopback with one rea
 time from ``submit`` to the task's result is measured (p50, p99). Baseline: ``subprocess.run`` of
 ``/bin/sh -c "echo hi"`` in this process, which is the process start the worker also pays (the
 worker adds its sandbox supervisor on top). A second baseline runs the same command through the
-worker's own runner (``ScriptRunner``: supervisor, limits, clean environment) in this process, so
-what the transport itself adds is visible. Ratios are against ``subprocess.run`` and between the two
+worker's own runner (``ScriptRunner``: isolated by default, limits, clean environment) in this
+process, so what the transport itself adds is visible, and a third the same with
+``isolation=False`` (the per-run supervisor interpreter of ``--no-isolation``). Ratios are against ``subprocess.run`` and between the two
 transports. Rounds alternate between the paths so load on the machine hits all alike.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 from async_task_system import TaskManager
 from async_task_system.remote.grpc_hub import GrpcHub
 from async_task_system.remote.hub import RemoteHub
-from async_task_system.sandbox.process import ScriptRunner
+from async_task_system.sandbox.process import RunLimits, ScriptRunner
 
 TOKEN = "bench-dispatch-token"
 
@@ -93,18 +94,27 @@ def main() -> None:
     args = parser.parse_args()
     n = args.round_trips
     setups = {"grpc": start(GrpcHub, "bench-grpc", n + 50), "websocket": start(RemoteHub, "bench-ws", n + 50)}
-    times: dict[str, list[float]] = {"grpc": [], "websocket": [], "local sandbox": [], "subprocess.run": []}
+    times: dict[str, list[float]] = {
+        "grpc": [],
+        "websocket": [],
+        "local sandbox": [],
+        "no isolation": [],
+        "subprocess.run": [],
+    }
     loop, runner = asyncio.new_event_loop(), ScriptRunner()
+    unisolated = ScriptRunner(RunLimits(isolation=False))
     try:
         for _ in range(10):  # warm-up: connections, caches, the first sandbox starts
             for manager, _, _ in setups.values():
                 round_trip(manager)
             sandbox_run(loop, runner)
+            sandbox_run(loop, unisolated)
             local_run()
         for _ in range(n):
             for name, (manager, _, _) in setups.items():
                 times[name].append(round_trip(manager))
             times["local sandbox"].append(sandbox_run(loop, runner))
+            times["no isolation"].append(sandbox_run(loop, unisolated))
             times["subprocess.run"].append(local_run())
     finally:
         loop.close()
@@ -124,6 +134,7 @@ def main() -> None:
     grpc99, ws99 = percentile(times["grpc"], 99), percentile(times["websocket"], 99)
     print(f"grpc / websocket: p50 {grpc50 / ws50:.2f}x, p99 {grpc99 / ws99:.2f}x")
     sandbox50 = percentile(times["local sandbox"], 50)
+    print(f"isolated local sandbox over subprocess.run at p50: {(sandbox50 - base50) * 1e3:.2f} ms")
     overhead = (grpc50 - sandbox50) * 1e3, (ws50 - sandbox50) * 1e3
     print(
         f"transport added over the local sandbox at p50: grpc {overhead[0]:.2f} ms, websocket {overhead[1]:.2f} ms"

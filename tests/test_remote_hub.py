@@ -144,7 +144,7 @@ def test_output_lines_stream_back_while_the_script_runs(setup):
 
 def test_timeout_kills_the_whole_process_group(setup, tmp_path: Path):
     manager, hub, workers = setup
-    start_worker(hub, workers, "w1")
+    start_worker(hub, workers, "w1", "--no-isolation")  # host pids; isolated: test_sandbox_isolation
     pid_file = tmp_path / "grandchild.pid"
     task_id, _ = run_remote(manager, f"sleep 30 & echo $! > {pid_file}; wait", timeout=0.5)
     info = manager.check(task_id)
@@ -192,7 +192,7 @@ def test_output_cap_environment_and_rlimits(setup):
     assert "MemoryError" in manager.check(task_id).error.message
     task_id, _ = run_remote(manager, "while :; do :; done", timeout=20)
     error = manager.check(task_id).error
-    assert error.type == "remote_error" and "SIGXCPU" in error.message
+    assert error.type == "cpu_limit" and "SIGXCPU" in error.message
 
 
 def test_at_most_max_concurrent_scripts_run_at_once(setup):
@@ -279,7 +279,7 @@ def test_hub_stop_fails_pending_requests_and_the_worker_reconnects_to_a_new_hub(
 
 def test_cancelling_a_task_kills_the_remote_process(setup, tmp_path: Path):
     manager, hub, workers = setup
-    start_worker(hub, workers, "w1")
+    start_worker(hub, workers, "w1", "--no-isolation")
     started = log_event(manager, "started")
     pid_file = tmp_path / "script.pid"
     task_id = manager.submit(
@@ -499,9 +499,9 @@ print("FOUND", found)
 def test_a_script_can_neither_read_the_workers_token_nor_register_with_it(setup, how):
     manager, hub, workers = setup
     if how == "env":
-        worker = start_worker(hub, workers, "victim")
+        worker = start_worker(hub, workers, "victim", "--no-isolation")
     else:  # the token on the command line, where every user can read it with ps
-        worker = start_worker(hub, workers, "victim", "--token", TOKEN, token="")
+        worker = start_worker(hub, workers, "victim", "--no-isolation", "--token", TOKEN, token="")
     wpid = worker.process.pid
     # The script is given the token only to search for it: environment, command line, memory.
     task_id, _ = run_remote(manager, STEAL.format(wpid=wpid, token=TOKEN), language="python", timeout=60)
@@ -510,7 +510,7 @@ def test_a_script_can_neither_read_the_workers_token_nor_register_with_it(setup,
     # What the issue's attacker did: the worker's environment as a token, then a worker of its own.
     steal = (
         f'T=$(tr "\\0" "\\n" < /proc/{wpid}/environ | sed -n "s/^ASYNC_AGENT_TOKEN=//p"); '
-        f'ASYNC_AGENT_TOKEN="${{T:-none}}" {sys.executable} -m async_task_system worker --hub {hub.url} '
+        f'ASYNC_AGENT_TOKEN="${{T:-none}}" {sys.executable} -m async_task_system worker --no-isolation --hub {hub.url} '
         "--name thief --once; echo exit=$?"
     )
     task_id, _ = run_remote(manager, steal, timeout=30)
@@ -538,7 +538,7 @@ def test_a_second_connection_cannot_take_over_a_workers_name_and_work(setup, tmp
 
 def test_a_sigkilled_workers_scripts_die_with_it(setup, tmp_path: Path):
     manager, hub, workers = setup
-    worker = start_worker(hub, workers, "doomed")
+    worker = start_worker(hub, workers, "doomed", "--no-isolation")
     pid_file = tmp_path / "orphan.pid"
     manager.submit(
         "remote",

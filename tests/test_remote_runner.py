@@ -1,8 +1,12 @@
-"""The script runner on its own: real subprocesses, no hub, no worker daemon."""
+"""The script runner on its own: real subprocesses, no hub, no worker daemon.
+
+These run with ``isolation=False`` (the per-run supervisor ``_supervise.py`` that ``--no-isolation``
+uses, checked through the host's pids and files); tests/test_sandbox_isolation.py tests isolated runs."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import time
@@ -16,6 +20,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process groups 
 
 
 def run(command: str, language: str = "shell", limits: RunLimits | None = None, **kw):
+    limits = dataclasses.replace(limits or RunLimits(), isolation=False)
     return asyncio.run(run_script(command, language, limits, **kw))
 
 
@@ -112,7 +117,7 @@ def test_cancel_kills_a_running_script_by_its_key():
 
 def test_cpu_limit_kills_a_busy_loop():
     outcome = run("while :; do :; done", limits=RunLimits(cpu_seconds=1), timeout=20)
-    assert not outcome.success and outcome.error_type == "remote_error"
+    assert not outcome.success and outcome.error_type == "cpu_limit"
     assert "CPU time limit" in outcome.error
 
 
@@ -159,6 +164,7 @@ def test_process_count_and_file_size_limits(tmp_path: Path):
         "for i in $(seq 1 200); do sleep 30 & done; wait", limits=RunLimits(max_processes=20), timeout=30
     )
     assert not many.success and many.error == "sandbox limit: more than 20 processes; all of them were killed"
+    assert many.error_type == "process_limit"
     big = run(f"head -c 5000000 /dev/zero > {tmp_path / 'big'}", limits=RunLimits(file_size_mb=1), timeout=20)
     # head dies of SIGXFSZ; the shell around it reports that as exit code 128 + 25.
     assert not big.success and "File size limit exceeded" in big.result["stderr"]

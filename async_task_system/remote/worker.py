@@ -99,6 +99,10 @@ class WorkerConfig:
     tools_dir: str | None = None
     kill_grace: float = 2.0
     version: str = __version__
+    isolation: bool = True
+    """Scripts run isolated (no network, read-only file system but a scratch directory, own pids)."""
+    allow_network: bool = False
+    """Isolated scripts may use the network (``--allow-network``)."""
 
     def limits(self) -> RunLimits:
         """The runner's share of the configuration."""
@@ -115,7 +119,15 @@ class WorkerConfig:
             python=self.python,
             workdir=self.workdir,
             kill_grace=self.kill_grace,
+            isolation=self.isolation,
+            network=self.allow_network,
         )
+
+    def sandbox_labels(self) -> dict[str, str]:
+        """The labels that tell the hub (and ``GET /agents``) how this worker's scripts are isolated:
+        ``isolation=on|off`` and ``network=on|off``; requests select by them like any label."""
+        network = "on" if self.allow_network or not self.isolation else "off"
+        return {"isolation": "on" if self.isolation else "off", "network": network}
 
     def runtimes(self) -> list[str]:
         """The runtime tools this worker offers: none without ``tools_dir``; else python and native,
@@ -328,7 +340,7 @@ class WorkerDaemon:
                 config.name,
                 list(config.capabilities),
                 config.max_concurrent,
-                labels=config.labels,
+                labels={**config.sandbox_labels(), **config.labels},
                 worker_version=config.version,
                 runtimes=self.runtimes,
             )
@@ -699,6 +711,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=2.0,
         help="seconds between SIGTERM and SIGKILL when a script is cancelled or times out (default 2)",
     )
+    parser.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="isolated scripts may use the network (default: none, not even loopback); label network=on",
+    )
+    parser.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="run scripts unisolated (they see this host's files, network and processes); needed where "
+        "namespaces are unavailable, else the worker refuses to start",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -751,6 +774,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         default_timeout=args.default_timeout,
         reconnect_max=args.reconnect_max,
         once=args.once,
+        isolation=not getattr(args, "no_isolation", False),
+        allow_network=bool(getattr(args, "allow_network", False)),
     )
 
 
@@ -776,6 +801,23 @@ def run(args: argparse.Namespace) -> int:
     for problem in protect_secret(args.token):
         logger.warning("%s", problem)
     config = config_from_args(args)
+    if config.isolation:
+        from ..sandbox.isolation import isolation_status
+
+        status = isolation_status()
+        if not status.available:
+            print(
+                f"async-agent worker: scripts cannot be isolated here ({status.reason}); start with "
+                "--no-isolation to run them unisolated (they then see this host's files, network and processes)",
+                file=sys.stderr,
+            )
+            return 2
+        network = "with the network" if config.allow_network else "without network"
+        logger.info("scripts run isolated (%s), %s", status.reason, network)
+    else:
+        logger.warning(
+            "scripts run UNISOLATED (--no-isolation): they see this host's files, network and processes"
+        )
 
     async def main() -> int:
         daemon = WorkerDaemon(config)

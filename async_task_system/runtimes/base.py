@@ -256,6 +256,8 @@ class SubprocessRuntime(BaseRuntime):
         if outcome.success:
             return self.read_output(raw.get("stdout") or "", fields)
         error_type = outcome.error_type
+        if error_type and error_type.endswith("_limit") and error_type != "output_limit":
+            error_type = "limit"  # the sandbox's process, memory, CPU, file size or disk limit
         if error_type == "remote_error":
             parsed, value = parse_json_output(raw.get("stdout") or "")
             if parsed and isinstance(value, dict) and value.get("status") == "error":

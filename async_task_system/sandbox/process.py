@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..core.compat import TIMEOUT_ERRORS
+from .isolation import IsolatedProcess, read_paths
 
 __all__ = [
     "CappedOutput",
@@ -96,6 +97,20 @@ class RunLimits:
     """Interpreter for ``python`` scripts."""
     workdir: str | None = None
     """Working directory of scripts (``None``: this process's)."""
+    isolation: bool = True
+    """Run every program isolated (see :mod:`.isolation`): no network unless ``network``, the file
+    system read-only except a private scratch directory, its own pid namespace. ``False``: the
+    programs see what this process sees (``--no-isolation``); where namespaces are unavailable,
+    isolated runs fail to start instead."""
+    network: bool = False
+    """Isolated programs may use the network (this host's, loopback included)."""
+    read_paths: tuple[str, ...] = ()
+    """More host paths isolated programs may read (the system directories, the interpreter and the
+    program's own files are always visible)."""
+    write_paths: tuple[str, ...] = ()
+    """Host paths isolated programs may write (``workdir`` is one when set)."""
+    scratch_mb: int = 64
+    """MiB of the private scratch directory (``/scratch``, also ``/tmp``) of an isolated run."""
     kill_grace: float = 2.0
     """Seconds a stopped program (timeout, cancel) has between ``SIGTERM`` and ``SIGKILL``: every
     process of its tree gets ``SIGTERM`` first (a script may trap it to clean up), and what is left
@@ -220,6 +235,24 @@ class ScriptRunner:
         }
         return json.dumps(config)
 
+    def _request(
+        self, argv: list[str], env: dict[str, str], cwd: str | None, network: bool | None
+    ) -> dict[str, Any]:
+        """An isolated run's request to the supervisor (see :mod:`._zygote`)."""
+        config = json.loads(self._sandbox(env))
+        limits = self.limits
+        workdir = cwd if cwd is not None else limits.workdir
+        writable = [os.path.abspath(path) for path in (*limits.write_paths, *([workdir] if workdir else []))]
+        config.update(
+            argv=list(argv),
+            cwd=os.path.abspath(workdir) if workdir else None,
+            network=limits.network if network is None else bool(network),
+            read_paths=[*read_paths(argv, limits.python), *(os.path.abspath(p) for p in limits.read_paths)],
+            write_paths=writable,
+            scratch_bytes=int(limits.scratch_mb) * 1024 * 1024,
+        )
+        return config
+
     def _env(self, extra: dict[str, str], trace: dict[str, str]) -> dict[str, str]:
         env = {key: os.environ[key] for key in self.limits.allow_env if key in os.environ}
         env.setdefault("PATH", os.defpath)
@@ -281,6 +314,7 @@ class ScriptRunner:
         cwd: str | None = None,
         stop_on_overflow: bool = False,
         what: str | None = None,
+        network: bool | None = None,
     ) -> RunOutcome:
         """Run the program ``argv`` (looked up on the allowed ``PATH`` when it has no ``/``) to its
         end, its timeout (seconds; default ``limits.timeout``) or :meth:`cancel` with ``key``.
@@ -290,7 +324,7 @@ class ScriptRunner:
         ``tracestate``); ``on_line(stream, line)`` receives output lines as they appear; ``cwd``
         overrides ``limits.workdir``; ``stop_on_overflow`` kills the program as soon as stdout or
         stderr passes ``limits.max_output_bytes`` (error type ``"output_limit"``); ``what`` names the
-        program in error messages. Being cancelled (``asyncio.CancelledError``) kills the process
+        program in error messages; ``network`` (isolated runs) overrides ``limits.network``. Being cancelled (``asyncio.CancelledError``) kills the process
         group and re-raises.
         """
         limits = self.limits
@@ -299,19 +333,24 @@ class ScriptRunner:
         what = what or repr(argv[0])
         started = time.monotonic()
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-I",
-                "-S",
-                _SUPERVISOR,
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env={"ASYNC_AGENT_SANDBOX": self._sandbox(self._env(env or {}, trace or {}))},
-                cwd=cwd if cwd is not None else limits.workdir,
-                start_new_session=True,
-            )
+            if limits.isolation:
+                process: Any = await IsolatedProcess.start(
+                    self._request(argv, self._env(env or {}, trace or {}), cwd, network), stdin is not None
+                )
+            else:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    _SUPERVISOR,
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env={"ASYNC_AGENT_SANDBOX": self._sandbox(self._env(env or {}, trace or {}))},
+                    cwd=cwd if cwd is not None else limits.workdir,
+                    start_new_session=True,
+                )
         except (OSError, KeyError) as exc:
             return RunOutcome(False, {"exit_code": None}, f"could not start {what}: {exc}", "remote_error")
         flags = {"timed_out": False, "cancelled": False, "overflow": False}
@@ -376,15 +415,32 @@ class ScriptRunner:
                 f"{stream} passed the {limits.max_output_bytes}-byte output cap; the process group was killed",
                 "output_limit",
             )
+        limit = getattr(process, "limit", None)
+        if limit == "start_error":
+            result["exit_code"] = None
+            return RunOutcome(False, result, f"could not start {what}: {process.message}", "remote_error")
+        if limit in ("process_limit", "memory_limit"):
+            return RunOutcome(False, result, f"sandbox limit: {process.message}", limit)
+        if limit == "disk_limit":
+            message = f"exit code {code}: the scratch directory is full ({limits.scratch_mb} MiB)"
+            return RunOutcome(False, result, message, "disk_limit")
         if code == _SANDBOX_LIMIT and "\nsandbox: " in result["stderr"]:
             reason = result["stderr"].rsplit("\nsandbox: ", 1)[1].strip()
-            return RunOutcome(False, result, f"sandbox limit: {reason}", "remote_error")
+            kind = "process_limit" if "processes;" in reason else "memory_limit"
+            return RunOutcome(False, result, f"sandbox limit: {reason}", kind)
         if code == 0:
             return RunOutcome(True, result, None, None)
         if code is not None and code < 0:
             name = _signal_name(-code)
-            hint = " (CPU time limit)" if name in ("SIGXCPU", "SIGKILL") and limits.cpu_seconds else ""
-            hint = " (file size limit)" if name == "SIGXFSZ" else hint
+            if (
+                name in ("SIGXCPU", "SIGKILL")
+                and limits.cpu_seconds
+                and (name == "SIGXCPU" or limit == "cpu_limit")
+            ):
+                return RunOutcome(False, result, f"killed by {name} (CPU time limit)", "cpu_limit")
+            if name == "SIGXFSZ":
+                return RunOutcome(False, result, f"killed by {name} (file size limit)", "file_size_limit")
+            hint = " (CPU time limit)" if name == "SIGKILL" and limits.cpu_seconds else ""
             return RunOutcome(False, result, f"killed by {name}{hint}", "remote_error")
         return RunOutcome(False, result, f"exit code {code}", "remote_error")
 
@@ -442,6 +498,9 @@ _SANDBOX_LIMIT = 125  # the supervisor's exit code when a limit of the tree ende
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:
+    if isinstance(process, IsolatedProcess):
+        process.stop(0.0)
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
 
@@ -451,6 +510,9 @@ def _stop_soon(process: asyncio.subprocess.Process, grace: float = 0.0) -> None:
     seconds); kill its group outright if it has not ended well after that (the script, as the
     same user, may have stopped the supervisor)."""
     if process.returncode is not None:
+        return
+    if isinstance(process, IsolatedProcess):
+        process.stop(grace)  # the supervisor kills the whole namespace after the grace period
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(process.pid, signal.SIGTERM)

@@ -1,0 +1,264 @@
+"""Process 1 of one isolated run, forked ahead of time by :mod:`._zygote` (standard library only).
+
+Born by ``clone(2)`` in fresh pid, mount, IPC and UTS namespaces (and a fresh network namespace
+unless the run may use the network; in a fresh user namespace too when the zygote is not root), it
+prepares the run's file system before any request arrives:
+
+* a new root on a small tmpfs: the system directories (``/usr``, ``/bin``, ``/lib*``, ``/sbin``,
+  ``/etc``, ``/opt``) bound read-only, a minimal ``/dev`` (``null``, ``zero``, ``full``,
+  ``random``, ``urandom``, ``tty``), a ``/proc`` of its own pid namespace (the host's and the
+  worker's processes are not in it), and the run's private scratch directory ``/scratch`` (also
+  ``/tmp``): a tmpfs of ``scratch_bytes``, gone with the namespace when the run ends;
+
+then waits for its request (argv, environment, limits, and stdin/stdout/stderr as descriptors),
+binds the paths that run needs (read-only; ``write_paths`` read-write), pivots into the new root,
+applies the limits and privileges to itself (rlimits, no capabilities, ``no_new_privs``, another
+user) and starts the program with ``posix_spawn`` (a ``vfork``: no copy of this interpreter). It
+stays as the namespace's init, reaping orphans, and when the program ends it reports the status
+(and whether the scratch directory was full) and exits: the kernel then kills every process left in
+the namespace, whatever its session or group.
+"""
+
+import ctypes
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+SCRATCH = "/scratch"
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result, what):
+    if result != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"{what}: {os.strerror(number)}")
+
+
+def mount(source, target, fstype, flags, data=None):
+    _check(
+        _libc.mount(
+            None if source is None else source.encode(),
+            target.encode(),
+            None if fstype is None else fstype.encode(),
+            ctypes.c_ulong(flags),
+            None if data is None else data.encode(),
+        ),
+        f"mount {target}",
+    )
+
+
+def _locked_flags(path):
+    """The flags of the mount ``path`` is on that a remount must keep (locked in a user namespace)."""
+    flags = os.statvfs(path).f_flag
+    return flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _bind(stage, path, writable=False):
+    """Bind ``path`` (file or directory) at the same place under ``stage``; read-only unless ``writable``."""
+    target = stage + path
+    if os.path.lexists(target) and os.path.ismount(target):
+        return
+    if os.path.isdir(path):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.lexists(target):
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+    mount(path, target, None, MS_BIND | MS_REC)
+    flags = _locked_flags(target) | MS_NOSUID | (0 if writable else MS_RDONLY)
+    mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
+
+
+def _map_user(uid, gid):
+    """Map our own ids in the fresh user namespace (as ``unshare --map-user`` does)."""
+    with open("/proc/self/setgroups", "w") as handle:
+        handle.write("deny")
+    with open("/proc/self/uid_map", "w") as handle:
+        handle.write(f"{uid} {uid} 1")
+    with open("/proc/self/gid_map", "w") as handle:
+        handle.write(f"{gid} {gid} 1")
+
+
+def prepare(conf, stage):
+    """Build the new root under ``stage`` (a directory of the host's, now ours to mount on)."""
+    if conf.get("userns"):
+        _map_user(conf["uid"], conf["gid"])
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), stage + path)
+        elif os.path.isdir(path):
+            _bind(stage, path)
+    for path in conf.get("read_paths") or ():
+        if os.path.exists(path):
+            _bind(stage, path)
+    os.makedirs(stage + "/dev", exist_ok=True)
+    mount("tmpfs", stage + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
+    for name in DEVICES:
+        if os.path.exists("/dev/" + name):
+            os.close(os.open(f"{stage}/dev/{name}", os.O_WRONLY | os.O_CREAT, 0o644))
+            mount("/dev/" + name, f"{stage}/dev/{name}", None, MS_BIND)
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+    ):
+        os.symlink(target, f"{stage}/dev/{name}")
+    os.symlink("/proc/self/fd/2", f"{stage}/dev/stderr")
+    os.makedirs(stage + "/proc")
+    mount("proc", stage + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    size = int(conf.get("scratch_bytes") or 64 * 1024 * 1024)
+    for path in (SCRATCH, "/tmp"):
+        os.makedirs(stage + path)
+    mount("tmpfs", stage + SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    mount(stage + SCRATCH, stage + "/tmp", None, MS_BIND)
+
+
+def _pivot(stage):
+    os.chdir(stage)
+    number = _PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(f"pivot_root: unknown machine {platform.machine()}")
+    _check(_libc.syscall(number, b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "umount the old root")
+    os.chdir("/")
+    mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _limit_self(req):
+    """Limits and privileges of the program, set on this process and inherited by ``posix_spawn``."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for kind, key in ((resource.RLIMIT_AS, "memory_bytes"), (resource.RLIMIT_FSIZE, "file_bytes")):
+        if req.get(key):
+            hard = resource.getrlimit(kind)[1]
+            value = req[key] if hard == resource.RLIM_INFINITY else min(req[key], hard)
+            resource.setrlimit(kind, (value, value))
+    if req.get("cpu_seconds"):
+        seconds = max(1, int(req["cpu_seconds"] + 0.999))
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        top = seconds + 1 if hard == resource.RLIM_INFINITY else min(seconds + 1, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (min(seconds, top), top))
+    if req.get("max_processes"):
+        limit = int(req["max_processes"]) + 1  # this init counts
+        resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+    last = 63
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as handle:
+            last = int(handle.read())
+    except (OSError, ValueError):
+        pass
+    for cap in range(last + 1):
+        _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    user = req.get("user")
+    if user is not None:
+        os.setgroups([])
+        os.setgid(int(user[1]))
+        os.setuid(int(user[0]))
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), 0, 0, 0), "no_new_privs")
+
+
+def _which(name, path):
+    if "/" in name:
+        return name
+    for folder in (path or os.defpath).split(":"):
+        candidate = os.path.join(folder or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(2, f"No such file or directory: {name!r}")
+
+
+def serve(sock, conf, stage):
+    """The init of one run: prepare, wait for the request, start the program, report, exit."""
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(number, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    try:
+        prepare(conf, stage)
+    except OSError as exc:
+        sock.send(json.dumps({"error": str(exc)}).encode())
+        return
+    sock.send(b'{"ready": true}')
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 22, 3)
+    except OSError:
+        return
+    if not data:
+        return  # the zygote is gone or shut this one down
+    req = json.loads(data)
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    try:
+        os.setsid()
+        if req.get("scratch_bytes"):
+            mount(
+                None,
+                stage + SCRATCH,
+                None,
+                MS_REMOUNT | MS_NOSUID | MS_NODEV,
+                f"size={int(req['scratch_bytes'])},mode=1777",
+            )
+        for path in req.get("read_paths") or ():
+            if os.path.exists(path):
+                _bind(stage, path)
+        for path in req.get("write_paths") or ():
+            if os.path.exists(path):
+                _bind(stage, path, writable=True)
+        _pivot(stage)
+        os.chdir(req.get("cwd") or SCRATCH)
+        _limit_self(req)
+        env = req.get("env") or {}
+        argv = req["argv"]
+        stdin, stdout, stderr = fds
+        child = os.posix_spawn(
+            _which(argv[0], env.get("PATH")),
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, stdin, 0),
+                (os.POSIX_SPAWN_DUP2, stdout, 1),
+                (os.POSIX_SPAWN_DUP2, stderr, 2),
+            ],
+            setsigmask=(),
+            setsigdef=(
+                signal.SIGTERM,
+                signal.SIGINT,
+                signal.SIGHUP,
+                signal.SIGPIPE,
+                signal.SIGCHLD,
+                signal.SIGXFSZ,
+            ),
+        )
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        sock.send(json.dumps({"error": f"could not start the program: {exc}"}).encode())
+        return
+    for fd in fds:
+        os.close(fd)
+    while True:  # the namespace's init: reap orphans until the program itself ends
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == child:
+            break
+    full = False
+    try:
+        stat = os.statvfs(SCRATCH)
+        full = stat.f_bavail * stat.f_frsize < 128 * 1024
+    except OSError:
+        pass
+    sock.send(json.dumps({"status": status, "scratch_full": full}).encode())

@@ -1,0 +1,148 @@
+"""Escapes from an isolated run, each tried by a real script; every one must be held.
+
+Where namespaces are unavailable (some containers) these skip with the reason, except under
+``CI=true``, where they fail: CI must test the isolation it ships.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from async_task_system.sandbox.isolation import isolation_status
+from async_task_system.sandbox.process import RunLimits, run_script
+
+STATUS = isolation_status() if sys.platform == "linux" else None
+if STATUS is None or not STATUS.available:
+    reason = STATUS.reason if STATUS is not None else "isolation needs Linux"
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI must run the escape tests, but isolation is unavailable: {reason}")
+    pytestmark = pytest.mark.skip(reason=f"isolation unavailable: {reason}")
+
+
+def run(command: str, language: str = "shell", **limits):
+    return asyncio.run(run_script(command, language, RunLimits(**limits), timeout=limits.pop("timeout", 20)))
+
+
+def _host_processes_with(marker: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                data = Path(f"/proc/{name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in data:
+                found.append(int(name))
+    return found
+
+
+def _none_left(marker: str, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while _host_processes_with(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_connect_to_a_loopback_port_the_test_opened_fails():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    script = f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), 2)\n    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)"
+    try:
+        held = run(script, "python")
+        assert held.success and held.result["stdout"].split()[0] == "refused", held
+        assert int(held.result["stdout"].split()[1]) in (101, 111)  # ENETUNREACH: only a down loopback
+        allowed = run(script, "python", network=True)  # --allow-network
+        assert allowed.result["stdout"] == "connected\n"
+    finally:
+        server.close()
+
+
+def test_a_readable_file_outside_the_scratch_directory_is_not_there(tmp_path: Path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the worker can read this")
+    outcome = run(f"cat {secret}")
+    assert not outcome.success and "No such file or directory" in outcome.result["stderr"]
+    assert "the worker can read" not in outcome.result["stdout"]
+    granted = run(f"cat {secret}", read_paths=(str(tmp_path),))
+    assert granted.result["stdout"] == "the worker can read this"
+
+
+def test_writing_outside_the_scratch_directory_fails_and_scratch_is_private(tmp_path: Path):
+    outcome = run("echo x > /etc/escaped; echo y > /usr/escaped; echo z > /escaped")
+    assert not outcome.success
+    assert outcome.result["stderr"].count("Read-only file system") == 3, outcome.result["stderr"]
+    assert not Path("/etc/escaped").exists() and not Path("/usr/escaped").exists()
+    first = run("pwd; echo kept > note; cat note; ls /tmp")
+    assert first.result["stdout"] == "/scratch\nkept\nnote\n"  # /tmp is the same scratch
+    second = run("ls -A /scratch | wc -l")
+    assert second.result["stdout"].strip() == "0"  # the last run's scratch is gone
+    writable = run(f"echo out > {tmp_path}/result", write_paths=(str(tmp_path),))
+    assert writable.success and (tmp_path / "result").read_text() == "out\n"
+
+
+def test_the_hosts_processes_are_not_visible():
+    outcome = run(
+        "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done; ls -d /proc/[0-9]* | wc -l"
+    )
+    assert outcome.success
+    assert "pytest" not in outcome.result["stdout"] and "sandbox-marker" not in outcome.result["stdout"]
+    assert int(outcome.result["stdout"].split()[-1]) <= 5  # the init, the shell, its loop
+
+
+def test_the_workers_environ_is_unreachable(monkeypatch):
+    monkeypatch.setenv("WORKER_SECRET_TOKEN", "s3cr3t-value")
+    outcome = run(f"cat /proc/{os.getpid()}/environ; cat /proc/1/environ; env")
+    assert "s3cr3t-value" not in outcome.result["stdout"]
+
+
+def test_no_new_privileges_and_no_capabilities():
+    outcome = run("grep -E '^(Cap(Prm|Eff|Bnd|Amb)|NoNewPrivs)' /proc/self/status")
+    fields = dict(line.split(":\t") for line in outcome.result["stdout"].splitlines())
+    assert {fields[k].strip() for k in ("CapPrm", "CapEff", "CapBnd", "CapAmb")} == {"0000000000000000"}
+    assert fields["NoNewPrivs"].strip() == "1"
+
+
+def test_a_setsid_double_forked_daemon_does_not_outlive_the_timeout():
+    marker = "31.4159265"
+    outcome = run(f"(setsid sh -c 'exec sleep {marker}' &); setsid sleep {marker} & sleep 30", timeout=1)
+    assert outcome.error_type == "timeout"
+    assert _none_left(marker), "a daemon survived the timeout"
+
+
+def test_a_fork_bomb_hits_the_process_limit():
+    outcome = run(
+        "bomb() { bomb | bomb & }; bomb; sleep 30 # sandbox-fork-bomb", max_processes=20, timeout=30
+    )
+    assert (outcome.success, outcome.error_type) == (False, "process_limit")
+    assert outcome.error == "sandbox limit: more than 20 processes; all of them were killed"
+    assert _none_left("sandbox-fork-bomb")
+
+
+def test_filling_the_scratch_directory_hits_the_disk_limit():
+    outcome = run("head -c 5000000 /dev/zero > big", scratch_mb=2)
+    assert (outcome.success, outcome.error_type) == (False, "disk_limit")
+    assert "No space left on device" in outcome.result["stderr"]
+    assert outcome.error.endswith("the scratch directory is full (2 MiB)")
+
+
+def test_memory_cpu_and_file_size_limits_have_their_own_error_types():
+    memory = run("x = bytearray(300 * 1024 * 1024); import time; time.sleep(5)", "python", memory_mb=200)
+    assert not memory.success and "MemoryError" in memory.result["stderr"]  # RLIMIT_AS per process
+    tree = run(
+        "for i in 1 2 3 4; do python3 -c 'x = bytearray(60 << 20); import time; time.sleep(9)' & done; wait",
+        memory_mb=150,
+    )
+    assert (tree.success, tree.error_type) == (False, "memory_limit")
+    cpu = run("while :; do :; done", cpu_seconds=1)
+    assert (cpu.success, cpu.error_type) == (False, "cpu_limit")
+    big = run("exec head -c 3000000 /dev/zero > big", file_size_mb=1)
+    assert (big.success, big.error_type) == (False, "file_size_limit")
