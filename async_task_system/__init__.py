@@ -30,7 +30,7 @@ register_extension(
 register_extension("scheduler", "async_task_system.scheduler.engine:scheduler_extension")
 register_extension(
     "collaboration",
-    "async_task_system.collab.collaboration:collaboration_extension",
+    "async_task_system.collab.extension:collaboration_extension",
     kinds=("agent_request",),
     tools=("ask_agent",),
 )

@@ -1,0 +1,171 @@
+"""One agent's end of the collaboration protocol: its handlers (:mod:`.serving`) and its requests (:mod:`.requesting`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..core.manager import TaskManager
+from .directory import AgentDirectory, default_directory
+from .messages import DEFAULT_TIMEOUT, CollaborationError, CollaborationMessage, Reply
+from .requesting import Requester, RequestHandle
+from .serving import HandlerHost
+
+
+class CollaborationProtocol:
+    """One agent's end of the collaboration protocol: it serves its handlers and sends requests.
+
+    Args:
+        name: the agent's name in the directory (others send requests to it by this name).
+        task_manager: runs the handlers (and ``agent_request`` tasks); an ``AsyncAgent`` is accepted
+            too. Default: a new ``TaskManager`` of its own.
+        directory: where agents are found (default: :func:`default_directory`); this protocol
+            registers itself there under ``name`` unless ``register`` is False.
+        inbox_size: requests accepted and not yet answered, at most; more are answered ``busy``.
+        max_stuck_handlers: sync handlers still running past their request's deadline, at most.
+            A sync handler runs on a thread of its own: at the deadline its task times out, its
+            slot and the manager's worker thread are given back, and the handler's thread is left
+            to finish (Python cannot stop a thread). While this many are left running, requests for
+            sync handlers are answered ``busy`` (handler threads stay bounded: this plus the slots).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        task_manager: Any = None,
+        directory: AgentDirectory | None = None,
+        *,
+        inbox_size: int = 64,
+        register: bool = True,
+        max_stuck_handlers: int = 32,
+    ) -> None:
+        manager = getattr(task_manager, "task_manager", task_manager)
+        self.name = name
+        self.owns_manager = manager is None
+        self.manager: TaskManager = manager if manager is not None else TaskManager(max_workers=8)
+        self.directory = directory if directory is not None else default_directory()
+        try:
+            self.handlers = HandlerHost(
+                name, self.manager, inbox_size=inbox_size, max_stuck_handlers=max_stuck_handlers
+            )
+        except ValueError:
+            if self.owns_manager:
+                self.manager.shutdown(wait=False, cancel_pending=True)
+            raise
+        """The serving half: this agent's handlers, run as tasks of its manager."""
+        self.requests = Requester(name, self.directory)
+        """The requesting half: requests sent in this agent's name."""
+        self.manager.extension("collaboration").adopt(self)
+        if register:
+            self.directory.register(name, self)
+
+    @property
+    def inbox_size(self) -> int:
+        return self.handlers.inbox_size
+
+    @property
+    def max_stuck_handlers(self) -> int:
+        return self.handlers.max_stuck_handlers
+
+    @property
+    def stuck_handlers(self) -> int:
+        """Sync handlers left running past their deadline (their threads end when they return)."""
+        return self.handlers.stuck_handlers
+
+    # ------------------------------------------------------------------ serving
+
+    def register_handler(self, tool_name: str, handler: Callable[..., Any], description: str = "") -> None:
+        """Serve ``tool_name``: ``handler(**parameters)`` (sync or ``async def``) returns the result.
+
+        It runs as a task of this agent's manager; it may call ``report_progress(fraction,
+        message)`` (sent to the requester as PROGRESS) and, if sync, check ``cancellation_requested()``.
+        """
+        self.handlers.register_handler(tool_name, handler, description)
+
+    def tools(self) -> dict[str, str]:
+        """The tools this agent serves, with their descriptions."""
+        return self.handlers.tools()
+
+    def deliver(self, message: CollaborationMessage, reply: Reply) -> None:
+        """Accept a REQUEST (any thread, never blocks): answered at once if it must be refused, else run as a task."""
+        self.handlers.deliver(message, reply)
+
+    def cancel(self, request_id: str) -> None:
+        """CANCEL from the requester: cancel the handler's task (its coroutine is cancelled too)."""
+        self.handlers.cancel(request_id)
+
+    async def handle_request(self, message: CollaborationMessage) -> CollaborationMessage:
+        """The seed's call: run a REQUEST here and return its RESPONSE (PROGRESS messages are dropped)."""
+        return await self.handlers.handle_request(message)
+
+    # ------------------------------------------------------------------ requesting
+
+    def start_request(
+        self,
+        to_agent: str,
+        tool_name: str,
+        parameters: dict[str, Any] | None,
+        timeout: float | None,
+        on_done: Callable[[CollaborationMessage], None],
+        on_progress: Callable[[float | None, str | None], None] | None = None,
+        from_agent: str | None = None,
+    ) -> RequestHandle:
+        """Send a REQUEST without waiting: ``on_done(response)`` is called exactly once (see :class:`Requester`)."""
+        return self.requests.start_request(
+            to_agent, tool_name, parameters, timeout, on_done, on_progress, from_agent
+        )
+
+    def cancel_request(self, request_id: str) -> bool:
+        """End a request of ours with a ``cancelled`` error and send CANCEL to its agent."""
+        return self.requests.cancel_request(request_id)
+
+    async def request_collaboration(
+        self,
+        from_agent: str,
+        to_agent: str,
+        tool_name: str,
+        parameters: dict[str, Any] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_progress: Callable[[float | None, str | None], None] | None = None,
+    ) -> dict[str, Any]:
+        """The seed's call: ask ``to_agent`` to run ``tool_name``; returns the RESPONSE content (see :class:`Requester`)."""
+        return await self.requests.request_collaboration(
+            from_agent, to_agent, tool_name, parameters, timeout, on_progress
+        )
+
+    def ask(
+        self,
+        to_agent: str,
+        tool_name: str,
+        parameters: dict[str, Any] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_progress: Callable[[float | None, str | None], None] | None = None,
+    ) -> Any:
+        """Blocking form for sync code: the result, or ``CollaborationError`` with the error type."""
+        return self.requests.ask(to_agent, tool_name, parameters, timeout, on_progress)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Leave the directory, end our open requests (``cancelled``) and shut an own manager down."""
+        if self._is_registered():
+            self.directory.unregister(self.name)
+        self.requests.close()
+        self.handlers.close()
+        if self.owns_manager:
+            self.manager.shutdown(wait=False, cancel_pending=True)
+
+    def _is_registered(self) -> bool:
+        try:
+            return self.directory.resolve(self.name) is self
+        except CollaborationError:
+            return False
+
+    def __enter__(self) -> CollaborationProtocol:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<CollaborationProtocol {self.name!r} tools={sorted(self.tools())}>"
