@@ -43,7 +43,7 @@ from __future__ import annotations
 from .agent_request import AGENT_REQUEST, AgentRequests, ask_agent_tool
 from .directory import AgentDirectory, default_directory
 from .extension import COLLABORATION_GUIDANCE, attach_collaboration, collaboration_extension
-from .messages import (
+from .messages import (  # noqa: F401 (all importable from here before the split)
     DEFAULT_TIMEOUT,
     ERROR_TYPES,
     MAX_MESSAGE_BYTES,
@@ -56,8 +56,8 @@ from .messages import (
     result_of,
 )
 from .protocol import CollaborationProtocol
-from .requesting import Requester, RequestHandle
-from .serving import COLLABORATION, HandlerDeadlineError, HandlerHost
+from .requesting import Requester, RequestHandle  # noqa: F401
+from .serving import COLLABORATION, HandlerDeadlineError, HandlerHost  # noqa: F401
 
 __all__ = [
     "AGENT_REQUEST",
@@ -76,9 +76,3 @@ __all__ = [
     "collaboration_extension",
     "default_directory",
 ]
-
-# Also importable from here (not in ``__all__``, as before the split).
-_ALSO = (
-    DEFAULT_TIMEOUT, ERROR_TYPES, MAX_MESSAGE_BYTES, Reply, check_size, result_of, HandlerDeadlineError,
-    HandlerHost, Requester,
-)  # fmt: skip
