@@ -1,4 +1,4 @@
-"""One agent's end of the collaboration protocol: its handlers (:mod:`.serving`) and its requests (:mod:`.requesting`)."""
+"""One agent's end of the collaboration protocol: its requests (:mod:`.requesting`) and its handlers (:mod:`.serving`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ from typing import Any
 
 from ..core.manager import TaskManager
 from .directory import AgentDirectory, default_directory
-from .messages import DEFAULT_TIMEOUT, CollaborationError, CollaborationMessage, Reply
-from .requesting import Requester, RequestHandle
+from .messages import CollaborationError, CollaborationMessage, Reply
+from .requesting import Requester
 from .serving import HandlerHost
 
 
-class CollaborationProtocol:
+class CollaborationProtocol(Requester):
     """One agent's end of the collaboration protocol: it serves its handlers and sends requests.
+
+    The requesting half is inherited (:class:`~.requesting.Requester`: ``start_request``,
+    ``request_collaboration``, ``ask``, ``cancel_request``); the serving half is ``handlers``
+    (a :class:`~.serving.HandlerHost`), whose calls this class offers too.
 
     Args:
         name: the agent's name in the directory (others send requests to it by this name).
@@ -40,11 +44,10 @@ class CollaborationProtocol:
         max_stuck_handlers: int = 32,
     ) -> None:
         manager = getattr(task_manager, "task_manager", task_manager)
-        self.name = name
+        super().__init__(name, directory if directory is not None else default_directory())
         self.owns_manager = manager is None
         self.manager: TaskManager = manager if manager is not None else TaskManager(max_workers=8)
-        self.directory = directory if directory is not None else default_directory()
-        try:
+        try:  # the serving half: this agent's handlers, run as tasks of its manager
             self.handlers = HandlerHost(
                 name, self.manager, inbox_size=inbox_size, max_stuck_handlers=max_stuck_handlers
             )
@@ -52,9 +55,6 @@ class CollaborationProtocol:
             if self.owns_manager:
                 self.manager.shutdown(wait=False, cancel_pending=True)
             raise
-        """The serving half: this agent's handlers, run as tasks of its manager."""
-        self.requests = Requester(name, self.directory)
-        """The requesting half: requests sent in this agent's name."""
         self.manager.extension("collaboration").adopt(self)
         if register:
             self.directory.register(name, self)
@@ -98,59 +98,13 @@ class CollaborationProtocol:
         """The seed's call: run a REQUEST here and return its RESPONSE (PROGRESS messages are dropped)."""
         return await self.handlers.handle_request(message)
 
-    # ------------------------------------------------------------------ requesting
-
-    def start_request(
-        self,
-        to_agent: str,
-        tool_name: str,
-        parameters: dict[str, Any] | None,
-        timeout: float | None,
-        on_done: Callable[[CollaborationMessage], None],
-        on_progress: Callable[[float | None, str | None], None] | None = None,
-        from_agent: str | None = None,
-    ) -> RequestHandle:
-        """Send a REQUEST without waiting: ``on_done(response)`` is called exactly once (see :class:`Requester`)."""
-        return self.requests.start_request(
-            to_agent, tool_name, parameters, timeout, on_done, on_progress, from_agent
-        )
-
-    def cancel_request(self, request_id: str) -> bool:
-        """End a request of ours with a ``cancelled`` error and send CANCEL to its agent."""
-        return self.requests.cancel_request(request_id)
-
-    async def request_collaboration(
-        self,
-        from_agent: str,
-        to_agent: str,
-        tool_name: str,
-        parameters: dict[str, Any] | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        on_progress: Callable[[float | None, str | None], None] | None = None,
-    ) -> dict[str, Any]:
-        """The seed's call: ask ``to_agent`` to run ``tool_name``; returns the RESPONSE content (see :class:`Requester`)."""
-        return await self.requests.request_collaboration(
-            from_agent, to_agent, tool_name, parameters, timeout, on_progress
-        )
-
-    def ask(
-        self,
-        to_agent: str,
-        tool_name: str,
-        parameters: dict[str, Any] | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        on_progress: Callable[[float | None, str | None], None] | None = None,
-    ) -> Any:
-        """Blocking form for sync code: the result, or ``CollaborationError`` with the error type."""
-        return self.requests.ask(to_agent, tool_name, parameters, timeout, on_progress)
-
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
         """Leave the directory, end our open requests (``cancelled``) and shut an own manager down."""
         if self._is_registered():
             self.directory.unregister(self.name)
-        self.requests.close()
+        super().close()  # our open requests end ``cancelled``
         self.handlers.close()
         if self.owns_manager:
             self.manager.shutdown(wait=False, cancel_pending=True)

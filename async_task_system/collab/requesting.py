@@ -36,8 +36,8 @@ from .messages import (
 class RequestHandle:
     """A REQUEST on its way: ``cancel()`` sends CANCEL and ends it with a ``cancelled`` error."""
 
-    def __init__(self, protocol: Any, request_id: str) -> None:
-        """``protocol``: what sent it (a :class:`Requester` or a ``CollaborationProtocol``: its ``cancel_request``)."""
+    def __init__(self, protocol: Requester, request_id: str) -> None:
+        """``protocol``: what sent it (a :class:`Requester`, usually a ``CollaborationProtocol``)."""
         self.protocol = protocol
         self.request_id = request_id
 
