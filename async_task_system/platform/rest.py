@@ -207,7 +207,7 @@ def create_app(platform: Platform) -> FastAPI:
     """The REST API of ``platform`` (a started :class:`~.service.Platform`)."""
     app = FastAPI(
         title="async_task_system fleet platform",
-        description="Seed 002's management platform: send shell and Python scripts to agents, read the records. "
+        description="The fleet management platform: send shell and Python scripts to agents, read the records. "
         "Every route but /healthz needs 'Authorization: Bearer <token>'.",
         version="1",
         docs_url=None,
