@@ -19,16 +19,16 @@ __all__ = ["main", "build_parser"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
         "async_task_system.cli.demo",
-        "Run seed 004's scenario: 5 datasets analysed in parallel by a CodeAgent.",
+        "Run the demo scenario: 5 datasets analysed in parallel by a CodeAgent.",
     ),
     "run": ("async_task_system.cli.demo", "Run any task on the LLM configured in .env."),
     "serve": (
         "async_task_system.server.cli",
-        "Serve the agent to any client over JSON lines on TCP (seed 003).",
+        "Serve the agent to any client over JSON lines on TCP.",
     ),
     "worker": (
         "async_task_system.remote.worker",
-        "Run a remote worker daemon that executes scripts for a hub (seeds 000/002).",
+        "Run a remote worker daemon that executes scripts for a hub or the fleet platform.",
     ),
     "hub": (
         "async_task_system.remote.cli",
@@ -40,7 +40,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "platform": (
         "async_task_system.platform.cli",
-        "Run the fleet platform: task store, WebSocket and gRPC hubs, REST API (seed 002).",
+        "Run the fleet platform: task store, WebSocket and gRPC hubs, REST API.",
     ),
 }
 

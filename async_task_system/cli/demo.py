@@ -121,7 +121,7 @@ def run_demo(args: argparse.Namespace) -> int:
         model: Any = ScriptedModel(demo_script(), model_id="scripted-demo")
         console.print(
             "[bold yellow]No LLM configured[/] (.env has no API_KEY/MODEL_ID): using the offline ScriptedModel, "
-            "which replays seed 004's calls. Copy .env.example to .env to use a real LLM."
+            "which replays the calls an LLM would write for this scenario. Copy .env.example to .env to use a real LLM."
         )
     else:
         model = model_from_env()

@@ -10,7 +10,8 @@ scripts from a CDN). A body over ``max_body_bytes`` is refused with 413 before i
 
 =======================================  =====================================================
 ``POST /tasks``                          201 + the record; 404 unknown agent, 409 offline agent /
-                                         no agent matches the labels, 422 bad input, 413 too big
+                                         no agent matches the labels, 422 bad input, 413 too big,
+                                         415 without ``Content-Type: application/json``
 ``GET /tasks/{task_id}``                 the record, or 404
 ``GET /tasks?agent_id=&status=&type=``   a JSON array, newest first; ``limit`` (default 100,
                                          at most 1000), ``offset``; ``X-Total-Count`` header
@@ -33,7 +34,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -122,7 +123,7 @@ def create_app(platform: Platform) -> FastAPI:
     """The REST API of ``platform`` (a started :class:`~.service.Platform`)."""
     app = FastAPI(
         title="async_task_system fleet platform",
-        description="Seed 002's management platform: send shell and Python scripts to agents, read the records. "
+        description="The fleet management platform: send shell and Python scripts to agents, read the records. "
         "Every route but /healthz needs 'Authorization: Bearer <token>'.",
         version="1",
         docs_url=None,
@@ -196,8 +197,22 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal error", type(exc).__name__)
 
 
+def require_json(request: Request) -> None:
+    """A JSON body must say so: ``Content-Type: application/json`` (or ``application/*+json``), else 415.
+
+    ``curl -d`` sends ``application/x-www-form-urlencoded``; guessing that such a body is JSON would
+    make the media type meaningless, and let a cross-origin page post form or text bodies without a
+    CORS preflight. The 415 names the fix instead of a confusing "should be a valid dictionary".
+    """
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise PlatformError(415, "send Content-Type: application/json", {"content_type": media or None})
+
+
 def _add_task_routes(app: FastAPI, platform: Platform) -> None:
-    @app.post("/tasks", status_code=201, summary="Send a script to an agent")
+    @app.post(
+        "/tasks", status_code=201, summary="Send a script to an agent", dependencies=[Depends(require_json)]
+    )
     def create_task(body: TaskCreate) -> JSONResponse:
         record = platform.submit_script(
             body.type, body.script, timeout=body.timeout, agent_id=body.agent_id, labels=body.labels,

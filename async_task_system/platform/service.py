@@ -84,7 +84,8 @@ class PlatformError(AsyncTaskSystemError):
     """A request the platform cannot honour; ``status`` is the HTTP status the REST API answers with."""
 
     def __init__(self, status: int, error: str, detail: Any = None) -> None:
-        super().__init__(error)
+        # str() names what it was about, e.g. "agent not found: {'agent_id': 'agent-001'}"
+        super().__init__(error if detail is None else f"{error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
