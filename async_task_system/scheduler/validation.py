@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import secrets
-from datetime import datetime
 from typing import Any
 
 from ..core.errors import TaskValidationError
@@ -40,24 +39,15 @@ class ScheduleChecker:
         parameters: dict[str, Any] | None,
         now: float,
         *,
-        held: int = 0,
-        kind: str = "tool",
-        timezone: str | None = None,
-        start_at: str | float | datetime | None = None,
-        end_at: str | float | datetime | None = None,
-        max_runs: int | None = None,
-        misfire_grace: float = 1.0,
-        catch_up: str = "one",
-        catch_up_window: float | None = None,
-        overlap: str = "skip",
-        max_instances: int | None = None,
-        jitter: float = 0.0,
-        timeout: float | None = None,
-        retries: int = 0,
-        enabled: bool = True,
+        held: int,
+        **options: Any,
     ) -> ScheduledTask:
         """A checked schedule (``sch_<8 hex>``) with its trigger and first fire (``next_run``) set;
-        ``held`` is how many schedules the scheduler holds already (``max_schedules`` bounds it)."""
+        ``held`` is how many schedules the scheduler holds already (``max_schedules`` bounds it).
+        ``options`` are every keyword of :meth:`ToolScheduler.schedule <.engine.ToolScheduler.schedule>`
+        from ``kind`` to ``enabled`` (their defaults are there)."""
+        o = options
+        kind, timezone = o["kind"], o["timezone"]
         stype = ScheduleType.parse(schedule_type)
         if not isinstance(name, str) or not name.strip():
             raise ScheduleError("name must be a non-empty string that says what the schedule is for")
@@ -78,18 +68,18 @@ class ScheduleChecker:
             parameters=self.target(kind, tool_name, parameters),
             kind=str(TaskKind.parse(kind).value),
             timezone=None if tz is UTC else timezone,
-            start_at=None if start_at is None else self.time(start_at, tz, "start_at", now),
-            end_at=None if end_at is None else self.time(end_at, tz, "end_at", now),
-            max_runs=check_count(max_runs, "max_runs", maximum=limits.max_runs),
-            misfire_grace=seconds(misfire_grace, "misfire_grace", positive=False, maximum=horizon),
-            catch_up=check_choice(catch_up, CATCH_UP, "catch_up"),
-            catch_up_window=seconds(catch_up_window, "catch_up_window", allow_none=True, maximum=horizon),
-            overlap=check_choice(overlap, OVERLAP, "overlap"),
-            max_instances=check_count(max_instances, "max_instances", maximum=limits.max_instances) or 1,
-            jitter=seconds(jitter, "jitter", positive=False, maximum=limits.max_jitter),
-            timeout=seconds(timeout, "timeout", allow_none=True, maximum=horizon),
-            retries=check_count(retries, "retries", zero=True, maximum=limits.max_instances) or 0,
-            enabled=bool(enabled),
+            start_at=None if o["start_at"] is None else self.time(o["start_at"], tz, "start_at", now),
+            end_at=None if o["end_at"] is None else self.time(o["end_at"], tz, "end_at", now),
+            max_runs=check_count(o["max_runs"], "max_runs", maximum=limits.max_runs),
+            misfire_grace=seconds(o["misfire_grace"], "misfire_grace", positive=False, maximum=horizon),
+            catch_up=check_choice(o["catch_up"], CATCH_UP, "catch_up"),
+            catch_up_window=seconds(o["catch_up_window"], "catch_up_window", allow_none=True, maximum=horizon),
+            overlap=check_choice(o["overlap"], OVERLAP, "overlap"),
+            max_instances=check_count(o["max_instances"], "max_instances", maximum=limits.max_instances) or 1,
+            jitter=seconds(o["jitter"], "jitter", positive=False, maximum=limits.max_jitter),
+            timeout=seconds(o["timeout"], "timeout", allow_none=True, maximum=horizon),
+            retries=check_count(o["retries"], "retries", zero=True, maximum=limits.max_instances) or 0,
+            enabled=bool(o["enabled"]),
             created_at=now,
         )  # fmt: skip
         if task.overlap == "allow" and task.max_instances < 2:
