@@ -2,7 +2,7 @@
 manage them.
 
 values (schedule types, times and durations as written, ScheduleError), triggers (next fire times),
-clock (the wall clock, ManualClock), records (ScheduledTask, ScheduleRun), policies (ScheduleLimits,
+clock (the wall clock, ManualClock), records (ScheduledTask, ScheduleRun), callbacks (run callbacks, outside the lock), policies (ScheduleLimits,
 the run-rate cap, misfire and catch-up), validation (what ``schedule`` accepts), stores (the
 ScheduleStore protocol, the memory store; the SQL store is the platform's, wired in by name),
 engine (ToolScheduler), tools (the LLM's tools).

@@ -32,22 +32,20 @@ made, or on the package's background loop).
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import logging
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from ..core.errors import ManagerClosedError, TaskValidationError
-from ..core.loop import background_loop
 from ..core.manager import TaskManager
 from ..core.tasks import TaskInfo, TaskStatus
+from .callbacks import CallbackQueue, running_loop
 from .clock import MAX_SLEEP as MAX_SLEEP  # re-exported: these constants were defined here
 from .clock import Clock, ManualClock, SystemClock
 from .policies import CATCH_UP as CATCH_UP
@@ -132,7 +130,7 @@ class ToolScheduler:
         self._closed = False
         self._submitting = False  # inside manager.submit (lock held): see _on_task_change
         self._early: dict[str, TaskInfo] = {}
-        self._callbacks_due: deque[tuple[ScheduledTask, ScheduleRun]] = deque()
+        self._ended = CallbackQueue()  # ended runs whose callbacks are called outside the lock
         self._remove_listener = task_manager.add_listener(self._on_task_change)
         task_manager.add_shutdown_callback(self.shutdown)
         for record in self.store.load():
@@ -201,7 +199,7 @@ class ToolScheduler:
             max_instances=max_instances, jitter=jitter, timeout=timeout, retries=retries, enabled=enabled,
         )  # fmt: skip
         task.callback = callback
-        task.loop = _running_loop()
+        task.loop = running_loop()
         limits = self.limits
         with self._lock:
             self._check_open()
@@ -292,7 +290,7 @@ class ToolScheduler:
                 )
             run = self._start_run(task, self.clock.time(), catch_up=False)
             self._save(task)
-        self._flush_callbacks()
+        self._ended.flush()
         return run.task_id if run is not None else None
 
     def wait_idle(self, schedule_id: str | None = None, timeout: float | None = None) -> bool:
@@ -315,7 +313,7 @@ class ToolScheduler:
         """(Re)attach the callback of a schedule, e.g. after loading it from a store."""
         with self._lock:
             task = self._get(schedule_id)
-            task.callback, task.loop = callback, _running_loop()
+            task.callback, task.loop = callback, running_loop()
 
     def shutdown(self) -> None:
         """Stop the timer and stop listening; runs in flight go on as tasks of the manager."""
@@ -444,7 +442,7 @@ class ToolScheduler:
                 self._arm(task)
                 self._save(task)
             self._rearm()
-        self._flush_callbacks()
+        self._ended.flush()
 
     def _fire(self, task: ScheduledTask, now: float) -> None:
         """Start the runs of every fire of ``task`` up to ``now`` by its policies (lock held)."""
@@ -537,35 +535,12 @@ class ToolScheduler:
             task.active.discard(info.id)
             self._idle.notify_all()
             if task.callback is not None:
-                self._callbacks_due.append((task, run))
+                self._ended.add(task, run)
             if task.queued:
                 task.queued = False
                 self._start_run(task, self.clock.time(), catch_up=False)
             self._save(task)
-        self._flush_callbacks()
-
-    def _flush_callbacks(self) -> None:
-        """Call the callbacks of ended runs, outside the lock (in the thread that saw the end)."""
-        while self._callbacks_due:
-            try:
-                task, run = self._callbacks_due.popleft()
-            except IndexError:
-                return
-            self._call_back(task, run)
-
-    def _call_back(self, task: ScheduledTask, run: ScheduleRun) -> None:
-        callback = task.callback
-        if callback is None:
-            return
-        try:
-            outcome = callback(task.to_dict(), run)
-            if asyncio.iscoroutine(outcome):
-                loop = task.loop
-                if loop is None or loop.is_closed():
-                    loop = background_loop()
-                asyncio.run_coroutine_threadsafe(outcome, loop)
-        except Exception:
-            logger.exception("callback of schedule %s failed", task.id)
+        self._ended.flush()
 
     def _save(self, task: ScheduledTask) -> None:
         if task.id not in self._schedules:
@@ -574,13 +549,6 @@ class ToolScheduler:
             self.store.save(task.to_record())
         except Exception:  # a store outage must not stop the schedules
             logger.exception("could not save schedule %s", task.id)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def scheduler_extension(task_manager: TaskManager) -> ToolScheduler:
