@@ -28,6 +28,8 @@ register_extension(
     "conversations", "async_task_system.agents.conversation:Conversations", kinds=("conversation",)
 )
 register_extension("scheduler", "async_task_system.scheduler.engine:scheduler_extension")
+# The scheduler's SQL store is the platform's: the scheduler reaches it by this name (scheduler/stores.py).
+register_extension("schedule_store", "async_task_system.platform.schedule_store:SqlScheduleStore")
 register_extension(
     "collaboration",
     "async_task_system.collab.extension:collaboration_extension",

@@ -1,7 +1,11 @@
 """Schedules in the platform store (SQLite file and real PostgreSQL): restart, catch-up by policy,
-run history with status and error, and the scheduler extension on a manager with a journal database."""
+run history with status and error, the scheduler extension on a manager with a journal database, and the
+SQL store reached by name (a URL as the store, the ``schedule_store`` extension)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 from test_scheduler import T0, boom, fired_at, make, ping, settle
 
@@ -90,3 +94,43 @@ def test_the_scheduler_extension_persists_in_the_managers_journal_database(tmp_p
         sid = scheduler.schedule("nightly", "cron", "0 3 * * *", "ping", kind="function")
     with Store(url) as platform:
         assert PlatformSchedules(platform).get(sid).name == "nightly"
+
+
+def test_a_database_url_as_the_store_opens_the_sql_store(database_url):
+    with TaskManager(functions=[ping]) as manager:
+        s = ToolScheduler(manager, store=database_url, clock=ManualClock(T0))
+        assert isinstance(s.store, SqlScheduleStore)
+        sid = make(s, "interval", "10", params={"x": 2})
+        s.shutdown()
+    with Store(database_url) as platform:
+        assert PlatformSchedules(platform).get(sid).run_count == 0
+    with TaskManager(functions=[ping]) as manager:
+        again = ToolScheduler(manager, store=database_url, clock=ManualClock(T0 + 1))
+        assert again.get(sid)["parameters"] == {"x": 2}
+        again.cancel(sid)
+        again.shutdown()
+
+
+def test_the_schedule_store_extension_is_the_sql_store_in_the_journal_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    with TaskManager(functions=[ping], journal=url) as manager:
+        store = manager.extension("schedule_store")
+        assert isinstance(store, SqlScheduleStore) and store is manager.extension("schedule_store")
+        s = ToolScheduler(manager, store=store, clock=ManualClock(T0))
+        sid = make(s, "interval", "10")
+        s.shutdown()
+    with Store(url) as platform:
+        assert PlatformSchedules(platform).get(sid).schedule_type == "interval"
+
+
+def test_the_scheduler_reaches_the_sql_store_by_name_without_importing_the_platform():
+    code = (
+        "import sys\n"
+        "import async_task_system.scheduler as scheduler, async_task_system.scheduler.engine as engine\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.startswith(('async_task_system.platform', 'sqlalchemy'))))\n"
+        "from async_task_system.platform.schedule_store import SqlScheduleStore\n"
+        "print(scheduler.SqlScheduleStore is SqlScheduleStore is engine.SqlScheduleStore)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["LOADED []", "True"], out.stdout

@@ -19,7 +19,7 @@ from .tasks import TaskKind
 if TYPE_CHECKING:
     from .targets import Target
 
-__all__ = ["TargetRegistry", "Extensions", "register_extension"]
+__all__ = ["TargetRegistry", "Extensions", "register_extension", "extension_factory"]
 
 _factories: dict[str, tuple[str | Callable[[Any], Any], tuple[str, ...]]] = {}
 _tool_providers: dict[str, str] = {}
@@ -37,6 +37,20 @@ def register_extension(
     _factories[name] = (factory, tuple(kinds))
     for tool in tools:
         _tool_providers[tool] = name
+
+
+def extension_factory(name: str) -> Callable[[Any], Any]:
+    """The factory registered as ``name`` (a ``"module:attribute"`` one is imported now), without
+    building anything: a subsystem reaches a piece wired in by name, e.g. the scheduler the
+    platform's SQL schedule store (``"schedule_store"``). ``LookupError`` if none is registered."""
+    if name not in _factories:
+        known = ", ".join(sorted(_factories)) or "none"
+        raise LookupError(f"no extension {name!r} is registered (known: {known})")
+    factory = _factories[name][0]
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attribute)
+    return factory
 
 
 class TargetRegistry:
@@ -91,13 +105,7 @@ class Extensions:
         instance = self._built.get(name)
         if instance is not None:
             return instance
-        if name not in _factories:
-            known = ", ".join(sorted(_factories)) or "none"
-            raise LookupError(f"no extension {name!r} is registered (known: {known})")
-        factory = _factories[name][0]
-        if isinstance(factory, str):
-            module, _, attribute = factory.partition(":")
-            factory = getattr(importlib.import_module(module), attribute)
+        factory = extension_factory(name)
         with self._lock:
             if name not in self._built:
                 self._built[name] = factory(self._owner)
