@@ -31,7 +31,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,10 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.compat import TIMEOUT_ERRORS
 from ..http_front import FrontGuard, FrontLimits, error_response
-from .service import PlatformError, is_terminal
-
-if TYPE_CHECKING:
-    from .service import Platform
+from .interface import PlatformAPI, PlatformError, is_terminal
 
 __all__ = ["create_app", "TaskCreate", "DASHBOARD"]
 
@@ -118,8 +115,9 @@ RequestGuard = FrontGuard
 # ---------------------------------------------------------------------------------------------- app
 
 
-def create_app(platform: Platform) -> FastAPI:
-    """The REST API of ``platform`` (a started :class:`~.service.Platform`)."""
+def create_app(platform: PlatformAPI) -> FastAPI:
+    """The REST API of ``platform`` (a started :class:`~.service.Platform`, or anything with its
+    :class:`~.interface.PlatformAPI`)."""
     app = FastAPI(
         title="async_task_system fleet platform",
         description="Seed 002's management platform: send shell and Python scripts to agents, read the records. "
@@ -196,7 +194,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal error", type(exc).__name__)
 
 
-def _add_task_routes(app: FastAPI, platform: Platform) -> None:
+def _add_task_routes(app: FastAPI, platform: PlatformAPI) -> None:
     @app.post("/tasks", status_code=201, summary="Send a script to an agent")
     def create_task(body: TaskCreate) -> JSONResponse:
         record = platform.submit_script(
@@ -262,7 +260,7 @@ def _add_task_routes(app: FastAPI, platform: Platform) -> None:
         )
 
 
-def _add_other_routes(app: FastAPI, platform: Platform) -> None:
+def _add_other_routes(app: FastAPI, platform: PlatformAPI) -> None:
     @app.get("/agents", summary="Agents: connected ones, then offline ones")
     def agents() -> JSONResponse:
         return JSONResponse(platform.agents())
@@ -283,7 +281,7 @@ def _add_other_routes(app: FastAPI, platform: Platform) -> None:
         return {"status": "ok"}
 
 
-def _record(platform: Platform, task_id: str) -> dict[str, Any]:
+def _record(platform: PlatformAPI, task_id: str) -> dict[str, Any]:
     _manager, store, _writer = platform.require()
     record = store.tasks.get(task_id)
     if record is None:
@@ -303,7 +301,7 @@ def _end_event(record: dict[str, Any]) -> str:
     return f"event: end\ndata: {json.dumps(record)}\n\n"
 
 
-async def _stored_lines(platform: Platform, task_id: str, after: int) -> AsyncIterator[tuple[int, str]]:
+async def _stored_lines(platform: PlatformAPI, task_id: str, after: int) -> AsyncIterator[tuple[int, str]]:
     _manager, store, _writer = platform.require()
     while True:
         rows = await run_in_threadpool(store.logs.after, task_id, after, 1000)
@@ -315,7 +313,7 @@ async def _stored_lines(platform: Platform, task_id: str, after: int) -> AsyncIt
 
 
 async def _events(
-    platform: Platform, subscriber: Any, task_id: str, after: int, record: dict[str, Any]
+    platform: PlatformAPI, subscriber: Any, task_id: str, after: int, record: dict[str, Any]
 ) -> AsyncIterator[str]:
     """The SSE stream: stored lines past ``after``, the record's ``status`` (again when it changes to
     ``running``), lines still in memory, live ones, then ``end``."""
