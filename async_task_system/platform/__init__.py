@@ -1,11 +1,14 @@
 """The fleet platform (seed 002): one store, the durable journal of a TaskManager, the platform service.
 
-``store`` holds the SQLAlchemy models, the Alembic-migrated :class:`~.store.Store` and small
-repositories (:class:`~.store.PlatformTasks`, :class:`~.store.PlatformAgents`,
-:class:`~.store.LogEvents`, :class:`~.store.JournalRecords`, :class:`~.store.IdPrefixes`);
+``store`` is the Alembic-migrated :class:`~.store.Store` and re-exports its parts: the models
+(``schema``), engine setup and migrations (``database``), the write path (``writes``) and small
+repositories (``repositories``: :class:`~.store.PlatformTasks`, :class:`~.store.PlatformAgents`,
+:class:`~.store.LogEvents`, :class:`~.store.IdPrefixes`, :class:`~.store.PlatformSchedules`;
+``journal_records``: :class:`~.store.JournalRecords`);
 ``journal`` is the ``journal`` extension of a TaskManager (``TaskManager(journal=URL)``);
 ``service`` is :class:`~.service.Platform` (store + manager + WebSocket and gRPC hubs + REST API),
-``rest`` its FastAPI app, ``cli`` the ``async-agent platform`` command. They need the ``platform``
+composed of ``record_writer``, ``recorder``, ``fleet``, ``live_logs`` and ``startup``; ``interface``
+holds what it shares with ``rest``, its FastAPI app; ``cli`` is the ``async-agent platform`` command. They need the ``platform``
 extra (SQLAlchemy, Alembic, psycopg, FastAPI, uvicorn); nothing here is imported by the core or by a
 worker.
 """

@@ -32,7 +32,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,10 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.compat import TIMEOUT_ERRORS
 from ..http_front import FrontGuard, FrontLimits, error_response
-from .service import PlatformError, is_terminal
-
-if TYPE_CHECKING:
-    from .service import Platform
+from .interface import PlatformAPI, PlatformError, is_terminal
 
 __all__ = ["create_app", "TaskCreate", "DASHBOARD"]
 
@@ -119,8 +116,9 @@ RequestGuard = FrontGuard
 # ---------------------------------------------------------------------------------------------- app
 
 
-def create_app(platform: Platform) -> FastAPI:
-    """The REST API of ``platform`` (a started :class:`~.service.Platform`)."""
+def create_app(platform: PlatformAPI) -> FastAPI:
+    """The REST API of ``platform`` (a started :class:`~.service.Platform`, or anything with its
+    :class:`~.interface.PlatformAPI`)."""
     app = FastAPI(
         title="async_task_system fleet platform",
         description="The fleet management platform: send shell and Python scripts to agents, read the records. "
@@ -209,7 +207,7 @@ def require_json(request: Request) -> None:
         raise PlatformError(415, "send Content-Type: application/json", {"content_type": media or None})
 
 
-def _add_task_routes(app: FastAPI, platform: Platform) -> None:
+def _add_task_routes(app: FastAPI, platform: PlatformAPI) -> None:
     @app.post(
         "/tasks", status_code=201, summary="Send a script to an agent", dependencies=[Depends(require_json)]
     )
@@ -277,7 +275,7 @@ def _add_task_routes(app: FastAPI, platform: Platform) -> None:
         )
 
 
-def _add_other_routes(app: FastAPI, platform: Platform) -> None:
+def _add_other_routes(app: FastAPI, platform: PlatformAPI) -> None:
     @app.get("/agents", summary="Agents: connected ones, then offline ones")
     def agents() -> JSONResponse:
         return JSONResponse(platform.agents())
@@ -298,7 +296,7 @@ def _add_other_routes(app: FastAPI, platform: Platform) -> None:
         return {"status": "ok"}
 
 
-def _record(platform: Platform, task_id: str) -> dict[str, Any]:
+def _record(platform: PlatformAPI, task_id: str) -> dict[str, Any]:
     _manager, store, _writer = platform.require()
     record = store.tasks.get(task_id)
     if record is None:
@@ -318,7 +316,7 @@ def _end_event(record: dict[str, Any]) -> str:
     return f"event: end\ndata: {json.dumps(record)}\n\n"
 
 
-async def _stored_lines(platform: Platform, task_id: str, after: int) -> AsyncIterator[tuple[int, str]]:
+async def _stored_lines(platform: PlatformAPI, task_id: str, after: int) -> AsyncIterator[tuple[int, str]]:
     _manager, store, _writer = platform.require()
     while True:
         rows = await run_in_threadpool(store.logs.after, task_id, after, 1000)
@@ -330,7 +328,7 @@ async def _stored_lines(platform: Platform, task_id: str, after: int) -> AsyncIt
 
 
 async def _events(
-    platform: Platform, subscriber: Any, task_id: str, after: int, record: dict[str, Any]
+    platform: PlatformAPI, subscriber: Any, task_id: str, after: int, record: dict[str, Any]
 ) -> AsyncIterator[str]:
     """The SSE stream: stored lines past ``after``, the record's ``status`` (again when it changes to
     ``running``), lines still in memory, live ones, then ``end``."""

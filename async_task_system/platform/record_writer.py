@@ -1,0 +1,263 @@
+"""The platform's record writer: one thread that writes task rows, output lines and agents in batches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .store import Store, write_records
+
+__all__ = ["RecordWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class RecordWriter:
+    """Writes the platform's changes on its own thread, in batches, one transaction per batch.
+
+    Producers (task and log listeners, router events; any thread) only put changes in memory:
+    a new task row, column updates per task (coalesced: the latest value of each column wins), log
+    lines, agent rows. The thread takes everything queued, writes it, and repeats; under load the
+    batches grow by themselves. If the database fails (it is unreachable, locked, ...), the batch is
+    kept and retried with a back-off (up to 5 s). If a value in it is refused (a row the database
+    cannot take), the batch is written piece by piece instead: every good row lands, a task row's
+    refused columns are left out and the row is marked (``error_type`` ``record_error``, ``error``
+    naming the columns), and a refused output line or agent row is dropped and counted
+    (:attr:`rejected`), so one bad row never loses the others. Log lines beyond ``max_pending_logs`` waiting lines are refused
+    (``log`` returns False) so that a flood cannot grow memory without bound.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        on_committed: Callable[[list[str]], None] | None = None,
+        *,
+        max_pending_logs: int = 100_000,
+    ) -> None:
+        self.store = store
+        self.on_committed = on_committed
+        self.max_pending_logs = max_pending_logs
+        self._cond = threading.Condition()
+        self._new: dict[str, dict[str, Any]] = {}
+        self._updates: dict[str, dict[str, Any]] = {}
+        self._logs: list[dict[str, Any]] = []
+        self._agents: dict[str, dict[str, Any]] = {}
+        self._ended: list[str] = []
+        self._queued = 0  # changes handed in so far
+        self._written = 0  # changes written so far
+        self._closing = False
+        self.failures = 0
+        self.rejected = 0  # output lines and agent rows the database refused (dropped)
+        self.marked = 0  # task rows stored without refused columns (error_type record_error)
+        self._thread = threading.Thread(target=self._run, name="platform-record-writer", daemon=True)
+        self._thread.start()
+
+    # producers (any thread; never block on the database)
+
+    def create(self, row: dict[str, Any]) -> None:
+        """Insert a task row (kept as is if the task id is already stored)."""
+        with self._cond:
+            self._new[row["task_id"]] = row
+            self._bump()
+
+    def update(self, task_id: str, fields: Mapping[str, Any], *, ended: bool = False) -> None:
+        """Set columns of a task; ``ended``: tell ``on_committed`` once this is written."""
+        with self._cond:
+            current = self._updates.setdefault(task_id, {})
+            current.update(fields)
+            if ended:
+                self._ended.append(task_id)
+            self._bump()
+
+    def log(self, row: dict[str, Any]) -> bool:
+        """Queue one output line; False (and nothing queued) when too many lines wait already."""
+        with self._cond:
+            if len(self._logs) >= self.max_pending_logs:
+                return False
+            self._logs.append(row)
+            self._bump()
+            return True
+
+    def agent(self, row: dict[str, Any]) -> None:
+        """Insert or overwrite an agent row."""
+        with self._cond:
+            self._agents[row["agent_id"]] = row
+            self._bump()
+
+    def _bump(self) -> None:
+        self._queued += 1
+        self._cond.notify_all()
+
+    # waiting
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Block until everything handed in before this call is written; False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            mark = self._queued
+            while self._written < mark and self._thread.is_alive():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return self._written >= mark
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued (at most ``timeout`` seconds), then stop the thread."""
+        self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # the thread
+
+    def _take(self) -> tuple[Any, ...]:
+        batch = (self._new, self._updates, self._logs, self._agents, self._ended, self._queued)
+        self._new, self._updates, self._logs, self._agents, self._ended = {}, {}, [], {}, []
+        return batch
+
+    def _put_back(self, batch: tuple[Any, ...]) -> None:
+        new, updates, logs, agents, ended, _mark = batch
+        self._new = {**new, **self._new}
+        for task_id, fields in updates.items():
+            self._updates[task_id] = {**fields, **self._updates.get(task_id, {})}
+        self._logs = logs + self._logs
+        self._agents = {**agents, **self._agents}
+        self._ended = ended + self._ended
+
+    def _run(self) -> None:
+        delay = 0.05
+        while True:
+            with self._cond:
+                while self._written >= self._queued and not self._closing:
+                    self._cond.wait()
+                if self._written >= self._queued:
+                    return  # closing, nothing left
+                batch = self._take()
+            new, updates, logs, agents, ended, mark = batch
+            try:
+                write_records(
+                    self.store,
+                    new_tasks=list(new.values()),
+                    task_updates=updates,
+                    log_rows=logs,
+                    agent_rows=list(agents.values()),
+                )
+            except Exception as exc:
+                isolated = False
+                if not _transient(exc):
+                    logger.warning("a platform record was refused (%s); writing the batch row by row", exc)
+                    try:
+                        self._write_isolated(new, updates, logs, agents)
+                        isolated = True
+                    except Exception:  # the database went away meanwhile: retry the whole batch
+                        logger.warning("writing the batch row by row failed", exc_info=True)
+                if isolated:
+                    delay = 0.05
+                    self._done(mark, ended)
+                    continue
+                self.failures += 1
+                logger.exception("writing platform records failed; retrying in %.2f s", delay)
+                with self._cond:
+                    self._put_back(batch)
+                    if self._closing:
+                        return  # close() gave up waiting: nothing more can be done
+                    self._cond.wait(delay)  # a back-off: close() wakes it
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.05
+            self._done(mark, ended)
+
+    def _done(self, mark: int, ended: list[str]) -> None:
+        """A batch is written: wake ``flush()`` callers, tell ``on_committed`` which tasks ended."""
+        with self._cond:
+            self._written = max(self._written, mark)
+            self._cond.notify_all()
+        if ended and self.on_committed is not None:
+            try:
+                self.on_committed(ended)
+            except Exception:
+                logger.exception("the platform's on_committed callback failed")
+
+    def _write_isolated(
+        self,
+        new: dict[str, dict[str, Any]],
+        updates: dict[str, dict[str, Any]],
+        logs: list[dict[str, Any]],
+        agents: dict[str, dict[str, Any]],
+    ) -> None:
+        """Write a batch that the database refused, one row at a time (see the class docstring)."""
+        store = self.store
+        for row in new.values():
+            if not self._try(lambda row=row: write_records(store, new_tasks=[row])):
+                kept = self._columns(lambda fields: write_records(store, new_tasks=[fields]), row, "task_id")
+                self._mark(row["task_id"], kept)
+        for task_id, fields in updates.items():
+            if not self._try(lambda t=task_id, f=fields: write_records(store, task_updates={t: f})):
+                self._mark(task_id, self._columns(
+                    lambda part, t=task_id: write_records(store, task_updates={t: part}), fields, None
+                ))  # fmt: skip
+        for row in logs:
+            if not self._try(lambda row=row: write_records(store, log_rows=[row])):
+                self.rejected += 1
+        for row in agents.values():
+            if not self._try(lambda row=row: write_records(store, agent_rows=[row])):
+                self.rejected += 1
+
+    @staticmethod
+    def _try(write: Callable[[], None]) -> bool:
+        try:
+            write()
+            return True
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            return False
+
+    def _columns(
+        self, write: Callable[[dict[str, Any]], None], row: dict[str, Any], key: str | None
+    ) -> list[str]:
+        """Write ``row`` without the columns the database refuses; the names of those columns.
+
+        For a new row (``key`` names its id) the refused columns are left at their defaults; for an
+        update, each column is tried on its own."""
+        refused: list[str] = []
+        if key is not None:
+            base = {k: v for k, v in row.items() if k == key or v is None or isinstance(v, (str, bool))}
+            extra = [k for k in row if k not in base]
+            for column in extra:  # numbers, times and JSON: find the ones that break the insert
+                if not self._try(lambda c=column: write({**base, c: row[c]})):
+                    refused.append(column)
+            good = {k: v for k, v in row.items() if k not in refused}
+            if not self._try(lambda: write(good)):
+                refused = [k for k in row if k != key]
+                self._try(lambda: write({key: row[key], "status": row.get("status", "pending")}))
+            return refused
+        for column, value in row.items():
+            if not self._try(lambda c=column, v=value: write({c: v})):
+                refused.append(column)
+        return refused
+
+    def _mark(self, task_id: str, refused: list[str]) -> None:
+        self.marked += 1
+        message = f"the platform could not store this record's column(s) {', '.join(refused) or '?'}"
+        logger.warning("task %s: %s", task_id, message)
+        self._try(lambda: write_records(
+            self.store, task_updates={task_id: {"error": message, "error_type": "record_error"}}
+        ))  # fmt: skip
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed write may succeed as is later (the database is away, busy or locked), rather
+    than a value the database refuses (too large, wrong type, a broken constraint)."""
+    import sqlalchemy.exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        return not isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError, sa_exc.ProgrammingError))
+    return isinstance(exc, (OSError, sa_exc.TimeoutError))

@@ -1,0 +1,155 @@
+"""The store's write path: insert-or-update and insert-if-new statements, compiled upserts, batches.
+
+PostgreSQL and SQLite get one ``INSERT ... ON CONFLICT`` statement run with executemany; another
+database gets a slower portable path. :class:`CompiledUpsert` compiles one such statement once for
+positional driver values (the journal's hot path); :func:`write_records` writes one batch of the
+platform's changes in one transaction (the platform's record writer calls it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .database import Database
+from .schema import LogEvent, PlatformAgent, PlatformTask, UTCDateTime
+
+__all__ = ["CompiledUpsert", "insert_new", "upsert_rows", "upsert_statement", "write_records"]
+
+_UTC = dt.timezone.utc
+
+
+def upsert_statement(dialect_name: str, table: sa.Table, columns: Iterable[str], keep: Iterable[str]) -> Any:
+    """INSERT ... ON CONFLICT (primary key) DO UPDATE of ``columns`` but the key and ``keep``
+    (PostgreSQL and SQLite); ``None`` for another database."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect_name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    statement = insert(table)
+    skip = {c.name for c in table.primary_key.columns} | set(keep)
+    return statement.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={name: statement.excluded[name] for name in columns if name not in skip},
+    )
+
+
+def upsert_rows(
+    connection: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], keep: Iterable[str]
+) -> None:
+    """Insert ``rows`` or overwrite the existing ones with the same primary key (one statement, executemany).
+
+    Columns in ``keep`` are written on insert only. ``rows`` must not repeat a key (PostgreSQL
+    refuses to update one row twice in a statement).
+    """
+    statement = upsert_statement(connection.dialect.name, table, rows[0].keys(), keep)
+    if statement is None:  # pragma: no cover - other databases: slower, portable
+        key = [c.name for c in table.primary_key.columns]
+        for row in rows:
+            updated = connection.execute(
+                table.update().where(*(table.c[k] == row[k] for k in key)).values(**row)
+            ).rowcount
+            if not updated:
+                connection.execute(table.insert().values(**row))
+        return
+    connection.execute(statement, list(rows))
+
+
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _sqlite_time(value: Any) -> str | None:
+    """What SQLAlchemy's SQLite DATETIME stores for :class:`UTCDateTime`: naive UTC text."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        value = _EPOCH + dt.timedelta(seconds=value)  # faster than fromtimestamp, same microseconds
+    elif value.tzinfo is not None:
+        value = value.astimezone(_UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
+
+
+def _postgres_time(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, _UTC)
+    return value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
+
+
+class CompiledUpsert:
+    """One insert-or-update statement of a table, compiled once for positional values.
+
+    ``sql`` takes one tuple per row with the values of ``columns`` in that order, as the driver
+    binds them; :meth:`convert` turns rows whose times are POSIX seconds into those tuples, as the
+    table's SQLAlchemy types would (times as :class:`UTCDateTime` binds them; JSON columns are
+    passed as JSON text already). SQLAlchemy's own per-value bind processing cost 30 us of the 40 us
+    a journal row took.
+    """
+
+    def __init__(
+        self, dialect: sa.Dialect, table: sa.Table, columns: Sequence[str], keep: Iterable[str]
+    ) -> None:
+        # A positional paramstyle of the same driver (psycopg's default is named).
+        positional = type(dialect)(paramstyle="qmark" if dialect.name == "sqlite" else "format")
+        statement = upsert_statement(dialect.name, table, columns, keep)
+        statement = statement.values({name: sa.bindparam(name) for name in columns})
+        compiled = statement.compile(dialect=positional)
+        order = list(compiled.positiontup or ())
+        if order != list(columns):  # pragma: no cover - the VALUES clause lists the columns as given
+            raise RuntimeError(f"unexpected parameter order {order}")
+        self.sql = str(compiled)
+        self.dialect = dialect.name
+        self.columns = tuple(columns)
+        self.times = tuple(i for i, name in enumerate(columns) if isinstance(table.c[name].type, UTCDateTime))
+
+    def convert(self, rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """Driver values of rows in ``columns`` order (times POSIX seconds or ``None``)."""
+        convert = _postgres_time if self.dialect == "postgresql" else _sqlite_time
+        times = self.times
+        out = []
+        for row in rows:
+            values = list(row)
+            for i in times:
+                if values[i] is not None:
+                    values[i] = convert(values[i])
+            out.append(tuple(values))
+        return out
+
+
+def insert_new(connection: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows``, skipping those whose primary key exists (one statement, executemany)."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    connection.execute(insert(table).on_conflict_do_nothing(), list(rows))
+
+
+def write_records(
+    store: Database,
+    *,
+    new_tasks: Sequence[Mapping[str, Any]] = (),
+    task_updates: Mapping[str, Mapping[str, Any]] | None = None,
+    log_rows: Sequence[Mapping[str, Any]] = (),
+    agent_rows: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Write one batch of platform changes in one transaction: new task rows (kept if they exist),
+    column updates per task, output lines, agents. The platform's record writer calls this."""
+    with store.engine.begin() as connection:
+        if new_tasks:
+            insert_new(connection, PlatformTask.__table__, new_tasks)  # type: ignore[arg-type]
+        for task_id, fields in (task_updates or {}).items():
+            connection.execute(
+                sa.update(PlatformTask).where(PlatformTask.task_id == task_id).values(**fields)
+            )
+        if log_rows:
+            insert_new(connection, LogEvent.__table__, log_rows)  # type: ignore[arg-type]
+        if agent_rows:
+            upsert_rows(connection, PlatformAgent.__table__, agent_rows, keep=("first_seen",))  # type: ignore[arg-type]
