@@ -5,7 +5,8 @@ unless the run may use the network; in a fresh user namespace too when the zygot
 does everything that does not depend on the program before any request arrives:
 
 * a new root on a small tmpfs: the system directories (``/usr``, ``/bin``, ``/lib*``, ``/sbin``,
-  ``/opt``) bound read-only, of ``/etc`` only what programs need (see :mod:`._etc`), a minimal
+  ``/opt``) bound read-only, of ``/etc`` only what programs need (see :mod:`._etc`: no
+  ``shadow``, no SSH or TLS keys), a minimal
   ``/dev`` (``null``, ``zero``, ``full``, ``random``, ``urandom``, ``tty``), a ``/proc`` of its
   own pid namespace (the host's and the worker's processes are not in it), the paths of the
   run's *layout* (read-only paths, writable paths: the same for every run of a worker, so the
@@ -33,12 +34,14 @@ import signal
 import socket
 import time
 
+import _etc
+
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 CLONE_NEWIPC = 0x08000000
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
-SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 SCRATCH = "/scratch"
 PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
@@ -112,6 +115,7 @@ def prepare(conf, stage, layout):
             os.symlink(os.readlink(path), stage + path)
         elif os.path.isdir(path):
             _bind(stage, path)
+    _etc.build(stage, mount, _bind, (MS_REMOUNT, MS_RDONLY, MS_NOSUID, MS_NODEV))
     os.makedirs(stage + "/dev", exist_ok=True)
     mount("tmpfs", stage + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
     for name in DEVICES:
