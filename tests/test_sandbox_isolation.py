@@ -199,3 +199,31 @@ def test_consecutive_runs_share_nothing():
     assert first.success and second.success, (first, second)
     files, segments, sleepers, _pid = second.result["stdout"].split()
     assert (files, segments, sleepers) == ("0", "0", "0"), second.result
+
+
+@pytest.mark.parametrize("isolation", [True, False])
+def test_on_start_is_called_once_when_the_program_started_and_before_its_first_line(isolation):
+    from async_task_system.sandbox.process import ScriptRunner
+
+    runner = ScriptRunner(RunLimits(isolation=isolation))
+    events: list[tuple[str, float | str]] = []
+
+    async def go():
+        before = time.time()
+        outcome = await runner.run(
+            "echo one; echo two",
+            on_start=lambda at: events.append(("start", at)),
+            on_line=lambda stream, line: events.append(("line", line)),
+        )
+        failed = await runner.run_program(
+            ["/no/such/program"], on_start=lambda at: events.append(("bad", at))
+        )
+        return before, outcome, failed
+
+    before, outcome, failed = asyncio.run(go())
+    assert outcome.success and not failed.success
+    kinds = [kind for kind, _ in events]
+    assert kinds[:3] == ["start", "line", "line"]
+    # isolated: not for a program that could not start (unisolated: its supervisor did start)
+    assert kinds[3:] == ([] if isolation else ["bad"])
+    assert before <= events[0][1] <= time.time()

@@ -343,6 +343,8 @@ class ScriptRunner:
         timeout = float(timeout or limits.timeout)
         what = what or repr(argv[0])
         started = time.monotonic()
+        if on_start is not None:
+            on_start, on_line = _started_first(on_start, on_line)
         try:
             if limits.isolation:
                 process: Any = await IsolatedProcess.start(
@@ -545,6 +547,29 @@ async def _stop(process: asyncio.subprocess.Process, grace: float = 0.0) -> None
     if process.returncode is None:
         _kill_group(process)
         await process.wait()
+
+
+def _started_first(
+    on_start: StartCallback, on_line: LineCallback | None
+) -> tuple[StartCallback, LineCallback | None]:
+    """``on_start`` called once, and before any line (an output line may overtake the sandbox's
+    word that the program started: then the line's arrival is the start)."""
+    done = [False]
+
+    def start(at: float) -> None:
+        if not done[0]:
+            done[0] = True
+            on_start(at)
+
+    if on_line is None:
+        return start, None
+    line_callback = on_line
+
+    def line(stream: str, text: str) -> None:
+        start(time.time())
+        line_callback(stream, text)
+
+    return start, line
 
 
 def _signal_name(number: int) -> str:
