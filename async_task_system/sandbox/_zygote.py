@@ -211,6 +211,11 @@ class Supervisor:
         kept = key == DEFAULT or key in self.recent
         self.ask(key, len(pool.waiting) + (self.spare if kept else 0) - len(pool.ready) - pool.pending)
 
+    def keep(self, key):
+        """How many reused inits of a layout to keep ready: as many as its runs going on (a
+        worker's slots), at least ``spare``."""
+        return max(self.spare, sum(1 for run in self.runs.values() if run.key == key) + 1)
+
     def send(self, message):
         self.ctl.send(json.dumps(message).encode())
 
@@ -384,7 +389,7 @@ class Supervisor:
             and run.status.get("again")
             and run.verdict is None
             and pool is not None
-            and sum(1 for entry in pool.ready if entry[2] is not None) < self.spare
+            and sum(1 for entry in pool.ready if entry[2] is not None) < self.keep(run.key)
         )
         if again:  # the init ended every process of the run and renews its scratch and IPC
             pool.ready.append((run.pid, run.sock, _limits(run.req), float(run.status.get("cpu") or 0)))
