@@ -146,3 +146,84 @@ def test_memory_cpu_and_file_size_limits_have_their_own_error_types():
     assert (cpu.success, cpu.error_type) == (False, "cpu_limit")
     big = run("exec head -c 3000000 /dev/zero > big", file_size_mb=1)
     assert (big.success, big.error_type) == (False, "file_size_limit")
+
+
+def test_the_hosts_secrets_in_etc_are_not_there_even_for_a_root_worker():
+    # A root worker's scripts run as root without capabilities: whatever root-owned file they
+    # can see they can read, so the secrets of /etc must not be in their root at all.
+    outcome = run(
+        "cat /etc/shadow; cat /etc/gshadow; ls /etc/ssh; ls /etc/ssl/private; "
+        "cut -d: -f2 /etc/passwd | sort -u; id -un; echo written > /etc/hosts"
+    )
+    assert "root:" not in outcome.result["stdout"]
+    for path in ("/etc/shadow", "/etc/gshadow", "/etc/ssh", "/etc/ssl/private"):
+        assert f"{path}: No such file or directory" in outcome.result["stderr"].replace("'", ""), path
+    lines = outcome.result["stdout"].split()
+    assert lines[0] == "x"  # passwd without password fields
+    assert lines[1] == __import__("pwd").getpwuid(os.geteuid()).pw_name  # names still resolve
+    assert "Read-only file system" in outcome.result["stderr"]
+
+
+def test_the_kernels_writable_files_in_proc_are_read_only():
+    # A capless root may still write /proc/sys and /proc/sysrq-trigger by their file modes;
+    # opening for writing (nothing is written) must fail.
+    script = (
+        "import os\n"
+        "for path in ('/proc/sys/vm/drop_caches', '/proc/sysrq-trigger', '/proc/sys/net/ipv4/ip_local_port_range'):\n"
+        "    try:\n"
+        "        os.close(os.open(path, os.O_WRONLY))\n"
+        "        print(path, 'open')\n"
+        "    except OSError as exc:\n"
+        "        print(path, exc.errno)\n"
+    )
+    outcome = run(script, "python")
+    assert outcome.success, outcome
+    for line in outcome.result["stdout"].splitlines():
+        assert line.split()[1] in ("30", "13", "2"), line  # EROFS, EACCES (not root), ENOENT
+
+
+def test_consecutive_runs_share_nothing():
+    # Consecutive runs may be served by one prepared sandbox: nothing of a run may reach the next.
+    from async_task_system.sandbox.process import ScriptRunner
+
+    runner = ScriptRunner(RunLimits())
+    leave = (
+        "echo left > /scratch/a; echo left > /tmp/b; ipcmk -M 4096 > /dev/null; (setsid sleep 60 &); echo $$"
+    )
+    look = "find /scratch /tmp -mindepth 1 | wc -l; ipcs -m | grep -c '^0x'; ps -e -o comm= | grep -c sleep; echo $$"
+
+    async def both():
+        return await runner.run(leave), await runner.run(look)
+
+    first, second = asyncio.run(both())
+    assert first.success and second.success, (first, second)
+    files, segments, sleepers, _pid = second.result["stdout"].split()
+    assert (files, segments, sleepers) == ("0", "0", "0"), second.result
+
+
+@pytest.mark.parametrize("isolation", [True, False])
+def test_on_start_is_called_once_when_the_program_started_and_before_its_first_line(isolation):
+    from async_task_system.sandbox.process import ScriptRunner
+
+    runner = ScriptRunner(RunLimits(isolation=isolation))
+    events: list[tuple[str, float | str]] = []
+
+    async def go():
+        before = time.time()
+        outcome = await runner.run(
+            "echo one; echo two",
+            on_start=lambda at: events.append(("start", at)),
+            on_line=lambda stream, line: events.append(("line", line)),
+        )
+        failed = await runner.run_program(
+            ["/no/such/program"], on_start=lambda at: events.append(("bad", at))
+        )
+        return before, outcome, failed
+
+    before, outcome, failed = asyncio.run(go())
+    assert outcome.success and not failed.success
+    kinds = [kind for kind, _ in events]
+    assert kinds[:3] == ["start", "line", "line"]
+    # isolated: not for a program that could not start (unisolated: its supervisor did start)
+    assert kinds[3:] == ([] if isolation else ["bad"])
+    assert before <= events[0][1] <= time.time()

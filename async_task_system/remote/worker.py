@@ -426,9 +426,9 @@ class WorkerDaemon:
         request_id = request["request_id"]
         task_id = request.get("task_id") or request_id
 
-        def on_start() -> None:
-            # the process is being spawned now: tell the hub at once (before any output line)
-            outbox.put_nowait(started_frame(request_id, time.time(), task_id))
+        def on_start(at: float | None = None) -> None:
+            # the process has started (the runner calls this before any output line)
+            outbox.put_nowait(started_frame(request_id, time.time() if at is None else at, task_id))
 
         def on_line(stream: str, line: str) -> None:
             limit = self._frame_limit
@@ -454,7 +454,6 @@ class WorkerDaemon:
                         success, result, error, error_type = await self._run_tool(request, on_start)
                     else:
                         logger.info("running task %s (request %s)", task_id, request_id)
-                        on_start()
                         success, result, error, error_type = await self.runner.run(
                             request["command"],
                             request["language"],
@@ -463,6 +462,7 @@ class WorkerDaemon:
                             env=request.get("env"),
                             trace=request.get("trace"),
                             on_line=on_line,
+                            on_start=on_start,
                         )
                 except asyncio.CancelledError:
                     raise

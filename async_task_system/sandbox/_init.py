@@ -2,21 +2,27 @@
 
 Born by ``clone(2)`` in fresh pid, mount, IPC and UTS namespaces (and a fresh network namespace
 unless the run may use the network; in a fresh user namespace too when the zygote is not root), it
-prepares the run's file system before any request arrives:
+does everything that does not depend on the program before any request arrives:
 
 * a new root on a small tmpfs: the system directories (``/usr``, ``/bin``, ``/lib*``, ``/sbin``,
-  ``/etc``, ``/opt``) bound read-only, a minimal ``/dev`` (``null``, ``zero``, ``full``,
-  ``random``, ``urandom``, ``tty``), a ``/proc`` of its own pid namespace (the host's and the
-  worker's processes are not in it), and the run's private scratch directory ``/scratch`` (also
-  ``/tmp``): a tmpfs of ``scratch_bytes``, gone with the namespace when the run ends;
+  ``/opt``) bound read-only, of ``/etc`` only what programs need (see :mod:`._etc`: no
+  ``shadow``, no SSH or TLS keys), a minimal
+  ``/dev`` (``null``, ``zero``, ``full``, ``random``, ``urandom``, ``tty``), a ``/proc`` of its
+  own pid namespace (the host's and the worker's processes are not in it), the paths of the
+  run's *layout* (read-only paths, writable paths: the same for every run of a worker, so the
+  supervisor keeps runs of each layout ready) and the private scratch directory ``/scratch``
+  (also ``/tmp``): a tmpfs of ``scratch_bytes``, gone with the namespace when the run ends;
+* ``pivot_root`` into it, the host's root detached, the root remounted read-only; every
+  capability dropped from the bounding and ambient sets and ``no_new_privs`` set (they hold for
+  every process started from here on);
 
-then waits for its request (argv, environment, limits, and stdin/stdout/stderr as descriptors),
-binds the paths that run needs (read-only; ``write_paths`` read-write), pivots into the new root,
-applies the limits and privileges to itself (rlimits, no capabilities, ``no_new_privs``, another
-user) and starts the program with ``posix_spawn`` (a ``vfork``: no copy of this interpreter). It
-stays as the namespace's init, reaping orphans, and when the program ends it reports the status
-(and whether the scratch directory was full) and exits: the kernel then kills every process left in
-the namespace, whatever its session or group.
+then it waits for its request (argv, environment, working directory, limits, and
+stdin/stdout/stderr as descriptors), applies the limits to itself (rlimits, another user) and
+starts the program with ``posix_spawn`` (a ``vfork``: no copy of this interpreter). It stays as
+the namespace's init, reaping orphans; when the program ends it kills every process left in the
+namespace (``kill(-1, SIGKILL)`` from a namespace's init reaches all of them, whatever their
+session or group) and reaps them all, and only then reports the status (and whether the scratch
+directory was full) and exits: when the report arrives, nothing of the run is running.
 """
 
 import ctypes
@@ -26,14 +32,19 @@ import platform
 import resource
 import signal
 import socket
+import time
+
+import _etc
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
+CLONE_NEWIPC = 0x08000000
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
-SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 SCRATCH = "/scratch"
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,11 +75,13 @@ def _locked_flags(path):
     return flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def _bind(stage, path, writable=False):
-    """Bind ``path`` (file or directory) at the same place under ``stage``; read-only unless ``writable``."""
-    target = stage + path
-    if os.path.lexists(target) and os.path.ismount(target):
-        return
+def _bind(stage, path, writable=False, target=None):
+    """Bind ``path`` (file or directory) at the same place under ``stage`` (or at ``target``);
+    read-only unless ``writable``."""
+    if target is None:
+        target = stage + path
+        if os.path.lexists(target) and os.path.ismount(target):
+            return
     if os.path.isdir(path):
         os.makedirs(target, exist_ok=True)
     else:
@@ -90,8 +103,9 @@ def _map_user(uid, gid):
         handle.write(f"{gid} {gid} 1")
 
 
-def prepare(conf, stage):
-    """Build the new root under ``stage`` (a directory of the host's, now ours to mount on)."""
+def prepare(conf, stage, layout):
+    """Build the new root under ``stage`` (a directory of the host's, now ours to mount on) with
+    the paths of ``layout``, pivot into it and drop what no program of the run may have."""
     if conf.get("userns"):
         _map_user(conf["uid"], conf["gid"])
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -101,9 +115,7 @@ def prepare(conf, stage):
             os.symlink(os.readlink(path), stage + path)
         elif os.path.isdir(path):
             _bind(stage, path)
-    for path in conf.get("read_paths") or ():
-        if os.path.exists(path):
-            _bind(stage, path)
+    _etc.build(stage, mount, _bind, (MS_REMOUNT, MS_RDONLY, MS_NOSUID, MS_NODEV))
     os.makedirs(stage + "/dev", exist_ok=True)
     mount("tmpfs", stage + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
     for name in DEVICES:
@@ -117,13 +129,26 @@ def prepare(conf, stage):
     ):
         os.symlink(target, f"{stage}/dev/{name}")
     os.symlink("/proc/self/fd/2", f"{stage}/dev/stderr")
-    os.makedirs(stage + "/proc")
+    mount(None, stage + "/dev", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
+    os.makedirs(stage + "/proc", exist_ok=True)
     mount("proc", stage + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    size = int(conf.get("scratch_bytes") or 64 * 1024 * 1024)
+    for path in PROC_READ_ONLY:  # a root run without capabilities may still write these
+        if os.path.exists(stage + path):
+            _bind(stage, stage + path, target=stage + path)
+    size = int(layout.get("scratch_bytes") or 64 * 1024 * 1024)
     for path in (SCRATCH, "/tmp"):
-        os.makedirs(stage + path)
+        os.makedirs(stage + path, exist_ok=True)
     mount("tmpfs", stage + SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
     mount(stage + SCRATCH, stage + "/tmp", None, MS_BIND)
+    # after /tmp: a path under it is bound over the scratch directory
+    for path in (*(conf.get("read_paths") or ()), *(layout.get("read_paths") or ())):
+        if os.path.exists(path):
+            _bind(stage, path)
+    for path in layout.get("write_paths") or ():
+        if os.path.exists(path):
+            _bind(stage, path, writable=True)
+    _pivot(stage)
+    _drop_privileges()
 
 
 def _pivot(stage):
@@ -137,8 +162,24 @@ def _pivot(stage):
     mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+def _drop_privileges():
+    """Of every process started from here on: no capability can be had back (bounding and ambient
+    sets empty) and none gained by ``exec`` (``no_new_privs``). This init keeps its own effective
+    capabilities, which only ``setuid`` needs now."""
+    last = 63
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as handle:
+            last = int(handle.read())
+    except (OSError, ValueError):
+        pass
+    for cap in range(last + 1):
+        _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), 0, 0, 0), "no_new_privs")
+
+
 def _limit_self(req):
-    """Limits and privileges of the program, set on this process and inherited by ``posix_spawn``."""
+    """The limits of the program, set on this process and inherited by ``posix_spawn``."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     for kind, key in ((resource.RLIMIT_AS, "memory_bytes"), (resource.RLIMIT_FSIZE, "file_bytes")):
         if req.get(key):
@@ -153,21 +194,11 @@ def _limit_self(req):
     if req.get("max_processes"):
         limit = int(req["max_processes"]) + 1  # this init counts
         resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
-    last = 63
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as handle:
-            last = int(handle.read())
-    except (OSError, ValueError):
-        pass
-    for cap in range(last + 1):
-        _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)
-    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     user = req.get("user")
     if user is not None:
         os.setgroups([])
         os.setgid(int(user[1]))
         os.setuid(int(user[0]))
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), 0, 0, 0), "no_new_privs")
 
 
 def _which(name, path):
@@ -180,43 +211,109 @@ def _which(name, path):
     raise FileNotFoundError(2, f"No such file or directory: {name!r}")
 
 
-def serve(sock, conf, stage):
-    """The init of one run: prepare, wait for the request, start the program, report, exit."""
+def _end_all(child):
+    """Wait for the program ``child``, reaping orphans meanwhile; then kill every process left in
+    the namespace and reap until this init has no child: nothing of the run runs any more."""
+    status = None
+    while True:
+        try:
+            pid, code = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return status
+        except InterruptedError:
+            continue
+        if pid == child:
+            status = code
+            break
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)  # every process of this pid namespace but its init
+        except OSError:
+            pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return status
+        except InterruptedError:
+            continue
+
+
+def reusable(layout, req):
+    """Whether this init may serve another run after ``req``: nothing of a run survives its end
+    (every process is killed and reaped, the scratch directory and the IPC namespace are made
+    anew, the rest is read-only or the network namespace's loopback, which is down and holds no
+    state once its processes are gone) unless it ran as another user (``setuid`` cannot be
+    undone) or a path of the layout lies in the scratch directory (it could not be bound again)."""
+    paths = (*(layout.get("read_paths") or ()), *(layout.get("write_paths") or ()))
+    return req.get("user") is None and not any(p.startswith(("/tmp/", SCRATCH + "/")) for p in paths)
+
+
+def _renew(layout):
+    """A fresh scratch directory and IPC namespace for the next run."""
+    os.chdir("/")
+    for path in ("/tmp", SCRATCH):
+        _check(_libc.umount2(path.encode(), MNT_DETACH), f"umount {path}")
+    size = int(layout.get("scratch_bytes") or 64 * 1024 * 1024)
+    mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    mount(SCRATCH, "/tmp", None, MS_BIND)
+    _check(_libc.unshare(CLONE_NEWIPC), "unshare the IPC namespace")
+
+
+def _cpu():
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def serve(sock, conf, stage, layout):
+    """The init of one run, or of several in turn (see :func:`reusable`): prepare, then for each
+    request start the program, end every process of the run, report; exit when not reused."""
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(number, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     try:
-        prepare(conf, stage)
+        prepare(conf, stage, layout)
     except OSError as exc:
         sock.send(json.dumps({"error": str(exc)}).encode())
         return
     sock.send(b'{"ready": true}')
-    try:
-        data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 22, 3)
-    except OSError:
-        return
-    if not data:
-        return  # the zygote is gone or shut this one down
-    req = json.loads(data)
+    uses = int(conf.get("reuse") or 0)
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 22, 3)
+        except OSError:
+            return
+        if not data:
+            return  # the zygote is gone or shut this one down
+        req = json.loads(data)
+        status = _run(sock, req, fds)
+        if status is None:
+            return
+        full = False
+        try:
+            stat = os.statvfs(SCRATCH)
+            full = stat.f_bavail * stat.f_frsize < 128 * 1024
+        except OSError:
+            pass
+        uses -= 1
+        again = uses > 0 and reusable(layout, req)
+        sock.send(
+            json.dumps({"status": status, "scratch_full": full, "again": again, "cpu": _cpu()}).encode()
+        )
+        if not again:
+            return
+        try:
+            _renew(layout)
+        except OSError as exc:
+            sock.send(json.dumps({"error": f"sandbox init could not renew the run: {exc}"}).encode())
+            return
+
+
+def _run(sock, req, fds):
+    """Start the program of ``req`` and end every process of the run; its wait status, or
+    ``None`` when it could not start (the error is reported)."""
     for fd in fds:
         os.set_inheritable(fd, False)
     try:
-        os.setsid()
-        if req.get("scratch_bytes"):
-            mount(
-                None,
-                stage + SCRATCH,
-                None,
-                MS_REMOUNT | MS_NOSUID | MS_NODEV,
-                f"size={int(req['scratch_bytes'])},mode=1777",
-            )
-        for path in req.get("read_paths") or ():
-            if os.path.exists(path):
-                _bind(stage, path)
-        for path in req.get("write_paths") or ():
-            if os.path.exists(path):
-                _bind(stage, path, writable=True)
-        _pivot(stage)
         os.chdir(req.get("cwd") or SCRATCH)
         _limit_self(req)
         env = req.get("env") or {}
@@ -231,6 +328,7 @@ def serve(sock, conf, stage):
                 (os.POSIX_SPAWN_DUP2, stdout, 1),
                 (os.POSIX_SPAWN_DUP2, stderr, 2),
             ],
+            setsid=True,
             setsigmask=(),
             setsigdef=(
                 signal.SIGTERM,
@@ -243,22 +341,10 @@ def serve(sock, conf, stage):
         )
     except (OSError, KeyError, ValueError, TypeError) as exc:
         sock.send(json.dumps({"error": f"could not start the program: {exc}"}).encode())
-        return
-    for fd in fds:
-        os.close(fd)
-    while True:  # the namespace's init: reap orphans until the program itself ends
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
-        if pid == child:
-            break
-    full = False
-    try:
-        stat = os.statvfs(SCRATCH)
-        full = stat.f_bavail * stat.f_frsize < 128 * 1024
-    except OSError:
-        pass
-    sock.send(json.dumps({"status": status, "scratch_full": full}).encode())
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if req.get("notify_start"):
+        sock.send(json.dumps({"started": time.time()}).encode())
+    return _end_all(child)

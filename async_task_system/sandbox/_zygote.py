@@ -4,10 +4,14 @@ Started once per process by :mod:`async_task_system.sandbox.isolation` with one 
 ``SOCK_SEQPACKET`` pair as ``FD`` (it ends when that closes: the worker's exit, even by
 ``SIGKILL``). Two processes:
 
-* the *forker* keeps a few runs ready: each one a process 1 of fresh namespaces made by
-  ``clone(2)`` (see :mod:`._init`), its new root already built; it hands each to the supervisor
-  with a socket to it and replaces each taken. Preparing a run (the ``clone`` of an interpreter,
-  the namespaces, the mounts) is off the path of a request.
+* the *forker* makes the runs the supervisor asks for: each one a process 1 of fresh namespaces
+  made by ``clone(2)`` (see :mod:`._init`) that builds its new root, pivots into it and drops its
+  privileges before any request; it hands each to the supervisor with a socket to it. Runs are
+  made per *layout* (network or not, the paths bound, the scratch size: what a run's namespaces
+  depend on): ``spare`` ready for the default layout and for the last few others used. Preparing
+  a run (the ``clone`` of an interpreter, the namespaces, the mounts) is off the path of a
+  request, and so is its replacement: asked when the run ends (or once it has run ``poll``
+  seconds), so that making it does not compete with a short run for the CPU.
 * the *supervisor* takes requests (argv, environment, limits, and the program's stdin, stdout and
   stderr as descriptors), passes each to a ready init, watches the limits of every run's tree
   (CPU seconds, resident memory, processes: one ``/proc`` scan every ``poll`` seconds for all),
@@ -17,7 +21,10 @@ Started once per process by :mod:`async_task_system.sandbox.isolation` with one 
 Messages are JSON, one per packet. To the supervisor: ``{"op": "run", "id": N, "network": bool,
 ...}`` with three descriptors, ``{"op": "stop", "id": N, "grace": SECONDS}``. From it: first
 ``{"op": "hello", "isolation": bool, "reason": str}``, then ``{"op": "exit", "id": N, "code":
-int|None, "limit": str|None, "message": str|None}``.
+int|None, "limit": str|None, "message": str|None}`` (with ``{"op": "started", "id": N, "at":
+UNIX_TIME}`` before it when the request had ``"notify_start": true``). A run is reported ended
+when its init says that it killed and reaped every process of the run, without waiting for the
+kernel to tear its namespaces down.
 """
 
 import ctypes
@@ -70,17 +77,17 @@ def _flags(conf, network):
     return flags
 
 
-def _spawn_init(conf, stage, network, keep):
-    """One ready run: ``(pid, socket)``; the child never returns."""
+def _spawn_init(conf, stage, layout):
+    """One ready run of ``layout``: ``(pid, socket)``; the child never returns."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = clone(_flags(conf, network))
+    pid = clone(_flags(conf, bool(layout.get("network"))))
     if pid == 0:
         code = 0
         try:
             _supervise._prctl(_supervise.PR_SET_PDEATHSIG, signal.SIGKILL)
             os.closerange(3, theirs.fileno())
             os.closerange(theirs.fileno() + 1, 1 << 16)
-            _init.serve(theirs, conf, stage)
+            _init.serve(theirs, conf, stage, layout)
         except BaseException as exc:  # noqa: BLE001 - report and end, whatever it was
             code = 1
             try:
@@ -93,31 +100,74 @@ def _spawn_init(conf, stage, network, keep):
 
 
 def forker(conf, stage, link, spare):
-    """Keep ``spare`` runs ready per network mode asked for; one more for each taken."""
+    """Make the runs the supervisor asks for (``{"key", "layout", "count"}``); ``spare`` of the
+    default layout first."""
     _supervise._prctl(_supervise.PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the inits' exits: reaped by the kernel
-    wanted = {False: spare, True: 0}
+    key, layout, count = DEFAULT, default_layout(conf), spare
     while True:
-        for network, count in wanted.items():
-            while count > 0:
-                pid, sock = _spawn_init(conf, stage, network, link)
-                socket.send_fds(
-                    link, [json.dumps({"pid": pid, "network": network}).encode()], [sock.fileno()]
-                )
-                sock.close()
-                count -= 1
-            wanted[network] = 0
-        data = link.recv(4096)
+        for _ in range(count):
+            pid, sock = _spawn_init(conf, stage, layout)
+            socket.send_fds(link, [json.dumps({"pid": pid, "key": key}).encode()], [sock.fileno()])
+            sock.close()
+        data = link.recv(PACKET)
         if not data:
             return
         ask = json.loads(data)
-        wanted[bool(ask["network"])] += int(ask.get("count", 1))
+        key, layout, count = ask["key"], ask["layout"], int(ask.get("count", 1))
+
+
+DEFAULT = "default"
+LAYOUTS = 4  # layouts kept ready besides the default one (the most recently used)
+
+
+def default_layout(conf):
+    return {"network": False, "read_paths": [], "write_paths": [], "scratch_bytes": conf["scratch_bytes"]}
+
+
+def layout_of(conf, req):
+    """What a run's mount and network namespaces depend on: runs of one layout are alike until
+    their request, so they can be made ahead of it. Returns ``(key, layout)``."""
+    base = set(conf.get("read_paths") or ())
+    layout = {
+        "network": bool(req.get("network")),
+        "read_paths": sorted({p for p in req.get("read_paths") or () if p not in base}),
+        "write_paths": sorted(set(req.get("write_paths") or ())),
+        "scratch_bytes": int(req.get("scratch_bytes") or conf["scratch_bytes"]),
+    }
+    if layout == default_layout(conf):
+        return DEFAULT, layout
+    return json.dumps(layout, sort_keys=True), layout
+
+
+def _limits(req):
+    """The rlimits a run sets on its init (a reused init keeps them)."""
+    return json.dumps([req.get(k) for k in ("cpu_seconds", "memory_bytes", "file_bytes", "max_processes")])
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class Pool:
+    """The runs of one layout: ready (made, not taken), pending (asked of the forker), waiting
+    (requests for which no run was ready)."""
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.ready = []  # (pid, socket, limits of its last run or None when fresh, CPU seconds)
+        self.pending = 0
+        self.waiting = []
 
 
 class Run:
-    def __init__(self, rid, req):
+    def __init__(self, rid, req, key):
         self.id = rid
         self.req = req
+        self.key = key
         self.pid = None
         self.sock = None
         self.pidfd = None
@@ -125,6 +175,9 @@ class Run:
         self.error = None
         self.verdict = None  # (limit, message)
         self.stop_at = None
+        self.check_at = 0.0
+        self.cpu_base = 0.0  # CPU seconds a reused init counted before this run
+        self.refilled = False
         self.gone = False
 
 
@@ -133,17 +186,35 @@ class Supervisor:
         self.ctl = ctl
         self.link = link
         self.conf = conf
-        self.ready = {False: [], True: []}
-        self.waiting = {False: [], True: []}
-        self.pending = {False: int(conf.get("spare") or 2) - 1, True: 0}
+        self.spare = int(conf.get("spare") or 2)
+        self.pools = {DEFAULT: Pool(default_layout(conf))}
+        self.pools[DEFAULT].pending = self.spare
+        self.recent = []  # keys of the other layouts, the most recently used last
         self.runs = {}
         self.by_fd = {}
         self.poll = float(conf.get("poll") or 0.2)
         self.next_check = 0.0
 
-    def ask(self, network, count):
-        self.pending[network] += count
-        self.link.send(json.dumps({"network": network, "count": count}).encode())
+    def ask(self, key, count):
+        if count <= 0:
+            return
+        pool = self.pools[key]
+        pool.pending += count
+        self.link.send(json.dumps({"key": key, "layout": pool.layout, "count": count}).encode())
+
+    def refill(self, key):
+        """Ask for the runs a pool is short of: one per waiting request, plus ``spare`` ready for
+        the default layout and the most recently used others."""
+        pool = self.pools.get(key)
+        if pool is None:
+            return
+        kept = key == DEFAULT or key in self.recent
+        self.ask(key, len(pool.waiting) + (self.spare if kept else 0) - len(pool.ready) - pool.pending)
+
+    def keep(self, key):
+        """How many reused inits of a layout to keep ready: as many as its runs going on (a
+        worker's slots), at least ``spare``."""
+        return max(self.spare, sum(1 for run in self.runs.values() if run.key == key) + 1)
 
     def send(self, message):
         self.ctl.send(json.dumps(message).encode())
@@ -153,16 +224,61 @@ class Supervisor:
         if not data:
             raise SystemExit(0)
         info = json.loads(data)
-        self.pending[info["network"]] = max(0, self.pending[info["network"]] - 1)
-        self.ready[info["network"]].append((info["pid"], socket.socket(fileno=fds[0])))
-        self.dispatch(info["network"])
+        pool = self.pools.get(info["key"])
+        sock = socket.socket(fileno=fds[0])
+        if pool is None:  # a layout evicted meanwhile
+            _kill(info["pid"])
+            sock.close()
+            return
+        pool.pending = max(0, pool.pending - 1)
+        pool.ready.append((info["pid"], sock, None, 0.0))
+        self.dispatch(info["key"])
 
-    def dispatch(self, network):
-        while self.ready[network] and self.waiting[network]:
-            pid, sock = self.ready[network].pop(0)
-            run = self.waiting[network].pop(0)
-            self.ask(network, 1)  # a replacement
+    def use(self, key):
+        """Mark a layout used; evict the layouts used longest ago (their ready runs end)."""
+        if key == DEFAULT:
+            return
+        if key in self.recent:
+            self.recent.remove(key)
+        self.recent.append(key)
+        while len(self.recent) > LAYOUTS:
+            gone = self.recent.pop(0)
+            old = self.pools.get(gone)
+            if old is not None and not old.waiting:
+                for pid, sock, _limits, _cpu in old.ready:
+                    _kill(pid)
+                    sock.close()
+                del self.pools[gone]
+
+    def take(self, pool, limits):
+        """A ready init for a run with ``limits``: one reused after a run with the same rlimits
+        (they stay set on it), else a fresh one; reused ones of other limits are ended."""
+        fresh = None
+        for index, entry in enumerate(pool.ready):
+            if entry[2] == limits:
+                return pool.ready.pop(index)
+            if entry[2] is None and fresh is None:
+                fresh = index
+        if fresh is not None:
+            return pool.ready.pop(fresh)
+        for pid, sock, _limits, _cpu in pool.ready:
+            _kill(pid)
+            sock.close()
+        pool.ready = []
+        return None
+
+    def dispatch(self, key):
+        pool = self.pools[key]
+        while pool.ready and pool.waiting:
+            run = pool.waiting[0]
+            entry = self.take(pool, _limits(run.req))
+            if entry is None:
+                self.refill(key)
+                return
+            pool.waiting.pop(0)
+            pid, sock, _limits_of_last, run.cpu_base = entry
             run.pid, run.sock = pid, sock
+            run.check_at = time.monotonic() + self.poll
             try:
                 run.pidfd = os.pidfd_open(pid)
             except OSError:
@@ -183,14 +299,16 @@ class Supervisor:
     def request(self, data, fds):
         message = json.loads(data)
         if message["op"] == "run":
-            network = bool(message.get("network"))
-            run = Run(message["id"], dict(message, fds=fds))
+            key, layout = layout_of(self.conf, message)
+            if key not in self.pools:
+                self.pools[key] = Pool(layout)
+            self.use(key)
+            run = Run(message["id"], dict(message, fds=fds), key)
             self.runs[run.id] = run
-            self.waiting[network].append(run)
-            short = len(self.waiting[network]) - len(self.ready[network]) - self.pending[network]
-            if short > 0:
-                self.ask(network, short)
-            self.dispatch(network)
+            pool = self.pools[key]
+            pool.waiting.append(run)
+            self.ask(key, len(pool.waiting) - len(pool.ready) - pool.pending)
+            self.dispatch(key)
         elif message["op"] == "stop":
             run = self.runs.get(message["id"])
             if run is not None:
@@ -241,7 +359,12 @@ class Supervisor:
             if data:
                 message = json.loads(data)
                 if "status" in message:
+                    # Sent once the init has killed and reaped every process of the run: the
+                    # run is over, whatever the kernel still tears down of its namespaces.
                     run.status = message
+                    self.finish(run)
+                elif "started" in message:
+                    self.send({"op": "started", "id": run.id, "at": message["started"]})
                 elif "error" in message:
                     run.error = message["error"]
                 return
@@ -254,11 +377,33 @@ class Supervisor:
             self.finish(run)
 
     def finish(self, run):
-        if run.sock is not None:
-            self.by_fd.pop(run.sock.fileno(), None)
-            run.sock.close()
-        self.runs.pop(run.id, None)
+        if self.runs.pop(run.id, None) is None:
+            return
+        for fd in (run.sock.fileno() if run.sock is not None else None, run.pidfd):
+            if fd is not None:
+                self.by_fd.pop(fd, None)
         limit, message = run.verdict or (None, None)
+        pool = self.pools.get(run.key)
+        again = (
+            run.status is not None
+            and run.status.get("again")
+            and run.verdict is None
+            and pool is not None
+            and sum(1 for entry in pool.ready if entry[2] is not None) < self.keep(run.key)
+        )
+        if again:  # the init ended every process of the run and renews its scratch and IPC
+            pool.ready.append((run.pid, run.sock, _limits(run.req), float(run.status.get("cpu") or 0)))
+            run.sock = None
+            run.gone = True
+        if run.sock is not None:
+            run.sock.close()
+            run.sock = None
+        if not run.gone:
+            self.kill(run)  # an init that reported is ending anyway; one that did not must
+            run.gone = True
+        if run.pidfd is not None:
+            os.close(run.pidfd)
+            run.pidfd = None
         code = None
         if run.status is not None:
             code = os.waitstatus_to_exitcode(run.status["status"])
@@ -268,9 +413,13 @@ class Supervisor:
             limit = None
         if run.error is not None and limit is None:
             limit, message = "start_error", run.error
+        if run.status is None and limit is None:
+            limit, message = "start_error", "the sandbox of the run ended before the program did"
         if limit == "cpu_limit":
             code = -signal.SIGXCPU
         self.send({"op": "exit", "id": run.id, "code": code, "limit": limit, "message": message})
+        if not run.refilled:
+            self.refill(run.key)
 
     def check_limits(self):
         active = [run for run in self.runs.values() if run.pid is not None and not run.gone]
@@ -280,12 +429,15 @@ class Supervisor:
         for run in active:
             if run.stop_at is not None and now >= run.stop_at:
                 self.kill(run)
-        if now < self.next_check:
-            return
+            if not run.refilled and now >= run.check_at:
+                run.refilled = True  # a long run: its replacement need not wait for its end
+                self.refill(run.key)
+        if now < self.next_check or all(now < run.check_at for run in active):
+            return  # a run shorter than one poll costs no scan of /proc
         self.next_check = now + self.poll
         table = _supervise._table()
         for run in active:
-            if run.verdict is not None:
+            if run.verdict is not None or now < run.check_at:
                 continue
             req = run.req
             tree = _supervise._tree(run.pid, table)
@@ -302,7 +454,7 @@ class Supervisor:
                     "memory_limit",
                     f"the processes used more than {mib} MiB together; all of them were killed",
                 )
-            elif cpu and sum(table[p][1] for p in [run.pid, *tree] if p in table) > cpu:
+            elif cpu and sum(table[p][1] for p in [run.pid, *tree] if p in table) - run.cpu_base > cpu:
                 run.verdict = ("cpu_limit", None)
             if run.verdict is not None:
                 self.kill(run)
@@ -328,6 +480,8 @@ class Supervisor:
 def main():
     ctl = socket.socket(fileno=int(sys.argv[1]))
     conf = json.loads(os.environ.pop("ASYNC_AGENT_ZYGOTE"))
+    conf["scratch_bytes"] = int(conf.get("scratch_bytes") or 64 * 1024 * 1024)
+    conf.setdefault("reuse", 64)
     os.setsid()
     _supervise._prctl(_supervise.PR_SET_CHILD_SUBREAPER, 1)
     stage = os.path.join(conf.get("tmp") or "/tmp", f"async-task-sandbox-{os.getpid()}")
@@ -358,17 +512,16 @@ def main():
             supervisor.send({"op": "hello", "isolation": False, "reason": answer["error"]})
             return 0
         probe.settimeout(None)
-        supervisor.ready[info["network"]].append((info["pid"], probe))
+        supervisor.pools[DEFAULT].pending -= 1
+        supervisor.pools[DEFAULT].ready.append((info["pid"], probe, None, 0.0))
         supervisor.send({"op": "hello", "isolation": True, "reason": "namespaces: " + conf["mode"]})
         supervisor.loop()
     finally:
         for run in list(supervisor.runs.values()):
             supervisor.kill(run)
-        for pid, _sock in supervisor.ready[False] + supervisor.ready[True]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        for pool in supervisor.pools.values():
+            for pid, _sock, _limits, _cpu in pool.ready:
+                _kill(pid)
         try:
             os.kill(helper, signal.SIGKILL)
         except OSError:

@@ -10,6 +10,7 @@ interpreter. Where namespaces are unavailable, :func:`isolation_status` says why
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = ["IsolationStatus", "isolation_status"]
@@ -48,6 +50,7 @@ class Zygote:
             "tmp": "/tmp" if os.path.isdir("/tmp") else os.getcwd(),
             "spare": spare,
             "read_paths": read_paths([sys.executable], sys.executable),
+            "scratch_bytes": 64 * 1024 * 1024,
         }
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid_of_owner = os.getpid()
@@ -55,6 +58,7 @@ class Zygote:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[dict[str, Any]]]] = {}
+        self._started: dict[int, tuple[asyncio.AbstractEventLoop, Callable[[float], None]]] = {}
         self._hello = threading.Event()
         self.status = IsolationStatus(False, "the sandbox supervisor did not answer")
         self.alive = True
@@ -85,7 +89,14 @@ class Zygote:
                 self.status = IsolationStatus(bool(message["isolation"]), str(message["reason"]))
                 self._hello.set()
                 continue
+            if message.get("op") == "started":
+                with self._lock:
+                    entry = self._started.pop(int(message["id"]), None)
+                if entry is not None:
+                    _call(entry, float(message["at"]))
+                continue
             with self._lock:
+                self._started.pop(int(message["id"]), None)
                 entry = self._waiting.pop(int(message["id"]), None)
             if entry is not None:
                 _resolve(entry, message)
@@ -96,18 +107,28 @@ class Zygote:
         for entry in left:
             _resolve(entry, {"code": None, "limit": "start_error", "message": "the sandbox supervisor ended"})
 
-    def submit(self, request: dict[str, Any], fds: list[int]) -> tuple[int, asyncio.Future[dict[str, Any]]]:
-        """Send one run; the future gets ``{"code", "limit", "message"}`` at its end."""
+    def submit(
+        self,
+        request: dict[str, Any],
+        fds: list[int],
+        on_start: Callable[[float], None] | None = None,
+    ) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Send one run; the future gets ``{"code", "limit", "message"}`` at its end, and
+        ``on_start(unix_time)`` is called on this loop once the program has started."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         rid = next(self._ids)
         with self._lock:
             self._waiting[rid] = (loop, future)
+            if on_start is not None:
+                self._started[rid] = (loop, on_start)
+        message = dict(request, op="run", id=rid, notify_start=on_start is not None)
         try:
-            socket.send_fds(self._sock, [json.dumps(dict(request, op="run", id=rid)).encode()], fds)
+            socket.send_fds(self._sock, [json.dumps(message).encode()], fds)
         except OSError as exc:
             with self._lock:
                 self._waiting.pop(rid, None)
+                self._started.pop(rid, None)
             future.set_result(
                 {"code": None, "limit": "start_error", "message": f"the sandbox supervisor is gone: {exc}"}
             )
@@ -135,6 +156,14 @@ def _resolve(
         pass  # that loop is closed: nobody waits any more
 
 
+def _call(entry: tuple[asyncio.AbstractEventLoop, Callable[[float], None]], at: float) -> None:
+    loop, callback = entry
+    try:
+        loop.call_soon_threadsafe(callback, at)
+    except RuntimeError:
+        pass
+
+
 _current: Zygote | None = None
 _start_lock = threading.Lock()
 
@@ -159,19 +188,36 @@ def isolation_status(timeout: float = 30.0) -> IsolationStatus:
 def read_paths(argv: list[str], python: str) -> list[str]:
     """Paths a program needs to see besides the system directories: the interpreter's installation
     (a virtual environment and its base), the program and every absolute path argument's directory."""
+    found = list(_installation(argv[0] if argv else python, python))
+    for item in argv[1:]:
+        if item.startswith("/") and "\n" not in item and len(item) < 4096 and os.path.isfile(item):
+            path = os.path.dirname(os.path.realpath(item))
+            if path not in found and not _system(path):
+                found.append(path)
+    return found
+
+
+def _system(path: str) -> bool:
+    """Bound anyway (or, for ``/``, never whole)."""
+    return path.startswith(("/usr/", "/bin/", "/lib", "/etc/")) or path in ("/usr", "/")
+
+
+@functools.lru_cache(maxsize=64)
+def _installation(program: str, python: str) -> tuple[str, ...]:
+    """The installations of ``program`` and ``python`` (asked once per pair: it reads files)."""
     found: list[str] = []
 
     def add(path: str) -> None:
         if path and path not in found and os.path.exists(path):
             found.append(path)
 
-    for program in {python, argv[0]} if argv else {python}:
-        if "/" not in program:
+    for item in {python, program}:
+        if "/" not in item:
             continue
-        folder = os.path.dirname(os.path.abspath(program))
+        folder = os.path.dirname(os.path.abspath(item))
         if os.path.basename(folder) == "bin":
             add(os.path.dirname(folder))  # a prefix: bin/, lib/, pyvenv.cfg
-        real = os.path.dirname(os.path.realpath(program))
+        real = os.path.dirname(os.path.realpath(item))
         add(os.path.dirname(real) if os.path.basename(real) == "bin" else real)
         if os.path.exists(os.path.join(os.path.dirname(folder), "pyvenv.cfg")):
             with open(os.path.join(os.path.dirname(folder), "pyvenv.cfg")) as handle:
@@ -179,12 +225,7 @@ def read_paths(argv: list[str], python: str) -> list[str]:
                     key, _, value = line.partition("=")
                     if key.strip() == "home":
                         add(os.path.dirname(value.strip()))
-    for item in argv[1:]:
-        if item.startswith("/") and "\n" not in item and len(item) < 4096 and os.path.isfile(item):
-            add(os.path.dirname(os.path.realpath(item)))
-    return [
-        path for path in found if not path.startswith(("/usr/", "/bin/", "/lib", "/etc/")) and path != "/usr"
-    ]
+    return tuple(path for path in found if not _system(path))
 
 
 __all__ += ["Zygote", "zygote", "read_paths"]
@@ -207,7 +248,12 @@ class IsolatedProcess:
         self._future: asyncio.Future[dict[str, Any]] | None = None
 
     @classmethod
-    async def start(cls, request: dict[str, Any], feed_stdin: bool) -> IsolatedProcess:
+    async def start(
+        cls,
+        request: dict[str, Any],
+        feed_stdin: bool,
+        on_start: Callable[[float], None] | None = None,
+    ) -> IsolatedProcess:
         loop = asyncio.get_running_loop()
         self = cls()
         server = zygote()
@@ -233,7 +279,7 @@ class IsolatedProcess:
                 )
                 self.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
             self._zygote = server
-            self._rid, self._future = server.submit(request, [in_r, out_w, err_w])
+            self._rid, self._future = server.submit(request, [in_r, out_w, err_w], on_start)
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)

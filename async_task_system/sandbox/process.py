@@ -66,6 +66,8 @@ _MAX_LINE = 8192
 
 LineCallback = Callable[[str, str], None]
 """``(stream, line)``: ``stream`` is ``"stdout"`` or ``"stderr"``."""
+StartCallback = Callable[[float], None]
+"""``(unix_time)``: when the program started."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,9 @@ class ScriptRunner:
 
     def _sandbox(self, env: dict[str, str]) -> str:
         """The supervisor's configuration (see :mod:`._supervise`)."""
+        return json.dumps(self._config(env))
+
+    def _config(self, env: dict[str, str]) -> dict[str, Any]:
         limits = self.limits
         mib = 1024 * 1024
         memory = None if limits.memory_mb is None else int(limits.memory_mb) * mib
@@ -233,13 +238,13 @@ class ScriptRunner:
             "term_grace": max(0.0, float(limits.kill_grace)),
             "user": _user_ids(str(limits.user)) if limits.user is not None and os.geteuid() == 0 else None,
         }
-        return json.dumps(config)
+        return config
 
     def _request(
         self, argv: list[str], env: dict[str, str], cwd: str | None, network: bool | None
     ) -> dict[str, Any]:
         """An isolated run's request to the supervisor (see :mod:`._zygote`)."""
-        config = json.loads(self._sandbox(env))
+        config = self._config(env)
         limits = self.limits
         workdir = cwd if cwd is not None else limits.workdir
         writable = [os.path.abspath(path) for path in (*limits.write_paths, *([workdir] if workdir else []))]
@@ -282,6 +287,7 @@ class ScriptRunner:
         env: dict[str, str] | None = None,
         trace: dict[str, str] | None = None,
         on_line: LineCallback | None = None,
+        on_start: StartCallback | None = None,
     ) -> RunOutcome:
         """Run the script ``command`` in ``language`` (one of ``limits.languages``) to its end.
 
@@ -298,6 +304,7 @@ class ScriptRunner:
             env=env,
             trace=trace,
             on_line=on_line,
+            on_start=on_start,
             what=f"the {language} process",
         )
 
@@ -315,6 +322,7 @@ class ScriptRunner:
         stop_on_overflow: bool = False,
         what: str | None = None,
         network: bool | None = None,
+        on_start: StartCallback | None = None,
     ) -> RunOutcome:
         """Run the program ``argv`` (looked up on the allowed ``PATH`` when it has no ``/``) to its
         end, its timeout (seconds; default ``limits.timeout``) or :meth:`cancel` with ``key``.
@@ -324,7 +332,10 @@ class ScriptRunner:
         ``tracestate``); ``on_line(stream, line)`` receives output lines as they appear; ``cwd``
         overrides ``limits.workdir``; ``stop_on_overflow`` kills the program as soon as stdout or
         stderr passes ``limits.max_output_bytes`` (error type ``"output_limit"``); ``what`` names the
-        program in error messages; ``network`` (isolated runs) overrides ``limits.network``. Being cancelled (``asyncio.CancelledError``) kills the process
+        program in error messages; ``network`` (isolated runs) overrides ``limits.network``;
+        ``on_start(unix_time)`` is called once the program has really started (after the sandbox
+        made it: isolated, when its init spawned it; unisolated, when its supervisor started), not
+        when it could not start. Being cancelled (``asyncio.CancelledError``) kills the process
         group and re-raises.
         """
         limits = self.limits
@@ -332,10 +343,14 @@ class ScriptRunner:
         timeout = float(timeout or limits.timeout)
         what = what or repr(argv[0])
         started = time.monotonic()
+        if on_start is not None:
+            on_start, on_line = _started_first(on_start, on_line)
         try:
             if limits.isolation:
                 process: Any = await IsolatedProcess.start(
-                    self._request(argv, self._env(env or {}, trace or {}), cwd, network), stdin is not None
+                    self._request(argv, self._env(env or {}, trace or {}), cwd, network),
+                    stdin is not None,
+                    on_start,
                 )
             else:
                 process = await asyncio.create_subprocess_exec(
@@ -353,6 +368,8 @@ class ScriptRunner:
                 )
         except (OSError, KeyError) as exc:
             return RunOutcome(False, {"exit_code": None}, f"could not start {what}: {exc}", "remote_error")
+        if on_start is not None and not limits.isolation:
+            on_start(time.time())
         flags = {"timed_out": False, "cancelled": False, "overflow": False}
         self._running[key] = (process, flags)
 
@@ -530,6 +547,29 @@ async def _stop(process: asyncio.subprocess.Process, grace: float = 0.0) -> None
     if process.returncode is None:
         _kill_group(process)
         await process.wait()
+
+
+def _started_first(
+    on_start: StartCallback, on_line: LineCallback | None
+) -> tuple[StartCallback, LineCallback | None]:
+    """``on_start`` called once, and before any line (an output line may overtake the sandbox's
+    word that the program started: then the line's arrival is the start)."""
+    done = [False]
+
+    def start(at: float) -> None:
+        if not done[0]:
+            done[0] = True
+            on_start(at)
+
+    if on_line is None:
+        return start, None
+    line_callback = on_line
+
+    def line(stream: str, text: str) -> None:
+        start(time.time())
+        line_callback(stream, text)
+
+    return start, line
 
 
 def _signal_name(number: int) -> str:
