@@ -20,7 +20,7 @@ from smolagents import Tool
 from ..agents.conversation import current_conversation
 from ..core.manager import TaskManager, get_current_task_id, get_task_manager
 from ..core.tasks import TaskStatus
-from .bridge import REMOTE_INPUTS, REMOTE_TARGET_NAME, RemoteExecutionError
+from .requests import REMOTE_INPUTS, REMOTE_TARGET_NAME, RemoteExecutionError
 
 __all__ = ["RemoteExecuteTool", "attach_remote", "REMOTE_GUIDANCE"]
 
