@@ -268,6 +268,6 @@ class RemoteExecutionManager(PendingRequests):
 
 
 def _remote_execute_tool(manager: TaskManager) -> Any:
-    from .tools import RemoteExecuteTool  # smolagents: loaded only when a conversation uses the tool
+    from .execute_tool import RemoteExecuteTool  # smolagents: loaded only when a conversation uses the tool
 
     return RemoteExecuteTool(manager)

@@ -23,27 +23,27 @@ class Listeners:
         self.what = what
         self.log = log
         self._lock = threading.Lock()
-        self._callbacks: tuple[Callable[..., None], ...] = ()
+        self._subscribed: tuple[Callable[..., None], ...] = ()
 
     def add(self, callback: Callable[..., None]) -> Callable[[], None]:
         """Add ``callback``; returns a function that removes it (harmless to call twice)."""
         with self._lock:
-            self._callbacks = (*self._callbacks, callback)
+            self._subscribed = (*self._subscribed, callback)
 
         def remove() -> None:
             with self._lock:
-                if callback in self._callbacks:
-                    index = self._callbacks.index(callback)
-                    self._callbacks = self._callbacks[:index] + self._callbacks[index + 1 :]
+                if callback in self._subscribed:
+                    index = self._subscribed.index(callback)
+                    self._subscribed = self._subscribed[:index] + self._subscribed[index + 1 :]
 
         return remove
 
     def __bool__(self) -> bool:
-        return bool(self._callbacks)
+        return bool(self._subscribed)
 
     def __call__(self, *args: Any) -> None:
         """Call every callback with ``args``; exceptions are logged, never raised."""
-        for callback in self._callbacks:
+        for callback in self._subscribed:
             try:
                 callback(*args)
             except Exception:
