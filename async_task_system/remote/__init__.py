@@ -1,13 +1,13 @@
 """Remote execution (seeds 000 and 002): suspend tasks on remote results, WebSocket and gRPC hubs, a worker daemon.
 
-``bridge`` (request ids, futures, deadlines, task transitions), ``protocol``, ``router`` (worker
-registry and routing, no I/O), ``hub_base`` (what both hubs share) and ``runner`` (sandboxed
-scripts) need nothing beyond the core; the WebSocket hub and the worker daemon need the ``remote``
-extra (``websockets``), the gRPC hub and ``--hub grpc://`` workers the ``grpc`` extra (``grpcio``,
+``requests`` (the request data), ``pending`` (request ids, futures, deadlines), ``bridge`` (task
+transitions), ``protocol``, ``router`` and ``routing`` (worker registry and routing, no I/O),
+``transports.hub_base`` (what both hubs share) and ``runner`` (sandboxed scripts) need nothing
+beyond the core; the WebSocket hub and the worker daemon need the ``remote`` extra
+(``websockets``), the gRPC hub and ``--hub grpc://`` workers the ``grpc`` extra (``grpcio``,
 ``protobuf``; code generated from ``proto/`` into ``_proto``), the tool needs smolagents; they are
 imported on first use, so a worker machine loads neither smolagents nor litellm (nor grpc unless
-it connects over gRPC).
-"""
+it connects over gRPC)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ __all__ = [
 _LAZY = {
     "RemoteHub": "hub",  # needs websockets
     "GrpcHub": "grpc_hub",  # needs grpcio and protobuf
-    "RemoteExecuteTool": "tools",  # needs smolagents
+    "RemoteExecuteTool": "execute_tool",  # needs smolagents
     "attach_remote": "tools",
     "RemoteExecutionHandler": "handler",
 }

@@ -61,15 +61,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .bridge import RemoteRequest, RemoteUnavailable
+from .listeners import Listeners
 from .protocol import ProtocolError, cancel_frame, execute_frame
+from .requests import RemoteRequest, RemoteUnavailable
+from .routing import SendFrame, Worker, choose_worker, need_key
 
 __all__ = ["RequestOutcomes", "SendFrame", "Worker", "WorkerRouter"]
 
 logger = logging.getLogger(__name__)
-
-SendFrame = Callable[[dict[str, Any]], None]
-"""Hands one protocol frame (a dict) to a worker's connection; must not block."""
 
 _REMEMBERED_CANCELS = 1000
 
@@ -86,90 +85,6 @@ class RequestOutcomes(Protocol):
     def handle_remote_log(self, request_id: str, stream: str, line: str) -> bool: ...
 
     def handle_remote_start(self, request_id: str, started_at: float) -> bool: ...
-
-
-class Worker:
-    """One connected worker as the router sees it; ``connection`` is the transport's own (opaque)."""
-
-    __slots__ = (
-        "name",
-        "capabilities",
-        "max_concurrent",
-        "send",
-        "connection",
-        "in_flight",
-        "assigned",
-        "completed",
-        "connected_at",
-        "last_seen",
-        "running",
-        "dropped",
-        "cancelled",
-        "labels",
-        "version",
-        "transport",
-        "runtimes",
-        "started",
-        "sends_starts",
-        "slot_freed_at",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        capabilities: list[str],
-        max_concurrent: int,
-        send: SendFrame,
-        connection: Any = None,
-        *,
-        labels: dict[str, str] | None = None,
-        version: str = "",
-        transport: str = "ws",
-        runtimes: list[str] | tuple[str, ...] = (),
-    ) -> None:
-        self.name = name
-        self.labels: dict[str, str] = dict(labels or {})
-        self.version = version
-        self.transport = transport
-        self.runtimes: list[str] = list(runtimes)
-        self.capabilities = list(capabilities)
-        self.max_concurrent = max_concurrent
-        self.send = send
-        self.connection = connection
-        self.in_flight: dict[str, RemoteRequest] = {}
-        self.assigned = 0
-        self.completed = 0
-        self.connected_at = time.time()
-        self.last_seen = time.time()
-        self.running = 0
-        self.dropped = False
-        # recently cancelled request ids (-> their task ids): their late log lines and results are expected
-        self.cancelled: dict[str, str | None] = {}
-        self.started: set[str] = set()  # in-flight requests whose process the worker said started
-        self.sends_starts = False  # it reported a start once: it speaks the start event
-        self.slot_freed_at = self.connected_at
-
-    def can_run(self, request: RemoteRequest) -> bool:
-        """Whether this worker offers what ``request`` needs (language or runtime) and has every selector label."""
-        runtime = request.runtime
-        if runtime is not None:
-            if runtime["runtime"] not in self.runtimes:
-                return False
-        elif request.language not in self.capabilities:
-            return False
-        labels = request.labels
-        return not labels or all(self.labels.get(key) == value for key, value in labels.items())
-
-    def describe(self) -> str:
-        """``name [transport] (shell, python; runtimes ...; labels k=v)`` for error messages."""
-        parts = [", ".join(self.capabilities) or "no scripts"]
-        if self.runtimes:
-            parts.append("runtimes " + ", ".join(self.runtimes))
-        parts.append("labels " + (", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none"))
-        return f"{self.name} [{self.transport}] ({'; '.join(parts)})"
-
-    def __repr__(self) -> str:
-        return f"<Worker {self.name!r} in_flight={len(self.in_flight)}/{self.max_concurrent}>"
 
 
 def _default_no_worker_message() -> str:
@@ -197,7 +112,7 @@ class WorkerRouter:
         self._backlog: dict[str, RemoteRequest] = {}  # waiting for a free worker slot, oldest first
         self._open = False
         self._closed = False
-        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._listeners = Listeners("worker {0} listener", logger)
         self.ignored_starts = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -299,28 +214,14 @@ class WorkerRouter:
         ``info`` is the worker's dict as in :meth:`workers` (plus ``reason`` for ``"left"``). Callbacks
         run outside the lock, in the transport's thread (keep them short); exceptions are logged.
         """
-        with self._lock:
-            self._listeners.append(callback)
-
-        def remove() -> None:
-            with self._lock:
-                if callback in self._listeners:
-                    self._listeners.remove(callback)
-
-        return remove
+        return self._listeners.add(callback)
 
     def _worker_info(self, worker: Worker) -> dict[str, Any]:
         """``worker``'s entry of :meth:`workers` (it must still be registered), else its name."""
         return next((info for info in self.workers() if info["name"] == worker.name), {"name": worker.name})
 
     def _announce(self, event: str, info: dict[str, Any]) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for callback in listeners:
-            try:
-                callback(event, info)
-            except Exception:
-                logger.exception("worker %s listener failed", event)
+        self._listeners(event, info)
 
     @staticmethod
     def seen(worker: Worker) -> None:
@@ -491,7 +392,7 @@ class WorkerRouter:
         with self._lock:
             if not self._open:
                 raise RemoteUnavailable("hub_stopped", "the remote hub is not running")
-            worker = self._choose(request)
+            worker = choose_worker(self._workers, request, self.no_worker_message)
             if worker is None:  # every capable worker is busy: wait here for the first free slot
                 self._backlog[request.request_id] = request
                 return
@@ -556,11 +457,11 @@ class WorkerRouter:
         failed: list[tuple[str, RemoteUnavailable]] = []
         blocked: set[tuple[Any, ...]] = set()
         for request_id, request in list(self._backlog.items()):
-            need = _need(request)
+            need = need_key(request)
             if need in blocked:
                 continue
             try:
-                worker = self._choose(request)
+                worker = choose_worker(self._workers, request, self.no_worker_message)
             except RemoteUnavailable as exc:
                 del self._backlog[request_id]
                 failed.append((request_id, exc))
@@ -612,47 +513,5 @@ class WorkerRouter:
             )
         return known
 
-    def _choose(self, request: RemoteRequest) -> Worker | None:
-        """The worker for ``request``: the named one (its own queue holds it if busy), else the least
-        loaded able worker with a free slot; ``None`` when all of those are busy (lock held)."""
-        what = _what(request)
-        if request.worker:
-            worker = self._workers.get(request.worker)
-            if worker is None:
-                names = ", ".join(sorted(self._workers)) or "none"
-                raise RemoteUnavailable(
-                    "no_worker",
-                    f"no worker named {request.worker!r} is connected (connected workers: {names})",
-                )
-            if not worker.can_run(request):
-                raise RemoteUnavailable("no_worker", f"worker {worker.describe()} cannot run {what}")
-            return worker
-        candidates = [w for w in self._workers.values() if w.can_run(request)]
-        if not candidates:
-            if not self._workers:
-                raise RemoteUnavailable("no_worker", self.no_worker_message())
-            offered = "; ".join(w.describe() for w in self._workers.values())
-            raise RemoteUnavailable("no_worker", f"no connected worker can run {what} (workers: {offered})")
-        free = [w for w in candidates if len(w.in_flight) < w.max_concurrent]
-        if not free:
-            return None
-        return min(free, key=lambda w: (len(w.in_flight) / w.max_concurrent, w.assigned))
-
     def __repr__(self) -> str:
         return f"<WorkerRouter workers={len(self._workers)} routed={len(self._routes)}>"
-
-
-def _need(request: RemoteRequest) -> tuple[Any, ...]:
-    """What a request needs of a worker, as a key: requests with the same key wait in one line."""
-    runtime = request.runtime
-    kind = ("runtime", runtime["runtime"]) if runtime is not None else ("language", request.language)
-    return (*kind, tuple(sorted((request.labels or {}).items())))
-
-
-def _what(request: RemoteRequest) -> str:
-    """``python commands`` / ``javascript runtime tools``, plus the label selector, for error messages."""
-    runtime = request.runtime
-    what = f"{runtime['runtime']} runtime tools" if runtime is not None else f"{request.language} commands"
-    if request.labels:
-        what += " with labels " + ", ".join(f"{k}={v}" for k, v in sorted(request.labels.items()))
-    return what
