@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from _isolation import host_pid
 from _platform import (  # noqa: F401  (fixtures)
     TOKEN,
     Workers,
@@ -26,9 +27,10 @@ from _platform import (  # noqa: F401  (fixtures)
 
 @pytest.fixture
 def fleet(tmp_path, workers: Workers):
-    """A platform on a SQLite file with one WebSocket agent, 'a1'."""
+    """A platform on a SQLite file with one WebSocket agent, 'a1', whose scripts run in ``tmp_path``
+    (the sandbox binds it read-write: a script can leave a file there for the test)."""
     with running_platform(f"sqlite:///{tmp_path / 'p.db'}") as platform:
-        workers.start(platform.ws_url, "a1")
+        workers.start(platform.ws_url, "a1", "--workdir", str(tmp_path))
         assert platform.router.wait_for_workers(1, timeout=30)
         with client(platform) as http:
             yield platform, http
@@ -110,7 +112,7 @@ def test_filters_pagination_and_total_count(fleet):
 
 def test_labels_selector_env_and_agent_states(fleet, workers):
     platform, http = fleet
-    # Workers carry no labels until the gRPC branch adds them: a selector nobody matches is a 409.
+    # A selector nobody matches is a 409.
     nobody = http.post("/tasks", json={"labels": {"zone": "mars"}, "type": "shell", "script": "true"})
     assert nobody.status_code == 409 and nobody.json()["error"] == "no online agent matches the labels"
     both = http.post(
@@ -141,7 +143,7 @@ def test_labels_selector_env_and_agent_states(fleet, workers):
     assert offline.status_code == 409 and offline.json()["error"] == "agent offline"
 
 
-def test_cancel_kills_the_script_and_a_finished_task_cannot_be_cancelled(fleet, tmp_path):
+def test_cancel_kills_the_script_and_a_finished_task_cannot_be_cancelled(fleet, tmp_path, workers):
     platform, http = fleet
     pidfile = tmp_path / "pid"
     script = f"echo $$ > {pidfile}; echo started; exec sleep 60"
@@ -151,7 +153,7 @@ def test_cancel_kills_the_script_and_a_finished_task_cannot_be_cancelled(fleet, 
             if event == "log":
                 assert json.loads(data)["line"] == "started"
                 break
-    pid = int(pidfile.read_text())
+    pid = host_pid(int(pidfile.read_text()), workers.processes["a1"].pid)  # $$: its namespace's pid
     cancelled = http.post(f"/tasks/{task['task_id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["cancelled"] is True

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 
+from _isolation import SANDBOX_LABELS
 from _platform import (  # noqa: F401  (fixtures)
     client,
     hub_url,
@@ -246,5 +247,10 @@ def test_a_label_selector_picks_a_matching_agent_per_attempt(tmp_path, transport
         assert record["status"] == "completed" and record["attempt"] == 2
         assert record["agent_id"] == ({"eu-1", "eu-2"} - {first}).pop()
         agents = {a["agent_id"]: a for a in http.get("/agents").json()}
-        assert agents["us-1"]["labels"] == {"zone": "us"} and agents["us-1"]["transport"] == transport
-        assert agents[first]["state"] == "offline" and agents[first]["labels"] == {"zone": "eu"}
+        # a worker's labels: its own and how its scripts are isolated
+        assert agents["us-1"]["labels"] == {"zone": "us", **SANDBOX_LABELS}
+        assert agents["us-1"]["transport"] == transport
+        assert agents[first]["state"] == "offline" and agents[first]["labels"] == {
+            "zone": "eu",
+            **SANDBOX_LABELS,
+        }

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _isolation import SANDBOX_LABELS, host_pid
 
 grpc = pytest.importorskip("grpc", reason="the grpc extra is not installed")
 
@@ -117,7 +118,8 @@ def test_shell_and_python_scripts_exit_codes_and_streamed_logs(setup):
     manager, hub, workers = setup
     start_worker(hub, workers, "g1", "--label", "region=eu")
     info = hub.workers()[0]
-    assert (info["transport"], info["labels"], info["version"]) == ("grpc", {"region": "eu"}, "0.1.0")
+    labels = {"region": "eu", **SANDBOX_LABELS}  # its own, and how its scripts are isolated
+    assert (info["transport"], info["labels"], info["version"]) == ("grpc", labels, "0.1.0")
     lines: list[tuple[str, str]] = []
     manager.remote_manager.add_log_listener(lambda task, request, stream, line: lines.append((stream, line)))
     _, result = run_remote(manager, "echo out; echo err >&2")
@@ -159,7 +161,8 @@ def test_timeout_kills_the_script(setup):
 @pytest.mark.parametrize("obeys", [True, False], ids=["traps-term-and-exits", "ignores-term"])
 def test_cancel_sends_sigterm_then_sigkill_after_the_grace(setup, tmp_path: Path, obeys: bool):
     manager, hub, workers = setup
-    start_worker(hub, workers, "g1", "--kill-grace", "1")
+    # the sandbox binds the working directory read-write: the script leaves its marks there
+    worker = start_worker(hub, workers, "g1", "--kill-grace", "1", "--workdir", str(tmp_path))
     marks, pid_file = tmp_path / "marks", tmp_path / "pid"
     then = "exit 0" if obeys else ":"
     script = (
@@ -169,8 +172,8 @@ def test_cancel_sends_sigterm_then_sigkill_after_the_grace(setup, tmp_path: Path
     started = log_event(manager, "started")
     task_id = manager.submit("remote", "remote_execute", {"command": script, "timeout": 60})
     assert started.wait(15)
+    pid = host_pid(int(pid_file.read_text()), worker.process.pid)  # $$ is the script's namespace pid
     assert manager.cancel(task_id)
-    pid = int(pid_file.read_text())
     assert _dead(pid, within=10), "the script survived its cancel"
     assert marks.read_text().startswith("term"), "the script never got SIGTERM"
     assert manager.check(task_id).status.value == "cancelled"
@@ -178,13 +181,14 @@ def test_cancel_sends_sigterm_then_sigkill_after_the_grace(setup, tmp_path: Path
 
 def test_sigkilled_worker_fails_its_task_as_worker_lost_and_the_retry_runs_elsewhere(setup, tmp_path: Path):
     manager, hub, workers = setup
-    doomed = start_worker(hub, workers, "doomed")
+    shared = ("--workdir", str(tmp_path))  # both workers' scripts see the flag file
+    doomed = start_worker(hub, workers, "doomed", *shared)
     flag = tmp_path / "first-attempt"
     script = f"if [ -e {flag} ]; then echo second attempt; else touch {flag}; echo started; sleep 30; fi"
     started = log_event(manager, "started")
     task_id = manager.submit("remote", "remote_execute", {"command": script, "timeout": 60}, retries=1)
     assert started.wait(15)
-    start_worker(hub, workers, "rescuer")
+    start_worker(hub, workers, "rescuer", *shared)
     doomed.process.kill()  # SIGKILL mid-task
     assert manager.wait(task_id, timeout=HEARTBEAT_TIMEOUT + 20).not_done == []
     info = manager.check(task_id)

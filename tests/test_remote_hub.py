@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _isolation import host_pid
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -277,17 +278,22 @@ def test_hub_stop_fails_pending_requests_and_the_worker_reconnects_to_a_new_hub(
         second.stop()
 
 
-def test_cancelling_a_task_kills_the_remote_process(setup, tmp_path: Path):
+SANDBOXES = pytest.mark.parametrize("sandbox", [(), ("--no-isolation",)], ids=["isolated", "unisolated"])
+
+
+@SANDBOXES
+def test_cancelling_a_task_kills_the_remote_process(setup, tmp_path: Path, sandbox: tuple[str, ...]):
     manager, hub, workers = setup
-    start_worker(hub, workers, "w1", "--no-isolation")
+    worker = start_worker(hub, workers, "w1", *sandbox, "--workdir", str(tmp_path))  # the pid file's place
     started = log_event(manager, "started")
     pid_file = tmp_path / "script.pid"
     task_id = manager.submit(
         "remote", "remote_execute", {"command": f"echo $$ > {pid_file}; echo started; exec sleep 30"}
     )
     assert started.wait(10)
+    pid = host_pid(int(pid_file.read_text()), worker.process.pid)
     assert manager.cancel(task_id)
-    assert _dead(int(pid_file.read_text()), within=5)
+    assert _dead(pid, within=5)
     assert manager.check(task_id).status is TaskStatus.CANCELLED
     time.sleep(3 * HEARTBEAT)  # the worker's late "cancelled" result has arrived by now
     assert hub.rejected_frames == 0  # and was expected, not refused as a bad frame
@@ -354,7 +360,8 @@ def test_bad_frames_get_an_error_and_touch_nothing_else(setup):
 
 def test_a_request_cancelled_while_queued_on_the_worker_never_starts(setup, tmp_path: Path):
     manager, hub, workers = setup
-    start_worker(hub, workers, "single", "--max-concurrent", "1")
+    # --workdir: the queued script could leave its marker if it ran (isolated, it could write nowhere else)
+    start_worker(hub, workers, "single", "--max-concurrent", "1", "--workdir", str(tmp_path))
     started = log_event(manager, "first-started")
     marker = tmp_path / "queued-ran"
     first = manager.submit("remote", "remote_execute", {"command": "echo first-started; exec sleep 30"})
@@ -536,9 +543,10 @@ def test_a_second_connection_cannot_take_over_a_workers_name_and_work(setup, tmp
     assert [w["name"] for w in hub.workers()] == ["box"]
 
 
-def test_a_sigkilled_workers_scripts_die_with_it(setup, tmp_path: Path):
+@SANDBOXES
+def test_a_sigkilled_workers_scripts_die_with_it(setup, tmp_path: Path, sandbox: tuple[str, ...]):
     manager, hub, workers = setup
-    worker = start_worker(hub, workers, "doomed", "--no-isolation")
+    worker = start_worker(hub, workers, "doomed", *sandbox, "--workdir", str(tmp_path))
     pid_file = tmp_path / "orphan.pid"
     manager.submit(
         "remote",
@@ -549,6 +557,7 @@ def test_a_sigkilled_workers_scripts_die_with_it(setup, tmp_path: Path):
     while not (pid_file.exists() and pid_file.read_text().strip()):
         assert time.monotonic() < deadline, "the script did not start"
         time.sleep(0.05)
+    orphan = host_pid(int(pid_file.read_text()), worker.process.pid)
     worker.process.kill()  # SIGKILL: the worker gets no chance to clean up
     worker.process.wait(10)
-    assert _dead(int(pid_file.read_text()), within=5), "the script outlived its SIGKILLed worker"
+    assert _dead(orphan, within=5), "the script outlived its SIGKILLed worker"

@@ -41,12 +41,12 @@ def test_a_worker_joining_and_leaving_is_logged_with_its_transport_labels_and_re
         transport = hub.transport_name
         worker = start_worker(hub, workers, "logged-1", "--label", "region=eu", "--max-concurrent", "2")
         joined = _wait_for(caplog, "worker joined: logged-1")
-        assert joined == (
-            f"worker joined: logged-1 [{transport}] (shell, python; labels region=eu), 2 slot(s)"
-        )
+        # its own label and the sandbox's (isolation=on, network=off: SANDBOX_LABELS), sorted
+        labels = "labels isolation=on, network=off, region=eu"
+        assert joined == f"worker joined: logged-1 [{transport}] (shell, python; {labels}), 2 slot(s)"
         assert run_remote(manager, "echo hi")[1]["stdout"] == "hi\n"
         worker.stop()  # SIGTERM: the worker closes its connection
         left = _wait_for(caplog, "worker left: logged-1")
-        assert left.startswith(f"worker left: logged-1 [{transport}] (shell, python; labels region=eu): ")
+        assert left.startswith(f"worker left: logged-1 [{transport}] (shell, python; {labels}): ")
         reason = left.rsplit(": ", 1)[1]
         assert reason.startswith("connection closed" if transport == "ws" else "stream")

@@ -181,7 +181,10 @@ def test_native_failures_are_errors(runtimes, tmp_path):
     garbage.write_bytes(b"\x00\x01 not a program")
     garbage.chmod(0o755)
     broken = run(runtimes, "native", str(garbage), "x", {})
-    assert broken.status == "error" and "Exec format error" in broken.stderr
+    # the kernel refuses to exec it: the program never ran (no exit code, no stderr of its own), and
+    # the error says why in the OS's words
+    assert (broken.status, broken.error_type, broken.exit_code) == ("error", "unavailable", None)
+    assert "Exec format error" in broken.error
 
 
 # ---------------------------------------------------------------- wasm
