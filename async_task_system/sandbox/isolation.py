@@ -270,19 +270,26 @@ class IsolatedProcess:
             in_r, in_w = os.pipe()
         else:
             in_r, in_w = os.open(os.devnull, os.O_RDONLY), None
+        # The request goes out first: the supervisor and the run's init work while the pipes are
+        # wired to this loop (what the program writes meanwhile waits in them).
+        self._zygote = server
         try:
-            self.stdout = await _reader(loop, out_r)
-            self.stderr = await _reader(loop, err_r)
-            if in_w is not None:
-                transport, protocol = await loop.connect_write_pipe(
-                    lambda: asyncio.streams.FlowControlMixin(loop=loop), os.fdopen(in_w, "wb", 0)
-                )
-                self.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
-            self._zygote = server
             self._rid, self._future = server.submit(request, [in_r, out_w, err_w], on_start)
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
+        ends = {"stdout": out_r, "stderr": err_r, "stdin": in_w}
+        try:
+            for name in ("stdout", "stderr", "stdin"):
+                fd = ends.pop(name)
+                if fd is not None:  # _pipe owns it from here on, also when it fails
+                    setattr(self, name, await _pipe(loop, fd, name == "stdin"))
+        except BaseException:
+            self.stop(0.0)  # the run is under way: end it (its end still comes to the future)
+            for fd in ends.values():
+                if fd is not None:
+                    os.close(fd)
+            raise
         return self
 
     async def wait(self) -> int | None:
@@ -299,10 +306,21 @@ class IsolatedProcess:
             self._zygote.stop(self._rid, grace)
 
 
-async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
-    return reader
+async def _pipe(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> Any:
+    """The stream of one pipe end on ``loop``: a reader, or for ``write`` a writer (closed if it fails)."""
+    pipe = os.fdopen(fd, "wb" if write else "rb", 0)
+    try:
+        if write:
+            transport, protocol = await loop.connect_write_pipe(
+                lambda: asyncio.streams.FlowControlMixin(loop=loop), pipe
+            )
+            return asyncio.StreamWriter(transport, protocol, None, loop)
+        reader = asyncio.StreamReader(limit=1 << 20)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        return reader
+    except BaseException:
+        pipe.close()
+        raise
 
 
 __all__ += ["IsolatedProcess"]

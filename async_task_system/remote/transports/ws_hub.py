@@ -89,6 +89,7 @@ class RemoteHub(HubBase):
             process_request=self._authorize,
             max_size=4 * self.max_message_bytes,
             ping_interval=None,  # liveness is the application heartbeat, with its own timeout
+            compression=None,  # frames are small and the link is near: deflate costs more than it saves
             close_timeout=2.0,
         )
         sockets = list(self._server.sockets)

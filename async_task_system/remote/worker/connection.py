@@ -90,6 +90,7 @@ async def ws_connect(config: WorkerConfig) -> AsyncIterator[Connection]:
             open_timeout=10,
             max_size=None,
             close_timeout=2,
+            compression=None,  # as the hub: no per-message deflate
         )
         ws = await client.__aenter__()
     except InvalidStatus as exc:
