@@ -1,7 +1,9 @@
 """``async-agent platform``: the store, the WebSocket and gRPC hubs and the REST API in one process.
 
 Binds 127.0.0.1 unless ``--host`` says otherwise; one token for workers and REST clients
-(``--token``, ``$ASYNC_AGENT_TOKEN``, or generated and printed once). Prints the three addresses, the
+(``--token``, ``$ASYNC_AGENT_TOKEN``, or generated and printed once), and per-agent tokens as an
+option (``async-agent platform token issue NAME`` / ``revoke NAME``: :mod:`.token_cli`;
+``--agent-tokens required`` to refuse every agent without one). Prints the three addresses, the
 dashboard's (with where its token is, never the token in the URL) and the command that starts a
 worker, then serves until SIGINT or SIGTERM, and stops cleanly: in-flight tasks end ``failed`` with
 ``hub_stopped``, queued records are written, the store is closed.
@@ -17,6 +19,7 @@ import sys
 import threading
 
 from ..remote.cli import add_hub_limit_arguments
+from .token_cli import configure_token_parser, run_token
 
 __all__ = ["configure_parser", "run"]
 
@@ -75,12 +78,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-requests", type=int, default=256, help="REST requests served at once (256; then 503)"
     )
+    parser.add_argument(
+        "--agent-tokens",
+        choices=("optional", "required"),
+        default="optional",
+        help="optional (default): an agent with a token of its own registers only with it, others with "
+        "the shared token; required: every agent needs its own (async-agent platform token issue NAME)",
+    )
     add_hub_limit_arguments(parser)
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="platform_command", metavar="token")
+    configure_token_parser(
+        commands.add_parser(
+            "token",
+            help="issue or revoke an agent's own token on a running platform",
+            description="Issue (printed once) or revoke an agent's own token through the REST API.",
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the platform, print where it listens, serve until SIGINT/SIGTERM."""
+    """Start the platform, print where it listens, serve until SIGINT/SIGTERM (or run ``token ...``)."""
+    if getattr(args, "platform_command", None) == "token":
+        return run_token(args)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(asctime)s platform %(levelname)s %(name)s: %(message)s",
@@ -93,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     platform = Platform(
         args.db,
         token=args.token or None,
+        agent_tokens=args.agent_tokens,
         host=args.host,
         http_port=args.http_port,
         ws_port=args.ws_port,

@@ -19,7 +19,12 @@ scripts from a CDN). A body over ``max_body_bytes`` is refused with 413 before i
 ``GET /tasks/{task_id}/logs``            ``text/event-stream``: ``status`` and ``log`` events (id = line number),
                                          then ``end`` with the final record; resumes after
                                          ``Last-Event-ID`` / ``?last_event_id=``
-``GET /agents``                          connected agents, then offline ones
+``GET /agents``                          connected agents, then offline ones (``credential``:
+                                         whether each has a token of its own)
+``POST /agents/{name}/token``            201 + ``{agent_id, token, created_at, replaced}``: a new
+                                         token for the agent, shown this once (the store keeps
+                                         its SHA-256); its live connection is closed
+``DELETE /agents/{name}/token``          200: revoked, its live connection closed; 404 if none
 ``GET /timeline``                        SVG of the platform manager's tasks (``?limit=``)
 ``GET /healthz``                         ``{"status": "ok"}`` (no token)
 =======================================  =====================================================
@@ -279,6 +284,16 @@ def _add_other_routes(app: FastAPI, platform: PlatformAPI) -> None:
     @app.get("/agents", summary="Agents: connected ones, then offline ones")
     def agents() -> JSONResponse:
         return JSONResponse(platform.agents())
+
+    @app.post("/agents/{name}/token", status_code=201, summary="Issue an agent its own token (shown once)")
+    def issue_token(name: str) -> JSONResponse:
+        return JSONResponse(
+            platform.issue_token(name), status_code=201, headers={"Cache-Control": "no-store"}
+        )
+
+    @app.delete("/agents/{name}/token", summary="Revoke an agent's token and close its connection")
+    def revoke_token(name: str) -> JSONResponse:
+        return JSONResponse(platform.revoke_token(name))
 
     @app.get("/timeline", summary="SVG timeline of the platform manager's tasks", response_class=Response)
     def timeline(limit: int = Query(500, ge=1, le=5000)) -> Response:

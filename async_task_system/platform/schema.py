@@ -1,6 +1,6 @@
 """The platform's schema: SQLAlchemy 2 models of every table, the statuses, and the value helpers.
 
-Seven tables (revisions in ``migrations/``):
+Eight tables (revisions in ``migrations/``):
 
 * ``tasks`` -- seed 002's task record (a shell or Python script sent to a fleet agent) plus what
   operators need: attempt, queued/dispatched times, cancelled / timed_out / lost flags, a truncated
@@ -13,6 +13,7 @@ Seven tables (revisions in ``migrations/``):
 * ``id_prefixes`` -- one row per manager's id prefix (:class:`IdPrefix`).
 * ``schedules`` and ``schedule_runs`` -- the scheduler's persisted schedules and their recent runs
   (:class:`Schedule`, :class:`ScheduleRunRecord`).
+* ``agent_credentials`` -- per-agent tokens, stored as SHA-256 digests (:class:`AgentCredential`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "IdPrefix",
     "Schedule",
     "ScheduleRunRecord",
+    "AgentCredential",
     "cap_text",
     "row_dict",
     "utcnow",
@@ -291,3 +293,20 @@ class ScheduleRunRecord(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(sa.Text)
     catch_up: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+
+
+class AgentCredential(Base):
+    """One token issued to agent ``agent_id`` (revision 0004): its SHA-256 digest, never the token.
+
+    A live credential has no ``revoked_at``; issuing a new one revokes the agent's previous one, so
+    an agent has at most one live credential (rows of revoked ones stay, for the record).
+    """
+
+    __tablename__ = "agent_credentials"
+    __table_args__ = (sa.Index(None, "agent_id", "revoked_at"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    agent_id: Mapped[str] = mapped_column(sa.String(128))
+    token_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)  # hex digest of the token
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

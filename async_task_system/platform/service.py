@@ -38,6 +38,8 @@ from ..core.manager import TaskManager
 from ..core.tasks import TaskInfo, TaskKind
 from ..http_front import FrontLimits
 from ..remote.bridge import RemoteExecutionManager
+from ..remote.protocol import ProtocolError, check_worker_name
+from .credentials import AgentTokens
 from .fleet import Fleet
 from .interface import SCRIPT_TARGET, NoAgentAvailable, PlatformError, is_terminal, labels_match
 from .live_logs import LogBroker
@@ -77,6 +79,9 @@ class Platform:
         manager: a ``TaskManager`` or an ``AsyncAgent`` whose tasks the platform records (its
             ``remote_execute`` calls land in the same records as REST tasks); a new manager by default.
         token: the one secret of workers and REST clients; generated when not given (:attr:`token`).
+        agent_tokens: ``"optional"`` (the default): an agent name with a credential (a token of its
+            own, :meth:`issue_token`) registers only with that token, any other name with the shared
+            token; ``"required"``: every agent needs its own token (the shared one registers none).
         host: interface of every listener; loopback unless you mean to be reached from elsewhere.
         http_port, ws_port, grpc_port: ports (0 picks a free one; read back :attr:`http_url`, ...).
         grpc: also start the gRPC hub (when ``async_task_system.remote.grpc_hub`` is available).
@@ -112,6 +117,7 @@ class Platform:
         *,
         manager: Any = None,
         token: str | None = None,
+        agent_tokens: str = "optional",
         host: str = "127.0.0.1",
         http_port: int = 8080,
         ws_port: int = 8765,
@@ -139,6 +145,10 @@ class Platform:
         self.heartbeat_every = min(10.0, stale_after / 4)
         self.retention = retention
         self.token = token or secrets.token_urlsafe(24)
+        if agent_tokens not in ("optional", "required"):
+            raise ValueError(f"agent_tokens must be 'optional' or 'required', got {agent_tokens!r}")
+        self.agent_tokens_required = agent_tokens == "required"
+        self.tokens: AgentTokens | None = None
         self.host = host
         self.http_port = http_port
         self.ws_port = ws_port
@@ -214,6 +224,8 @@ class Platform:
 
         self.store = store = Store(self.db)
         self.reaped = reap_unfinished(store, self.stale_after)
+        self.tokens = AgentTokens(store.credentials)
+        credentials = {"agent_tokens": self.tokens, "require_agent_tokens": self.agent_tokens_required}
         self.writer = RecordWriter(store, self._committed)
         self.manager = manager = open_manager(self._given, store, self.retention)
         self._heartbeat = Heartbeat(store, manager.id_prefix, self.heartbeat_every)
@@ -229,14 +241,14 @@ class Platform:
         self._removers.append(bridge.add_log_listener(recorder.on_log))
         self._removers.append(bridge.add_start_listener(recorder.on_start))
         self.ws_hub = RemoteHub(
-            manager, host=self.host, port=self.ws_port, token=self.token, **self.hub_options
+            manager, host=self.host, port=self.ws_port, token=self.token, **self.hub_options, **credentials
         )
         self._removers.append(self.ws_hub.router.add_listener(recorder.on_agent))
         self.ws_hub.start()
         self.ws_port = self.ws_hub.port
         if self.grpc_enabled:
             self.grpc_hub = start_grpc_hub(
-                manager, self.router, self.host, self.grpc_port, self.token, **self.hub_options
+                manager, self.router, self.host, self.grpc_port, self.token, **self.hub_options, **credentials
             )
             if self.grpc_hub is not None:
                 self.grpc_port = int(str(self.grpc_hub.url).rsplit(":", 1)[1])
@@ -345,9 +357,64 @@ class Platform:
         return record.to_dict() if record is not None else {"task_id": task_id}
 
     def agents(self) -> list[dict[str, Any]]:
-        """Connected agents (from the router) then offline ones (from the store)."""
+        """Connected agents (from the router), offline ones (from the store), then names that have a
+        credential but never connected; ``credential`` says whether each has a token of its own."""
         self.require()
-        return self._fleet().agents()
+        tokens = self._tokens()
+        listed = self._fleet().agents()
+        seen = set()
+        for agent in listed:
+            seen.add(agent["agent_id"])
+            agent["credential"] = tokens.has(agent["agent_id"])
+        for name in tokens.names():
+            if name not in seen:
+                listed.append({"agent_id": name, "state": "never_connected", "credential": True})
+        return listed
+
+    # ------------------------------------------------------------------ per-agent credentials
+
+    def issue_token(self, name: str) -> dict[str, Any]:
+        """A new token for agent ``name`` (shown this once; the store keeps its SHA-256), replacing its
+        previous one; the agent's live connection, authorized by a token no longer valid, is closed.
+        PlatformError 422 for a name no worker could register."""
+        self.require()
+        name = self._agent_name(name)
+        tokens = self._tokens()
+        replaced = tokens.has(name)
+        token, row = tokens.issue(name)
+        self._disconnect(name, "a new token was issued for this agent")
+        return {
+            "agent_id": name,
+            "token": token,
+            "created_at": row.created_at.isoformat(),
+            "replaced": replaced,
+        }
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        """Revoke agent ``name``'s token and close its live connection; PlatformError 404 if it has none."""
+        self.require()
+        name = self._agent_name(name)
+        if not self._tokens().revoke(name):
+            raise PlatformError(404, "this agent has no token", {"agent_id": name})
+        self._disconnect(name, "the agent's token was revoked")
+        return {"agent_id": name, "revoked": True}
+
+    def _tokens(self) -> AgentTokens:
+        if self.tokens is None:
+            raise PlatformError(503, "the platform is not running")
+        return self.tokens
+
+    @staticmethod
+    def _agent_name(name: str) -> str:
+        try:
+            return check_worker_name(name)
+        except ProtocolError as exc:
+            raise PlatformError(422, f"invalid agent name: {exc}", {"agent_id": name[:200]}) from None
+
+    def _disconnect(self, name: str, reason: str) -> None:
+        for hub in (self.ws_hub, self.grpc_hub):
+            if hub is not None:
+                hub.recheck(name, reason)
 
     def timeline_overrides(self, tasks: list[TaskInfo]) -> dict[str, dict[str, Any]]:
         """What ``/timeline`` shows of recorded tasks instead of the manager's view: the record's

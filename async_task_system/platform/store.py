@@ -7,10 +7,11 @@ a :class:`Store` brings the schema to the newest Alembic revision shipped in ``m
 opening one database at once migrate it once.
 
 Its parts, one job each: :mod:`.schema` (the models of the tables -- ``tasks``, ``journal_tasks``,
-``agents``, ``log_events``, ``id_prefixes``, ``schedules``, ``schedule_runs`` -- statuses, value
-helpers), :mod:`.database` (engine setup and migrations), :mod:`.writes` (upserts, the compiled
+``agents``, ``log_events``, ``id_prefixes``, ``schedules``, ``schedule_runs``,
+``agent_credentials`` -- statuses, value helpers), :mod:`.database` (engine setup and migrations), :mod:`.writes` (upserts, the compiled
 journal upsert, :func:`write_records`), :mod:`.repositories` (:class:`PlatformTasks`,
-:class:`PlatformAgents`, :class:`LogEvents`, :class:`IdPrefixes`, :class:`PlatformSchedules`) and
+:class:`PlatformAgents`, :class:`LogEvents`, :class:`IdPrefixes`, :class:`PlatformSchedules`),
+:mod:`.credentials` (:class:`AgentCredentials`: per-agent tokens, hashed) and
 :mod:`.journal_records` (:class:`JournalRecords`). Every name is importable from here too.
 
 The repositories return detached ORM objects (read their attributes freely) and take plain values;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from .credentials import AgentCredentials
 from .database import DEFAULT_URL, MIGRATIONS, Database
 from .journal_records import JOURNAL_ROW_COLUMNS, JournalRecords
 from .repositories import IdPrefixes, LogEvents, PlatformAgents, PlatformSchedules, PlatformTasks
@@ -29,6 +31,7 @@ from .schema import (
     LIVE_STATUSES,
     PLATFORM_STATUSES,
     TERMINAL_STATUSES,
+    AgentCredential,
     Base,
     IdPrefix,
     JournalTask,
@@ -72,6 +75,8 @@ __all__ = [
     "PlatformSchedules",
     "UTCDateTime",
     "Database",
+    "AgentCredential",
+    "AgentCredentials",
 ]
 
 
@@ -87,8 +92,8 @@ class Store(Database):
             it (``upgrade()`` later, or manage it with Alembic yourself).
         busy_timeout: seconds a SQLite writer waits for another one before failing.
 
-    ``store.tasks``, ``store.agents``, ``store.logs``, ``store.journal`` and ``store.prefixes`` are the
-    repositories; ``store.session()`` a SQLAlchemy session for anything else. ``close()`` disposes of the connection pool.
+    ``store.tasks``, ``store.agents``, ``store.logs``, ``store.journal``, ``store.prefixes`` and
+    ``store.credentials`` are the repositories; ``store.session()`` a SQLAlchemy session for anything else. ``close()`` disposes of the connection pool.
     """
 
     def __init__(
@@ -106,5 +111,6 @@ class Store(Database):
         self.logs = LogEvents(self)
         self.journal = JournalRecords(self)
         self.prefixes = IdPrefixes(self)
+        self.credentials = AgentCredentials(self)
         if upgrade:
             self.upgrade()

@@ -43,6 +43,7 @@ __all__ = [
     "started_frame",
     "result_frame",
     "error_frame",
+    "check_worker_name",
 ]
 
 PROTOCOL_VERSION = 1
@@ -155,11 +156,17 @@ def check_labels(labels: Any, what: str = "register frame field 'labels'") -> di
     return dict(labels)
 
 
-def check_register(message: dict[str, Any]) -> dict[str, Any]:
-    """Validate a ``register`` frame; returns ``{name, capabilities, max_concurrent, labels, version, runtimes}``."""
-    name = _require(message, "name", str, "register").strip()
+def check_worker_name(name: str) -> str:
+    """``name`` without surrounding space if it is a valid worker name, else ProtocolError."""
+    name = name.strip()
     if not name or len(name) > _NAME_MAX or any(ch.isspace() for ch in name):
         raise ProtocolError(f"worker name must be 1-{_NAME_MAX} characters without spaces, got {name!r}")
+    return name
+
+
+def check_register(message: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``register`` frame; returns ``{name, capabilities, max_concurrent, labels, version, runtimes}``."""
+    name = check_worker_name(_require(message, "name", str, "register"))
     capabilities = message.get("capabilities", list(LANGUAGES))
     if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
         raise ProtocolError("register frame field 'capabilities' must be a list of strings")

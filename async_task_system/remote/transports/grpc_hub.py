@@ -2,7 +2,8 @@
 
 Workers connect with ``async-agent worker --hub grpc://HOST:PORT`` and open one bidirectional
 stream (``proto/agent.proto``), presenting ``authorization: Bearer <token>`` as call metadata. The
-token is checked before a single message is read (``UNAUTHENTICATED`` otherwise); the first
+token (the shared one, or an agent's own: see :mod:`.hub_base`) is checked before a single message
+is read (``UNAUTHENTICATED`` otherwise; a name its token may not register: ``PERMISSION_DENIED``); the first
 message must be ``register`` within ``register_timeout`` seconds; after the ``register_response``
 the worker heartbeats (each acknowledged with ``heartbeat_ack``), streams ``task_log`` lines and
 sends a ``task_result`` per ``task_request``; the hub sends ``task_cancel`` to stop a task.
@@ -119,7 +120,8 @@ class GrpcHub(HubBase):
             await self._server.stop(grace=1.0)  # ends every stream
 
     def _close_link(self, worker: Worker, code: int, reason: str) -> None:
-        worker.connection.handle.cancel()  # the stream's reader: the call ends with UNAVAILABLE
+        # the stream's reader: the call ends with UNAVAILABLE (4001: heartbeat) or UNAUTHENTICATED (4003)
+        worker.connection.handle.cancel(reason, code == 4003)
 
     # ------------------------------------------------------------------ one stream (hub loop)
 
@@ -145,11 +147,12 @@ class GrpcHub(HubBase):
         metadata = {
             key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
         }
-        if not self.token_matches(metadata.get("authorization", "")):
+        authorization = metadata.get("authorization", "")
+        if not self.authorized(authorization):
             self.refused_connections += 1
             logger.warning("refused a gRPC stream from %s: missing or wrong token", context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
-        worker = await self._register(context)
+        worker = await self._register(context, authorization)
         if worker is None:
             return
         handle: _StreamHandle = worker.connection.handle
@@ -166,6 +169,8 @@ class GrpcHub(HubBase):
             writer.cancel()
             self.drop(worker, reason)
         if handle.expired:
+            if handle.unauthorized:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, handle.reason)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no heartbeat for {self.heartbeat_timeout:g} s")
 
     async def _read_loop(
@@ -184,7 +189,7 @@ class GrpcHub(HubBase):
         except Exception as exc:  # the stream broke (the peer went away)
             return f"stream ended: {type(exc).__name__}"
 
-    async def _register(self, context: grpc.aio.ServicerContext) -> Worker | None:
+    async def _register(self, context: grpc.aio.ServicerContext, authorization: str) -> Worker | None:
         try:
             message = await asyncio.wait_for(context.read(), self.register_timeout)
         except TIMEOUT_ERRORS:
@@ -197,7 +202,7 @@ class GrpcHub(HubBase):
             except ProtocolError as exc:
                 self.rejected_frames += 1
                 raise RegisterRefused("malformed", str(exc)) from None
-            fields = self.check_registration(frame)
+            fields = self.check_registration(frame, authorization)
             # Answer before joining the router, so no task request can reach the worker before it.
             await context.write(
                 server_message(
@@ -210,17 +215,15 @@ class GrpcHub(HubBase):
                 )
             )
             outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_OUTBOX_LIMIT)
-            return self.join(fields, self._sender, _StreamHandle(outbox))
+            return self.join(fields, self._sender, _StreamHandle(outbox), authorization)
         except RegisterRefused as exc:
             with contextlib.suppress(Exception):
                 await context.write(refusal_message(exc.error_type, str(exc)))
-            code = (
-                grpc.StatusCode.ALREADY_EXISTS
-                if exc.error_type == "name_taken"
-                else grpc.StatusCode.INVALID_ARGUMENT
-            )
-            if exc.error_type == "hub_stopped":
-                code = grpc.StatusCode.UNAVAILABLE
+            code = {
+                "name_taken": grpc.StatusCode.ALREADY_EXISTS,
+                "unauthorized": grpc.StatusCode.PERMISSION_DENIED,
+                "hub_stopped": grpc.StatusCode.UNAVAILABLE,
+            }.get(exc.error_type, grpc.StatusCode.INVALID_ARGUMENT)
             await context.abort(code, str(exc))
         return None  # pragma: no cover - abort raises
 
@@ -274,16 +277,21 @@ class GrpcHub(HubBase):
 
 
 class _StreamHandle:
-    """One worker stream: its reading task (cancelled when the heartbeat expires) and its outbox."""
+    """One worker stream: its reading task (cancelled when the heartbeat expires or the hub closes
+    it), its outbox, and why it was closed."""
 
-    __slots__ = ("task", "outbox", "expired")
+    __slots__ = ("task", "outbox", "expired", "reason", "unauthorized")
 
     def __init__(self, outbox: asyncio.Queue[dict[str, Any]]) -> None:
         self.task: asyncio.Future[str] | None = None
         self.outbox = outbox
         self.expired = False
+        self.reason = ""
+        self.unauthorized = False
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str, unauthorized: bool = False) -> None:
         self.expired = True
+        self.reason = reason
+        self.unauthorized = unauthorized
         if self.task is not None:
             self.task.cancel()

@@ -14,6 +14,15 @@ protobuf messages at the edge (:mod:`.grpc_codec`).
 A hub given ``router=`` (another hub's) feeds that router and leaves it open when it stops (only
 its own workers leave, their requests failing with ``worker_lost``); without, it creates one and
 becomes the bridge's transport, and stopping it closes the router (``hub_stopped``).
+
+Credentials: every connection presents a bearer token, checked before a single frame is read (the
+shared ``token``, or -- given ``agent_tokens``, an :class:`AgentTokenCheck` -- any agent's live
+token). The ``register`` frame then names the worker, and the name must fit the token: a name with
+a credential registers only with its own token (the shared one is refused for it), an agent token
+registers only its own name, and with ``require_agent_tokens`` a name without a credential is
+refused too (``RegisterRefused("unauthorized")``). :meth:`HubBase.recheck` closes the live
+connection of a name whose token no longer fits it (revoked, or replaced by a new one). The checker answers from memory (the hub calls
+it on its event loop); the platform keeps it fresh.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ...core.errors import AsyncTaskSystemError
 from ..bridge import RemoteExecutionManager
@@ -40,13 +49,25 @@ from ..requests import RemoteRequest, RemoteUnavailable
 from ..router import WorkerRouter
 from ..routing import Worker
 
-__all__ = ["HubBase", "Link", "RegisterRefused"]
+__all__ = ["AgentTokenCheck", "HubBase", "Link", "RegisterRefused"]
 
 logger = logging.getLogger("async_task_system.remote.hub_base")
 
 
+class AgentTokenCheck(Protocol):
+    """Per-agent credentials as a hub sees them (the platform's ``AgentTokens`` is one); memory only."""
+
+    def __call__(self, name: str, token: str) -> bool | None:
+        """True: ``token`` is ``name``'s live token; False: ``name`` has one and this is not it; None: ``name`` has none."""
+        ...
+
+    def known(self, token: str) -> bool:
+        """Whether ``token`` is some agent's live token."""
+        ...
+
+
 class RegisterRefused(AsyncTaskSystemError):
-    """A registration the hub turns down: ``error_type`` is ``malformed``, ``name_taken`` or ``hub_stopped``."""
+    """A registration the hub turns down: ``error_type`` is ``malformed``, ``unauthorized``, ``name_taken`` or ``hub_stopped``."""
 
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
@@ -56,11 +77,12 @@ class RegisterRefused(AsyncTaskSystemError):
 class Link:
     """A hub's side of one worker connection: the transport's handle and the liveness deadline (hub loop only)."""
 
-    __slots__ = ("handle", "deadline")
+    __slots__ = ("handle", "deadline", "authorization")
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, authorization: str = "") -> None:
         self.handle = handle
         self.deadline: asyncio.TimerHandle | None = None
+        self.authorization = authorization  # what the connection presented (rechecked on revocation)
 
 
 class HubBase:
@@ -87,7 +109,11 @@ class HubBase:
         max_message_bytes: int = 1 << 20,
         register_timeout: float = 10.0,
         start_timeout: float | None = None,
+        agent_tokens: AgentTokenCheck | None = None,
+        require_agent_tokens: bool = False,
     ) -> None:
+        if require_agent_tokens and agent_tokens is None:
+            raise ValueError("require_agent_tokens needs agent_tokens, the checker of the agents' tokens")
         if heartbeat_timeout <= heartbeat_interval:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
         if max_message_bytes < 1024:
@@ -103,6 +129,8 @@ class HubBase:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_message_bytes = max_message_bytes
         self.register_timeout = register_timeout
+        self.agent_tokens = agent_tokens
+        self.require_agent_tokens = require_agent_tokens
         # seconds a start-reporting worker may hold a command with a free slot without starting it
         self.start_timeout = heartbeat_timeout + 5.0 if start_timeout is None else float(start_timeout)
         if self.start_timeout <= 0:
@@ -241,15 +269,31 @@ class HubBase:
             f"async-agent worker --hub {self.url} --token <TOKEN> --name <NAME>"
         )
 
+    @staticmethod
+    def bearer(header: str) -> str:
+        """The token of an ``Authorization: Bearer <token>`` value ("" for anything else)."""
+        return header[7:].strip() if header[:7].lower() == "bearer " else ""
+
     def token_matches(self, header: str) -> bool:
-        """Whether an ``Authorization`` value is ``Bearer <this hub's token>`` (constant-time compare)."""
-        supplied = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        return bool(supplied) and hmac.compare_digest(supplied.encode(), self.token.encode())
+        """Whether an ``Authorization`` value is ``Bearer <this hub's shared token>`` (constant-time compare)."""
+        supplied = self.bearer(header)
+        return bool(supplied) and hmac.compare_digest(
+            supplied.encode("utf-8", "surrogatepass"), self.token.encode()
+        )
+
+    def authorized(self, header: str) -> bool:
+        """Whether an ``Authorization`` value may open a connection: the shared token, or an agent's live
+        token (which name it may register is checked at ``register``: :meth:`check_registration`)."""
+        if self.token_matches(header):
+            return True
+        supplied = self.bearer(header)
+        return bool(supplied) and self.agent_tokens is not None and self.agent_tokens.known(supplied)
 
     # ------------------------------------------------------------------ registration (hub loop)
 
-    def check_registration(self, message: dict[str, Any]) -> dict[str, Any]:
-        """The fields of a first message, or :class:`RegisterRefused` saying why it is not let in."""
+    def check_registration(self, message: dict[str, Any], authorization: str) -> dict[str, Any]:
+        """The fields of a first message sent on a connection that presented ``authorization`` (its
+        ``Authorization`` value), or :class:`RegisterRefused` saying why it is not let in."""
         try:
             if message.get("type") != "register":
                 raise ProtocolError(
@@ -259,25 +303,53 @@ class HubBase:
         except ProtocolError as exc:
             self.rejected_frames += 1
             raise RegisterRefused("malformed", str(exc)) from None
+        self._check_credential(fields["name"], authorization)
         if not self.router.accepting:
             raise RegisterRefused("hub_stopped", "the hub is stopping")
         if self.router.has_worker(fields["name"]):
             raise self._name_taken(fields["name"])
         return fields
 
+    def _check_credential(self, name: str, authorization: str) -> None:
+        """RegisterRefused (``unauthorized``) unless the connection's token may register ``name``."""
+        supplied = self.bearer(authorization)
+        shared = self.token_matches(authorization)
+        verdict = self.agent_tokens(name, supplied) if self.agent_tokens is not None and supplied else None
+        if verdict is True or (verdict is None and shared and not self.require_agent_tokens):
+            return
+        if verdict is False and shared:
+            problem = f"worker name {name!r} has its own token: register it with that token (the shared token is refused for it)"
+        elif verdict is False:
+            problem = f"this token is not worker {name!r}'s (or it was revoked): an agent's token registers only that agent's name"
+        elif shared:
+            problem = (
+                f"this hub requires a token per agent and worker name {name!r} has none: "
+                f"issue one (async-agent platform token issue {name}) and start the worker with it"
+            )
+        else:
+            problem = f"this token is another agent's: it cannot register worker name {name!r}"
+        self.refused_connections += 1
+        logger.warning("refused the registration of worker %r: %s", name, problem)
+        raise RegisterRefused("unauthorized", problem)
+
     def join(
-        self, fields: dict[str, Any], sender: Callable[[Worker, dict[str, Any]], None], handle: Any
+        self,
+        fields: dict[str, Any],
+        sender: Callable[[Worker, dict[str, Any]], None],
+        handle: Any,
+        authorization: str = "",
     ) -> Worker:
         """Register a worker (after the hub's answer went out, so no task precedes it); arm its deadline.
 
-        ``sender(worker, frame)`` hands a frame to the connection (it must not block).
+        ``sender(worker, frame)`` hands a frame to the connection (it must not block);
+        ``authorization`` is what the connection presented (:meth:`recheck` checks it again).
         """
         worker = Worker(
             fields["name"],
             fields["capabilities"],
             fields["max_concurrent"],
             lambda frame: sender(worker, frame),
-            Link(handle),
+            Link(handle, authorization),
             labels=fields["labels"],
             version=fields["version"],
             transport=self.transport_name,
@@ -292,6 +364,21 @@ class HubBase:
         self._own.add(worker)
         self.arm(worker)
         return worker
+
+    def recheck(self, name: str, reason: str) -> None:
+        """Check worker ``name``'s live connection through this hub again (any thread; its credential was
+        issued or revoked): closed, its requests failing with ``worker_lost``, if its token no longer
+        registers the name."""
+        self.call_soon(self._recheck, name, reason)
+
+    async def _recheck(self, name: str, reason: str) -> None:
+        for worker in [worker for worker in self._own if worker.name == name]:
+            try:
+                self._check_credential(name, worker.connection.authorization)
+            except RegisterRefused:
+                logger.warning("closing the connection of worker %r: %s", name, reason)
+                self.drop(worker, reason)
+                self._close_link(worker, 4003, reason)
 
     def _name_taken(self, name: str) -> RegisterRefused:
         self.rejected_frames += 1

@@ -2,7 +2,9 @@
 
 The agent process starts it (``attach_remote(agent)`` or ``RemoteHub(manager, token=...).start()``).
 Workers connect to ``ws://HOST:PORT`` with ``Authorization: Bearer <token>`` (anything else is
-refused with HTTP 401 before the WebSocket opens), register a name and capabilities, and send
+refused with HTTP 401 before the WebSocket opens; the token is the shared one or, with per-agent
+credentials, the agent's own, which registers only its name: see :mod:`.hub_base`), register a
+name and capabilities, and send
 heartbeats. The hub is the bridge's transport, and only the WebSocket part of it: it authorizes
 connections, checks frames (:mod:`.protocol`) and their sizes, watches heartbeats, picks close
 codes, and hands everything else to a :class:`~.router.WorkerRouter`, which keeps the registry of
@@ -58,6 +60,9 @@ class RemoteHub(HubBase):
         host: interface to bind; loopback unless you mean to accept workers from other machines.
         port: TCP port; 0 picks a free one (read it back from :attr:`port` / :attr:`url`).
         token: the shared secret workers must present. ``None`` generates one (see :attr:`token`).
+        agent_tokens: per-agent credentials (an :class:`~.hub_base.AgentTokenCheck`): a name that has
+            one registers only with its own token.
+        require_agent_tokens: refuse every name without a credential (the shared token registers none).
         heartbeat_interval: seconds between the heartbeats workers are asked to send.
         heartbeat_timeout: a worker silent this long is declared lost and its requests fail.
         max_message_bytes: larger frames are refused with an error frame.
@@ -107,7 +112,7 @@ class RemoteHub(HubBase):
     # ------------------------------------------------------------------ connections (hub loop)
 
     def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:
-        if not self.token_matches(request.headers.get("Authorization", "")):
+        if not self.authorized(request.headers.get("Authorization", "")):
             self.refused_connections += 1
             logger.warning("refused a connection from %s: missing or wrong token", connection.remote_address)
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
@@ -144,7 +149,9 @@ class RemoteHub(HubBase):
             except ProtocolError as exc:
                 self.rejected_frames += 1
                 raise RegisterRefused("malformed", str(exc)) from None
-            fields = self.check_registration(message)
+            request = ws.request
+            authorization = request.headers.get("Authorization", "") if request is not None else ""
+            fields = self.check_registration(message, authorization)
             # Answer before joining the router, so no execute frame can reach the worker before it.
             await ws.send(
                 encode(
@@ -157,7 +164,10 @@ class RemoteHub(HubBase):
                 )
             )
             return self.join(
-                fields, lambda worker, frame: self.call_soon(self._send_frame, worker, frame), ws
+                fields,
+                lambda worker, frame: self.call_soon(self._send_frame, worker, frame),
+                ws,
+                authorization,
             )
         except RegisterRefused as exc:
             await self._refuse(ws, exc)
@@ -168,12 +178,11 @@ class RemoteHub(HubBase):
             await ws.close(1001, "hub stopping")
             return
         frame = error_frame(str(refusal))
-        if refusal.error_type == "name_taken":
-            frame["error_type"] = "name_taken"
+        if refusal.error_type in ("name_taken", "unauthorized"):
+            frame["error_type"] = refusal.error_type
         await self._send_quietly(ws, encode(frame))
-        await ws.close(
-            1008, "worker name in use" if refusal.error_type == "name_taken" else "registration failed"
-        )
+        reasons = {"name_taken": "worker name in use", "unauthorized": "token refused for this name"}
+        await ws.close(1008, reasons.get(refusal.error_type, "registration failed"))
 
     @staticmethod
     def _size(raw: str | bytes) -> int:
