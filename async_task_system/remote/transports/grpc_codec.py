@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 from .._proto import agent_pb2, common_pb2, task_pb2
-from ..protocol import PROTOCOL_VERSION, ProtocolError
+from ..protocol import PROTOCOL_VERSION, ProtocolError, decode
 
 __all__ = [
     "SERVICE",
@@ -199,12 +199,13 @@ def agent_frame(message: agent_pb2.AgentMessage) -> dict[str, Any]:
 def _result_frame(message: task_pb2.TaskResult) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if message.result_json:
+        # the WebSocket frame's own checks (valid JSON, an object, at most MAX_NESTING deep): JSON
+        # nested past Python's recursion limit is refused here instead of ending the stream
         try:
-            extra = json.loads(message.result_json)
-        except ValueError:
-            raise ProtocolError("task_result field 'result_json' is not valid JSON") from None
-        if not isinstance(extra, dict):
-            raise ProtocolError("task_result field 'result_json' must be a JSON object")
+            extra = decode(message.result_json)
+        except ProtocolError as exc:
+            detail = str(exc).removeprefix("frame ")
+            raise ProtocolError(f"task_result field 'result_json' {detail}") from None
     if message.no_exit_code and set(extra) == {"value"}:
         result: Any = extra["value"]
     else:
