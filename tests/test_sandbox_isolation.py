@@ -227,3 +227,33 @@ def test_on_start_is_called_once_when_the_program_started_and_before_its_first_l
     # isolated: not for a program that could not start (unisolated: its supervisor did start)
     assert kinds[3:] == ([] if isolation else ["bad"])
     assert before <= events[0][1] <= time.time()
+
+
+def test_runs_keep_working_when_the_interpreter_lives_under_tmp(tmp_path: Path):
+    """A checkout (and its virtual environment) under /tmp: the interpreter's installation is bound
+    over the run's private /tmp, and a reused sandbox must not renew /tmp over it (every run after
+    the first failed with "No such file or directory: '/tmp/.../bin/python'")."""
+    import site
+    import subprocess
+    import venv
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(symlinks=True, with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    assert str(python).startswith("/tmp/"), python
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    repo = Path(__file__).resolve().parent.parent
+    Path(purelib, "outer.pth").write_text(f"{repo}\n" + "\n".join(site.getsitepackages()) + "\n")
+    code = (
+        "import asyncio\n"
+        "from async_task_system.sandbox.process import RunLimits, run_script\n"
+        "for n in range(3):\n"
+        "    out = asyncio.run(run_script('print(6 * 7)', 'python', RunLimits(), timeout=20))\n"
+        "    print(n, out.success, out.result['stdout'].strip(), out.error)\n"
+    )
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["0 True 42 None", "1 True 42 None", "2 True 42 None"], done.stdout

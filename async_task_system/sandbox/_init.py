@@ -238,13 +238,18 @@ def _end_all(child):
             continue
 
 
-def reusable(layout, req):
+def reusable(conf, layout, req):
     """Whether this init may serve another run after ``req``: nothing of a run survives its end
     (every process is killed and reaped, the scratch directory and the IPC namespace are made
     anew, the rest is read-only or the network namespace's loopback, which is down and holds no
     state once its processes are gone) unless it ran as another user (``setuid`` cannot be
-    undone) or a path of the layout lies in the scratch directory (it could not be bound again)."""
-    paths = (*(layout.get("read_paths") or ()), *(layout.get("write_paths") or ()))
+    undone) or a bound path (the layout's, or the interpreter's installation, e.g. a virtual
+    environment under ``/tmp``) lies in the scratch directory: renewing it would hide that path."""
+    paths = (
+        *(conf.get("read_paths") or ()),
+        *(layout.get("read_paths") or ()),
+        *(layout.get("write_paths") or ()),
+    )
     return req.get("user") is None and not any(p.startswith(("/tmp/", SCRATCH + "/")) for p in paths)
 
 
@@ -295,7 +300,7 @@ def serve(sock, conf, stage, layout):
         except OSError:
             pass
         uses -= 1
-        again = uses > 0 and reusable(layout, req)
+        again = uses > 0 and reusable(conf, layout, req)
         sock.send(
             json.dumps({"status": status, "scratch_full": full, "again": again, "cpu": _cpu()}).encode()
         )
