@@ -92,6 +92,18 @@ class TaskRecorder:
                 return [], False
             return [(seq, payload) for seq, payload in live.recent if seq > after], True
 
+    def live_fields(self, task_id: str) -> dict[str, Any] | None:
+        """What the platform knows now of a live task's status and process start (the store may be
+        a batch behind), or None for a task that is not live."""
+        with self._lock:
+            live = self._live.get(task_id)
+            if live is None:
+                return None
+            fields: dict[str, Any] = {"status": live.status}
+            if live.process_started:
+                fields["started_at"] = live.started_at
+            return fields
+
     def overlay_live(self, tasks: Iterable[TaskInfo], out: dict[str, dict[str, Any]]) -> None:
         """Put what the platform knows now of live ``tasks`` (the store may be a batch behind) into
         ``out``, the timeline's overrides by task id."""

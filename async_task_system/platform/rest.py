@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.compat import TIMEOUT_ERRORS
 from ..http_front import FrontGuard, FrontLimits, error_response
-from .interface import PlatformAPI, PlatformError, is_terminal
+from .interface import PlatformAPI, PlatformError, is_terminal, iso_time
 
 __all__ = ["create_app", "TaskCreate", "DASHBOARD"]
 
@@ -313,10 +313,17 @@ def _add_other_routes(app: FastAPI, platform: PlatformAPI) -> None:
 
 def _record(platform: PlatformAPI, task_id: str) -> dict[str, Any]:
     _manager, store, _writer = platform.require()
+    live = platform.live_fields(task_id)  # read first: a task live now is in the store by the read below
     record = store.tasks.get(task_id)
     if record is None:
         raise PlatformError(404, "task not found", {"task_id": task_id})
-    return record.to_dict()
+    found = record.to_dict()
+    if live is not None and not is_terminal(found["status"]):
+        # the row may be a write batch behind what the agent reported (a start, a first line)
+        found["status"] = live["status"]
+        if "started_at" in live:  # the agent's report of its process start wins over the attempt's
+            found["started_at"] = iso_time(live["started_at"])
+    return found
 
 
 def _log_event(seq: int, payload: dict[str, Any]) -> str:

@@ -436,6 +436,11 @@ class Platform:
             self.recorder.overlay_live(recorded, out)
         return out
 
+    def live_fields(self, task_id: str) -> dict[str, Any] | None:
+        """A live task's status and process start as the platform knows them now (epoch seconds),
+        ahead of the store's row by up to one write batch; None for a task that is not live."""
+        return None if self.recorder is None else self.recorder.live_fields(task_id)
+
     def recent_lines(self, task_id: str, after: int) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
         """Output lines of a live task still in memory numbered above ``after``, and whether it is live."""
         if self.recorder is None:
