@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from async_task_system.sandbox.isolation import isolation_status
+from async_task_system.sandbox.isolation import isolation_status, read_paths
 from async_task_system.sandbox.process import RunLimits, run_script
 
 STATUS = isolation_status() if sys.platform == "linux" else None
@@ -24,6 +24,14 @@ if STATUS is None or not STATUS.available:
     if os.environ.get("CI") == "true":
         raise RuntimeError(f"CI must run the escape tests, but isolation is unavailable: {reason}")
     pytestmark = pytest.mark.skip(reason=f"isolation unavailable: {reason}")
+
+
+# A checkout under /tmp (CI may clone there): the interpreter's installation is bound read-only at
+# its own path, so its top folder shows in the run's /tmp (= /scratch). Not the run's own files.
+BOUND_IN_TMP = sorted(
+    {"/tmp/" + p.split("/")[2] for p in read_paths([sys.executable], sys.executable) if p.startswith("/tmp/")}
+)
+PRUNE_BOUND = " ".join(f"-path {path} -prune -o -path /scratch/{path[5:]} -prune -o" for path in BOUND_IN_TMP)
 
 
 def run(command: str, language: str = "shell", **limits):
@@ -81,9 +89,9 @@ def test_writing_outside_the_scratch_directory_fails_and_scratch_is_private(tmp_
     assert not outcome.success
     assert outcome.result["stderr"].count("Read-only file system") == 3, outcome.result["stderr"]
     assert not Path("/etc/escaped").exists() and not Path("/usr/escaped").exists()
-    first = run("pwd; echo kept > note; cat note; ls /tmp")
-    assert first.result["stdout"] == "/scratch\nkept\nnote\n"  # /tmp is the same scratch
-    second = run("ls -A /scratch | wc -l")
+    first = run(f"pwd; echo kept > note; cat note; find /tmp -mindepth 1 -maxdepth 1 {PRUNE_BOUND} -print")
+    assert first.result["stdout"] == "/scratch\nkept\n/tmp/note\n"  # /tmp is the same scratch
+    second = run(f"find /scratch -mindepth 1 {PRUNE_BOUND} -print | wc -l")
     assert second.result["stdout"].strip() == "0"  # the last run's scratch is gone
     writable = run(f"echo out > {tmp_path}/result", write_paths=(str(tmp_path),))
     assert writable.success and (tmp_path / "result").read_text() == "out\n"
@@ -190,7 +198,10 @@ def test_consecutive_runs_share_nothing():
     leave = (
         "echo left > /scratch/a; echo left > /tmp/b; ipcmk -M 4096 > /dev/null; (setsid sleep 60 &); echo $$"
     )
-    look = "find /scratch /tmp -mindepth 1 | wc -l; ipcs -m | grep -c '^0x'; ps -e -o comm= | grep -c sleep; echo $$"
+    look = (
+        f"find /scratch /tmp -mindepth 1 {PRUNE_BOUND} -print | wc -l; ipcs -m | grep -c '^0x'; "
+        "ps -e -o comm= | grep -c sleep; echo $$"
+    )
 
     async def both():
         return await runner.run(leave), await runner.run(look)
