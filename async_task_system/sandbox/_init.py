@@ -41,6 +41,8 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 CLONE_NEWIPC = 0x08000000
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
+PR_CAP_AMBIENT_RAISE = 2
+ROOT_FILE_CAPS = (1, 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 SCRATCH = "/scratch"
@@ -48,6 +50,29 @@ PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", 
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _set_capabilities(effective, inheritable):
+    """This process's effective (``None``: unchanged) and inheritable capabilities, the permitted
+    ones kept (version 3 of ``capget``/``capset``; capabilities below 32 only)."""
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    if effective is not None:
+        data[0].effective, data[1].effective = sum(1 << cap for cap in effective), 0
+    data[0].inheritable, data[1].inheritable = sum(1 << cap for cap in inheritable), 0
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
 def _check(result, what):
@@ -106,7 +131,7 @@ def _map_user(uid, gid):
 def prepare(conf, stage, layout):
     """Build the new root under ``stage`` (a directory of the host's, now ours to mount on) with
     the paths of ``layout``, pivot into it and drop what no program of the run may have."""
-    if conf.get("userns"):
+    if conf.get("userns") and not conf.get("map_by_parent"):
         _map_user(conf["uid"], conf["gid"])
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
@@ -141,14 +166,15 @@ def prepare(conf, stage, layout):
     mount("tmpfs", stage + SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
     mount(stage + SCRATCH, stage + "/tmp", None, MS_BIND)
     # after /tmp: a path under it is bound over the scratch directory
+    writable = layout.get("write_paths") or ()
     for path in (*(conf.get("read_paths") or ()), *(layout.get("read_paths") or ())):
-        if os.path.exists(path):
+        if os.path.exists(path) and path not in writable:  # a path given both ways is writable
             _bind(stage, path)
-    for path in layout.get("write_paths") or ():
+    for path in writable:
         if os.path.exists(path):
             _bind(stage, path, writable=True)
     _pivot(stage)
-    _drop_privileges()
+    _drop_privileges(ROOT_FILE_CAPS if conf.get("map_by_parent") else ())
 
 
 def _pivot(stage):
@@ -162,10 +188,11 @@ def _pivot(stage):
     mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def _drop_privileges():
+def _drop_privileges(keep=()):
     """Of every process started from here on: no capability can be had back (bounding and ambient
-    sets empty) and none gained by ``exec`` (``no_new_privs``). This init keeps its own effective
-    capabilities, which only ``setuid`` needs now."""
+    sets empty but for ``keep``, the file-permission ones a root worker's nobody programs get)
+    and none gained by ``exec`` (``no_new_privs``). This init keeps its own effective
+    capabilities, which only ``setuid`` and renewing the run need now."""
     last = 63
     try:
         with open("/proc/sys/kernel/cap_last_cap") as handle:
@@ -173,7 +200,8 @@ def _drop_privileges():
     except (OSError, ValueError):
         pass
     for cap in range(last + 1):
-        _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)
+        if cap not in keep:
+            _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), 0, 0, 0), "no_new_privs")
 
@@ -192,13 +220,39 @@ def _limit_self(req):
         top = seconds + 1 if hard == resource.RLIM_INFINITY else min(seconds + 1, hard)
         resource.setrlimit(resource.RLIMIT_CPU, (min(seconds, top), top))
     if req.get("max_processes"):
-        limit = int(req["max_processes"]) + 1  # this init counts
+        # The kernel's backstop, counted in the run's user namespace alone: twice the limit, so a
+        # tree past the limit lives long enough for the supervisor's scan to see it (and to name
+        # the limit), yet no fork bomb can swamp the host between two scans.
+        limit = 2 * int(req["max_processes"]) + 1
         resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
     user = req.get("user")
     if user is not None:
+        # The program's user for the one spawn that follows: real and effective ids change, the
+        # saved ones stay 0 so this init can take root (and its capabilities) back afterwards
+        # (see :func:`_back_to_root`); ``execve`` sets the program's saved ids to its own.
         os.setgroups([])
-        os.setgid(int(user[1]))
-        os.setuid(int(user[0]))
+        os.setresgid(int(user[1]), int(user[1]), 0)
+        os.setresuid(int(user[0]), int(user[0]), 0)
+        if req.get("root_files"):
+            # A root worker's program runs as nobody so that RLIMIT_NPROC holds, yet reads and
+            # writes what it sees as root would: the two file-permission capabilities, in this
+            # user namespace only, passed to the program as ambient ones (no other capability).
+            _set_capabilities(ROOT_FILE_CAPS, ROOT_FILE_CAPS)  # effective: exec needs them too
+            for cap in ROOT_FILE_CAPS:
+                _check(
+                    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, ctypes.c_ulong(cap), 0, 0), "ambient"
+                )
+
+
+def _back_to_root(req):
+    """After the spawn: this init's own ids again (needed to renew the run's mounts). The program
+    keeps its user, and with it ``RLIMIT_NPROC``, which the kernel never applies to uid 0."""
+    if req.get("user") is not None:
+        _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        os.setresuid(0, 0, 0)
+        os.setresgid(0, 0, 0)
+        if req.get("root_files"):
+            _set_capabilities(None, ())
 
 
 def _which(name, path):
@@ -206,7 +260,7 @@ def _which(name, path):
         return name
     for folder in (path or os.defpath).split(":"):
         candidate = os.path.join(folder or ".", name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK, effective_ids=True):
             return candidate
     raise FileNotFoundError(2, f"No such file or directory: {name!r}")
 
@@ -242,15 +296,15 @@ def reusable(conf, layout, req):
     """Whether this init may serve another run after ``req``: nothing of a run survives its end
     (every process is killed and reaped, the scratch directory and the IPC namespace are made
     anew, the rest is read-only or the network namespace's loopback, which is down and holds no
-    state once its processes are gone) unless it ran as another user (``setuid`` cannot be
-    undone) or a bound path (the layout's, or the interpreter's installation, e.g. a virtual
+    state once its processes are gone; a program's user was set for its spawn alone) unless a
+    bound path (the layout's, or the interpreter's installation, e.g. a virtual
     environment under ``/tmp``) lies in the scratch directory: renewing it would hide that path."""
     paths = (
         *(conf.get("read_paths") or ()),
         *(layout.get("read_paths") or ()),
         *(layout.get("write_paths") or ()),
     )
-    return req.get("user") is None and not any(p.startswith(("/tmp/", SCRATCH + "/")) for p in paths)
+    return not any(p.startswith(("/tmp/", SCRATCH + "/")) for p in paths)
 
 
 def _renew(layout):
@@ -276,6 +330,10 @@ def serve(sock, conf, stage, layout):
         signal.signal(number, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     try:
+        if conf.get("map_by_parent"):
+            answer = sock.recv(4096)  # the zygote writes this namespace's id maps first
+            if answer != b"mapped":
+                raise OSError(answer.decode(errors="replace") or "the sandbox supervisor is gone")
         prepare(conf, stage, layout)
     except OSError as exc:
         sock.send(json.dumps({"error": str(exc)}).encode())
@@ -348,6 +406,7 @@ def _run(sock, req, fds):
         sock.send(json.dumps({"error": f"could not start the program: {exc}"}).encode())
         return None
     finally:
+        _back_to_root(req)
         for fd in fds:
             os.close(fd)
     if req.get("notify_start"):

@@ -77,10 +77,26 @@ def _flags(conf, network):
     return flags
 
 
+def _map_every_id(pid, sock):
+    """Map every id to itself in the user namespace of the init ``pid`` (a root zygote only: a
+    map of more than one's own id must be written from the parent namespace). The run's programs
+    then switch to an unprivileged user (``nobody`` by default) whose processes ``RLIMIT_NPROC``
+    counts in this namespace alone; root's it would not count at all."""
+    try:
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as handle:
+                handle.write("0 0 4294967295")
+        sock.send(b"mapped")
+    except OSError as exc:
+        sock.send(f"could not map the ids of the run's user namespace: {exc}".encode())
+
+
 def _spawn_init(conf, stage, layout):
     """One ready run of ``layout``: ``(pid, socket)``; the child never returns."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = clone(_flags(conf, bool(layout.get("network"))))
+    if pid != 0 and conf.get("map_by_parent"):
+        _map_every_id(pid, ours)
     if pid == 0:
         code = 0
         try:

@@ -39,14 +39,16 @@ class Zygote:
     reader thread (so any event loop, in any thread, may run through it)."""
 
     def __init__(self, spare: int = 2) -> None:
+        # A user namespace even for a root worker, whose programs run as an unprivileged user:
+        # the kernel never applies RLIMIT_NPROC to root, so a root program's fork bomb would only
+        # meet the supervisor's /proc scan, which a machine swamped by its processes runs late.
         root = os.geteuid() == 0
         conf = {
-            "userns": not root,
+            "userns": True,
+            "map_by_parent": root,
             "uid": os.geteuid(),
             "gid": os.getegid(),
-            "mode": "root (pid, mount, network, IPC, UTS)"
-            if root
-            else "user namespace (user, pid, mount, network, IPC, UTS)",
+            "mode": "user namespace (user, pid, mount, network, IPC, UTS)",
             "tmp": "/tmp" if os.path.isdir("/tmp") else os.getcwd(),
             "spare": spare,
             "read_paths": read_paths([sys.executable], sys.executable),

@@ -88,8 +88,12 @@ class RunLimits:
     max_processes: int | None = 64
     """Processes of the script's tree at once; more, and the whole tree is killed."""
     user: str | None = None
-    """Run scripts as this user (name or uid) when the runner is root; ``None``: the runner's
-    user, with every capability dropped when that is root."""
+    """Run scripts as this user (name or uid) when the runner is root. ``None``: isolated scripts
+    of a root runner run as ``nobody`` with root's file access (the two file-permission
+    capabilities, in the run's user namespace only), since the kernel limits no root's processes
+    and a root script's fork bomb would outgrow ``max_processes``; unisolated ones as the
+    runner's user, with every capability dropped when that is root. Other runners' scripts run
+    as their own user."""
     allow_env: tuple[str, ...] = DEFAULT_ALLOW_ENV
     """Variables passed from this process's environment; nothing else is."""
     languages: tuple[str, ...] = SCRIPT_LANGUAGES
@@ -135,10 +139,15 @@ _SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_supervi
 _GRACE = 3.0  # seconds the supervisor has to kill the tree before its group is killed outright
 
 
-def _user_ids(user: str) -> tuple[int, int]:
+def _user_ids(user: str, default: tuple[int, int] | None = None) -> tuple[int, int]:
     import pwd
 
-    entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        if default is None:
+            raise
+        return default
     return entry.pw_uid, entry.pw_gid
 
 
@@ -246,6 +255,9 @@ class ScriptRunner:
         """An isolated run's request to the supervisor (see :mod:`._zygote`)."""
         config = self._config(env)
         limits = self.limits
+        if config["user"] is None and os.geteuid() == 0:
+            # nobody with root's file access (see ``RunLimits.user``)
+            config.update(user=_user_ids("nobody", default=(65534, 65534)), root_files=True)
         workdir = cwd if cwd is not None else limits.workdir
         writable = [os.path.abspath(path) for path in (*limits.write_paths, *([workdir] if workdir else []))]
         config.update(
