@@ -160,9 +160,14 @@ def test_stopping_a_step_stops_the_managed_agent_step_running_inside_it():
 _CTRL_C_SCRIPT = textwrap.dedent(
     """
     import json
+    import signal
     import threading
 
     from smolagents import tool
+
+    # Ctrl+C as an interactive Python gets it, even when the tests run as a shell's background
+    # job (which starts every program with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from async_task_system import ScriptedModel, create_async_agent
 

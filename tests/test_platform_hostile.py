@@ -276,7 +276,10 @@ def test_collaboration_handlers_that_never_return_give_their_slot_back_at_the_de
 def test_handlers_left_running_are_bounded_then_requests_are_busy():
     protocol, release = _hanging_protocol(4, max_stuck_handlers=3)
     try:
-        assert _ask_all(protocol, "w", 3, 0.3) == ["timeout"] * 3
+        # deadlines long enough for all three handlers to start on a loaded machine (a handler that
+        # never started before its deadline is not left running)
+        assert _ask_all(protocol, "w", 3, 2.0) == ["timeout"] * 3
+        assert protocol.stuck_handlers == 3
         with pytest.raises(CollaborationError) as caught:
             protocol.ask("w", "echo", {"text": "x"}, timeout=WAIT)
         assert caught.value.error_type == "busy" and "past their deadline" in str(caught.value)
