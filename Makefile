@@ -10,6 +10,11 @@ STAMP := $(VENV)/.installed
 # The Pythons pyproject.toml supports (requires-python >= 3.10), for `make test-pythons`.
 PYTHONS ?= 3.10 3.11 3.12 3.13
 SKIP_PYTHONS ?=
+# The suite waits on servers, subprocesses and timeouts far more than it computes (about a third
+# of one core): its files run on this many pytest-xdist workers (one file per worker at a time,
+# so module fixtures stay shared). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 3
+PYTEST := -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # uv installs from the lock; it is itself pinned and bootstrapped from the package index with pip,
 # once per machine, into a small venv of its own.
@@ -44,7 +49,7 @@ test-latest: $(UV) phoenix
 	rm -rf $(LATEST_VENV)
 	$(UV) venv -q --python $(PYTHON) $(LATEST_VENV)
 	$(UV) pip install -q --python $(LATEST_VENV)/bin/python --upgrade -e '.[dev]'
-	$(LATEST_VENV)/bin/python -m pytest -q
+	$(LATEST_VENV)/bin/python $(PYTEST)
 
 # The Phoenix server (tracing end-to-end test) lives in its own venv: it needs openai>=3, which
 # conflicts with litellm's pin. Installed once (a few minutes), instant afterwards. A failed
@@ -82,11 +87,11 @@ test: $(STAMP) phoenix
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q
+	$(BIN)/python $(PYTEST)
 
 # The suite alone (no lint), in $(VENV): what test-pythons runs per Python.
 pytest: $(STAMP) phoenix
-	$(BIN)/python -m pytest -q
+	$(BIN)/python $(PYTEST)
 
 # The suite on each of $(PYTHONS) (except $(SKIP_PYTHONS)), each in its own cached .venv-<version>,
 # all sharing the one Phoenix server venv. A Python not installed is skipped with a note, and is an
