@@ -73,6 +73,7 @@ class WsAgent:
 
     def __init__(self, platform: Any) -> None:
         self.url = platform.ws_url
+        self.router = platform.router
         self.agent: JsonAgent | None = None
 
     def refused_register(self, fields: dict[str, Any]) -> str:
@@ -86,7 +87,7 @@ class WsAgent:
             return refused["error"]
 
     def register(self) -> None:
-        self.agent = JsonAgent(self.url, AGENT)
+        self.agent = JsonAgent(self.url, AGENT, self.router)
 
     def request_id(self, task_id: str) -> str:
         execute = self.agent.next()

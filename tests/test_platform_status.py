@@ -13,6 +13,7 @@ import json
 import queue
 import threading
 import time
+from typing import Any
 
 import pytest
 from _platform import (  # noqa: F401  (fixtures)
@@ -169,12 +170,17 @@ def test_an_agent_without_start_events_is_running_at_its_first_line_and_sees_the
 class JsonAgent:
     """A WebSocket agent driven frame by frame."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, router: Any = None) -> None:
         self._stack = contextlib.ExitStack()
         headers = {"Authorization": f"Bearer {TOKEN}"}
         self.ws = self._stack.enter_context(connect(url, additional_headers=headers, proxy=None))
         self.send({"type": "register", "name": name, "capabilities": ["shell"], "max_concurrent": 2})
         assert self.next()["type"] == "registered"
+        # the hub answers before it books the worker (so that no task precedes the answer): work
+        # submitted right after "registered" may find no worker yet, so wait for the booking
+        deadline = time.monotonic() + 30
+        while router is not None and not router.has_worker(name) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def send(self, frame: dict) -> None:
         self.ws.send(json.dumps(frame))
@@ -188,7 +194,10 @@ class JsonAgent:
 
 def test_a_start_for_another_agents_task_or_after_the_result_changes_nothing(tmp_path):
     with running_platform(f"sqlite:///{tmp_path / 'starts.db'}") as platform:
-        mine, other = JsonAgent(platform.ws_url, "mine"), JsonAgent(platform.ws_url, "other")
+        mine, other = (
+            JsonAgent(platform.ws_url, "mine", platform.router),
+            JsonAgent(platform.ws_url, "other", platform.router),
+        )
         try:
             http = client(platform)
             task_id = post_task(http, type="shell", script="true", agent_id="mine")["task_id"]
@@ -242,7 +251,7 @@ def test_a_start_for_another_agents_task_or_after_the_result_changes_nothing(tmp
 def test_a_dispatch_that_never_starts_ends_with_start_timeout(tmp_path):
     options = {"heartbeat_interval": 0.5, "heartbeat_timeout": 30.0, "start_timeout": 1.0}
     with running_platform(f"sqlite:///{tmp_path / 'stuck.db'}", **options) as platform:
-        agent = JsonAgent(platform.ws_url, "stuck")
+        agent = JsonAgent(platform.ws_url, "stuck", platform.router)
         try:
             http = client(platform)
             first = post_task(http, type="shell", script="true", agent_id="stuck")["task_id"]
@@ -278,7 +287,7 @@ def test_out_of_range_values_are_refused_at_the_wire_and_the_connection_keeps_wo
             assert "'max_concurrent' must be an integer from 1 to 10000" in refused["error"]
         assert "greedy" not in [w["name"] for w in platform.router.workers()]
 
-        agent = JsonAgent(platform.ws_url, "liar")
+        agent = JsonAgent(platform.ws_url, "liar", platform.router)
         try:
             http = client(platform)
             task_id = post_task(http, type="shell", script="true", agent_id="liar")["task_id"]
@@ -310,7 +319,7 @@ def test_out_of_range_values_are_refused_at_the_wire_and_the_connection_keeps_wo
 
 def test_an_llm_tasks_agent_comes_from_the_connection_not_the_answer(tmp_path):
     with running_platform(f"sqlite:///{tmp_path / 'llm.db'}") as platform:
-        agent = JsonAgent(platform.ws_url, "honest")
+        agent = JsonAgent(platform.ws_url, "honest", platform.router)
         try:
             task_id = platform.manager.submit("remote", "remote_execute", {"command": "true"})
             execute = agent.next()
