@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 
 from _isolation import SANDBOX_LABELS
@@ -254,3 +255,32 @@ def test_a_label_selector_picks_a_matching_agent_per_attempt(tmp_path, transport
             "zone": "eu",
             **SANDBOX_LABELS,
         }
+
+
+def test_a_task_that_needs_the_network_selects_a_worker_that_allows_it(tmp_path, workers):
+    # the network per task: a task selects network=on (a worker started with --allow-network);
+    # any other task runs where its scripts have no network, not even loopback
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    script = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=5).close()\n"
+        "    print('connected')\n"
+        "except OSError as exc:\n"
+        "    print('refused', exc.errno)\n"
+    )
+    try:
+        with running_platform(f"sqlite:///{tmp_path / 'p.db'}") as platform, client(platform) as http:
+            workers.start(platform.ws_url, "open", "--allow-network")
+            workers.start(platform.ws_url, "closed")
+            assert platform.router.wait_for_workers(2, timeout=30)
+            ends = {}
+            for network in ("on", "off"):
+                task = post_task(http, labels={"network": network}, type="python", script=script)
+                ends[network] = wait_end(http, task["task_id"])[1]
+            assert (ends["on"]["agent_id"], ends["on"]["stdout"]) == ("open", "connected\n")
+            assert ends["off"]["agent_id"] == "closed"
+            assert ends["off"]["stdout"].split()[0] == "refused"  # ENETUNREACH: only a down loopback
+    finally:
+        listener.close()
