@@ -22,7 +22,8 @@ from _phoenix import PhoenixServer, PhoenixUnavailable
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from smolagents import CodeAgent, tool
 
-from async_task_system import ScriptedModel, create_async_agent, tracing
+from async_task_system import ScriptedModel, create_async_agent
+from async_task_system.observe import tracing
 
 # Phoenix takes ~10 s to start (more on a loaded machine): allow more than the suite default.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
