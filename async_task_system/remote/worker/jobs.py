@@ -26,6 +26,18 @@ __all__ = ["JobRunner"]
 logger = logging.getLogger("async_task_system.remote.worker")
 
 
+_SCRIPT_RESULT_KEYS = {
+    "exit_code",
+    "stdout",
+    "stderr",
+    "timed_out",
+    "cancelled",
+    "truncated",
+    "duration",
+    "worker",
+}
+
+
 class JobRunner:
     """Runs the requests a worker is sent, ``config.max_concurrent`` at once (see the module docstring)."""
 
@@ -235,6 +247,10 @@ class JobRunner:
             return frame
         size = self._size
         budget = limit - 1024  # headroom for the envelope
+        if result.keys() <= _SCRIPT_RESULT_KEYS:
+            texts = (result.get("stdout"), result.get("stderr"), error)
+            if 4 * sum(len(text) for text in texts if isinstance(text, str)) + 4096 < budget:
+                return frame  # fits whatever its characters encode to: no need to encode it here too
         while size(frame) > budget:
             longest = max(("stdout", "stderr"), key=lambda key: len(result.get(key) or ""))
             text = result.get(longest) or ""
