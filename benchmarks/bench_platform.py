@@ -13,6 +13,8 @@ Each task is the shell script ``true`` (the worker starts ``/bin/sh`` for it). T
   rest        ``POST /tasks`` over HTTP from ``--clients`` threads (keep-alive connections), then
               every task's end: HTTP parsing, the token check, validation, and a POST that returns
               only once its record is written
+  rest apart  the same, the client threads in a process of their own (as real clients are): in
+              this process they share the platform's interpreter lock
 
 Times run from the first submission to the last task's end. The workers have 8 slots each.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -90,13 +93,14 @@ def bare(n: int) -> float:
         manager.shutdown()
 
 
-def through_rest(platform: Platform, n: int, clients: int) -> float:
+def post_tasks(url: str, n: int, clients: int) -> list[str]:
+    """``n`` tasks posted from ``clients`` threads (keep-alive connections); their ids."""
     ids: list[str] = []
     lock = threading.Lock()
     per_client = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
 
     def post(count: int) -> None:
-        with httpx.Client(base_url=platform.http_url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             for number in range(count):
                 body = {
                     "agent_id": f"agent-{1 + number % 2}",
@@ -109,13 +113,45 @@ def through_rest(platform: Platform, n: int, clients: int) -> float:
                 with lock:
                     ids.append(response.json()["task_id"])
 
-    started = time.perf_counter()
     threads = [threading.Thread(target=post, args=(count,)) for count in per_client]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return ids
+
+
+def client_process() -> None:
+    """``--client-process URL N CLIENTS``: say ready, wait for a line on stdin, post, print the ids."""
+    url, n, clients = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        http.get("/healthz").raise_for_status()  # connections and imports warm before the clock runs
+    print("ready", flush=True)
+    sys.stdin.readline()
+    print(json.dumps(post_tasks(url, n, clients)), flush=True)
+
+
+def through_rest(platform: Platform, n: int, clients: int, apart: bool) -> float:
+    """From the first POST to the last task's end; the clients in this process or (``apart``, as
+    real clients are) in another one, which then does not share this process's interpreter lock."""
     assert platform.manager is not None
+    if apart:
+        process = subprocess.Popen(
+            [sys.executable, __file__, "--client-process", platform.http_url, str(n), str(clients)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().strip() == "ready"
+        started = time.perf_counter()
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        ids = json.loads(process.stdout.readline())
+        process.wait(60)
+    else:
+        started = time.perf_counter()
+        ids = post_tasks(platform.http_url, n, clients)
     result = platform.manager.wait(ids, timeout=600)
     platform.writer.flush(60)  # every record written
     elapsed = time.perf_counter() - started
@@ -123,7 +159,7 @@ def through_rest(platform: Platform, n: int, clients: int) -> float:
     return elapsed
 
 
-def with_platform(db: str, n: int, clients: int) -> tuple[float, float, int]:
+def with_platform(db: str, n: int, clients: int) -> tuple[float, float, float, int]:
     platform = Platform(db, token=TOKEN, http_port=0, ws_port=0, grpc=False).start()
     workers = start_workers(platform.ws_url)
     try:
@@ -132,9 +168,10 @@ def with_platform(db: str, n: int, clients: int) -> tuple[float, float, int]:
         through_manager(platform.manager, 20)  # warm-up
         manager_time = through_manager(platform.manager, n)
         platform.writer.flush(60)
-        rest_time = through_rest(platform, n, clients)
+        rest_time = through_rest(platform, n, clients, apart=False)
+        apart_time = through_rest(platform, n, clients, apart=True)
         stored = platform.store.tasks.count()
-        return manager_time, rest_time, stored
+        return manager_time, rest_time, apart_time, stored
     finally:
         stop(workers)
         platform.stop()
@@ -172,8 +209,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, own_schema(args.db or f"sqlite:///{tmp}/bench.db") as db:
         bare_time = bare(args.tasks)
-        manager_time, rest_time, stored = with_platform(db, args.tasks, args.clients)
-    rows: list[tuple[str, float]] = [("bare", bare_time), ("manager", manager_time), ("rest", rest_time)]
+        manager_time, rest_time, apart_time, stored = with_platform(db, args.tasks, args.clients)
+    rows: list[tuple[str, float]] = [
+        ("bare", bare_time),
+        ("manager", manager_time),
+        ("rest", rest_time),
+        ("rest apart", apart_time),
+    ]
     rate: Callable[[float], float] = lambda seconds: args.tasks / seconds  # noqa: E731
     print(
         f"{args.tasks} tasks ('true'), 2 agents x 8 slots, store {db.split('://')[0]}, {args.clients} REST clients"
@@ -181,8 +223,11 @@ def main() -> None:
     print(f"  {'way in':<10} {'wall':>9} {'tasks/s':>9} {'vs bare':>8}")
     for name, seconds in rows:
         print(f"  {name:<10} {seconds:>8.2f}s {rate(seconds):>9.0f} {rate(seconds) / rate(bare_time):>7.2f}x")
-    print(f"  records stored: {stored} (manager + rest + warm-up)")
+    print(f"  records stored: {stored} (manager + rest + rest apart + warm-up)")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--client-process"]:
+        client_process()
+    else:
+        main()

@@ -40,7 +40,11 @@ class RecordWriter:
         self.store = store
         self.on_committed = on_committed
         self.max_pending_logs = max_pending_logs
-        self._cond = threading.Condition()
+        # One lock, two conditions: a change wakes the writer thread alone, a written batch wakes
+        # the flush() callers alone (one condition woke every waiting POST at every change).
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._written_cond = threading.Condition(lock)
         self._new: dict[str, dict[str, Any]] = {}
         self._updates: dict[str, dict[str, Any]] = {}
         self._logs: list[dict[str, Any]] = []
@@ -89,7 +93,7 @@ class RecordWriter:
 
     def _bump(self) -> None:
         self._queued += 1
-        self._cond.notify_all()
+        self._cond.notify()  # the writer thread: the only one waiting on this condition
 
     # waiting
 
@@ -102,7 +106,7 @@ class RecordWriter:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._written_cond.wait(remaining)
             return self._written >= mark
 
     def close(self, timeout: float = 30.0) -> None:
@@ -130,6 +134,13 @@ class RecordWriter:
         self._ended = ended + self._ended
 
     def _run(self) -> None:
+        try:
+            self._write_batches()
+        finally:
+            with self._cond:  # flush() callers see the thread gone
+                self._written_cond.notify_all()
+
+    def _write_batches(self) -> None:
         delay = 0.05
         while True:
             with self._cond:
@@ -176,7 +187,7 @@ class RecordWriter:
         """A batch is written: wake ``flush()`` callers, tell ``on_committed`` which tasks ended."""
         with self._cond:
             self._written = max(self._written, mark)
-            self._cond.notify_all()
+            self._written_cond.notify_all()
         if ended and self.on_committed is not None:
             try:
                 self.on_committed(ended)
