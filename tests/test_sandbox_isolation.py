@@ -296,3 +296,18 @@ def test_runs_keep_working_when_the_interpreter_lives_under_tmp(tmp_path: Path):
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["0 True 42 None", "1 True 42 None", "2 True 42 None"], done.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--run-as needs a root worker")
+def test_a_run_as_user_has_only_that_users_file_access(tmp_path: Path):
+    secret = tmp_path / "root-only"
+    secret.write_text("root's\n")
+    secret.chmod(0o600)
+    outcome = run(
+        f"id -u; grep -E '^CapEff' /proc/self/status; cat {secret}",
+        user="nobody",
+        read_paths=(str(tmp_path),),
+    )
+    lines = outcome.result["stdout"].split()
+    assert lines[:3] == ["65534", "CapEff:", "0000000000000000"]  # no file capabilities given
+    assert "Permission denied" in outcome.result["stderr"] and "root's" not in outcome.result["stdout"]
