@@ -32,8 +32,8 @@ from async_task_system import (
     create_async_agent,
     get_current_task_id,
     get_task_manager,
-    tracing,
 )
+from async_task_system.observe import tracing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
