@@ -176,11 +176,8 @@ class JsonAgent:
         self.ws = self._stack.enter_context(connect(url, additional_headers=headers, proxy=None))
         self.send({"type": "register", "name": name, "capabilities": ["shell"], "max_concurrent": 2})
         assert self.next()["type"] == "registered"
-        # the hub answers before it books the worker (so that no task precedes the answer): work
-        # submitted right after "registered" may find no worker yet, so wait for the booking
-        deadline = time.monotonic() + 30
-        while router is not None and not router.has_worker(name) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # the hub books the worker before it answers: work sent the moment it is registered finds it
+        assert router is None or router.has_worker(name)
 
     def send(self, frame: dict) -> None:
         self.ws.send(json.dumps(frame))

@@ -561,3 +561,34 @@ def test_a_sigkilled_workers_scripts_die_with_it(setup, tmp_path: Path, sandbox:
     worker.process.kill()  # SIGKILL: the worker gets no chance to clean up
     worker.process.wait(10)
     assert _dead(orphan, within=5), "the script outlived its SIGKILLed worker"
+
+
+@pytest.mark.heartbeat_timeout(60)
+def test_a_newcomer_is_booked_before_its_answer_and_gets_waiting_work_only_after_it(setup):
+    manager, hub, workers = setup
+    start_worker(hub, workers, "busy", "--max-concurrent", "1")
+    long_started = log_event(manager, "long-started")
+    long = manager.submit("remote", "remote_execute", {"command": "echo long-started; exec sleep 20"})
+    assert long_started.wait(10)
+    waiting = manager.submit("remote", "remote_execute", {"command": "echo queued"})  # waits at the hub
+    with connect(hub.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None) as newcomer:
+        newcomer.send(
+            json.dumps({"type": "register", "name": "new", "capabilities": ["shell"], "max_concurrent": 1})
+        )
+        # the waiting request is routed to it while it registers, and still comes after the answer
+        assert json.loads(newcomer.recv(10))["type"] == "registered"
+        assert hub.router.has_worker("new")  # booked already when the answer arrived
+        execute = json.loads(newcomer.recv(10))
+        assert execute["type"] == "execute" and execute["command"] == "echo queued"
+        newcomer.send(
+            json.dumps(
+                {
+                    "type": "result",
+                    "request_id": execute["request_id"],
+                    "success": True,
+                    "result": {"exit_code": 0},
+                }
+            )
+        )
+        assert manager.wait(waiting, timeout=10).not_done == []
+    manager.cancel(long)

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from ...core.compat import TIMEOUT_ERRORS
 from .._proto import agent_pb2
-from ..protocol import ProtocolError, error_frame, registered_frame
+from ..protocol import ProtocolError, error_frame
 from ..routing import Worker
 from .grpc_codec import SERVICE, agent_frame, refusal_message, server_message
 from .hub_base import HubBase, RegisterRefused
@@ -203,19 +203,10 @@ class GrpcHub(HubBase):
                 self.rejected_frames += 1
                 raise RegisterRefused("malformed", str(exc)) from None
             fields = self.check_registration(frame, authorization)
-            # Answer before joining the router, so no task request can reach the worker before it.
-            await context.write(
-                server_message(
-                    registered_frame(
-                        fields["name"],
-                        self.heartbeat_interval,
-                        self.heartbeat_timeout,
-                        self.max_message_bytes,
-                    )
-                )
-            )
+            # Booked before the answer goes out, so work sent the moment a client sees the worker
+            # registered finds it; routed requests wait in the outbox, written only after the answer.
             outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_OUTBOX_LIMIT)
-            return self.join(fields, self._sender, _StreamHandle(outbox), authorization)
+            worker = self.join(fields, self._sender, _StreamHandle(outbox), authorization)
         except RegisterRefused as exc:
             with contextlib.suppress(Exception):
                 await context.write(refusal_message(exc.error_type, str(exc)))
@@ -225,7 +216,13 @@ class GrpcHub(HubBase):
                 "hub_stopped": grpc.StatusCode.UNAVAILABLE,
             }.get(exc.error_type, grpc.StatusCode.INVALID_ARGUMENT)
             await context.abort(code, str(exc))
-        return None  # pragma: no cover - abort raises
+            return None  # pragma: no cover - abort raises
+        try:
+            await context.write(server_message(self.registered(fields["name"])))
+        except BaseException:
+            self.drop(worker, "the stream closed before its registration was answered")
+            raise
+        return worker
 
     async def _on_message(self, worker: Worker, message: Any, outbox: asyncio.Queue[dict[str, Any]]) -> None:
         request_id = None

@@ -44,6 +44,7 @@ from ..protocol import (
     check_register,
     check_result,
     check_started,
+    registered_frame,
 )
 from ..requests import RemoteRequest, RemoteUnavailable
 from ..router import WorkerRouter
@@ -332,6 +333,10 @@ class HubBase:
         logger.warning("refused the registration of worker %r: %s", name, problem)
         raise RegisterRefused("unauthorized", problem)
 
+    def registered(self, name: str) -> dict[str, Any]:
+        """The ``registered`` answer to worker ``name``: this hub's heartbeat and message limits."""
+        return registered_frame(name, self.heartbeat_interval, self.heartbeat_timeout, self.max_message_bytes)
+
     def join(
         self,
         fields: dict[str, Any],
@@ -339,7 +344,8 @@ class HubBase:
         handle: Any,
         authorization: str = "",
     ) -> Worker:
-        """Register a worker (after the hub's answer went out, so no task precedes it); arm its deadline.
+        """Register a worker (before the hub's answer goes out: the transport holds frames routed to it
+        until the answer is out, so no task precedes it); arm its deadline.
 
         ``sender(worker, frame)`` hands a frame to the connection (it must not block);
         ``authorization`` is what the connection presented (:meth:`recheck` checks it again).

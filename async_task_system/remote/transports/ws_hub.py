@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ...core.compat import TIMEOUT_ERRORS
-from ..protocol import ProtocolError, decode, encode, error_frame, registered_frame
+from ..protocol import ProtocolError, decode, encode, error_frame
 from ..routing import Worker
 from .hub_base import HubBase, RegisterRefused
 
@@ -152,26 +152,26 @@ class RemoteHub(HubBase):
             request = ws.request
             authorization = request.headers.get("Authorization", "") if request is not None else ""
             fields = self.check_registration(message, authorization)
-            # Answer before joining the router, so no execute frame can reach the worker before it.
-            await ws.send(
-                encode(
-                    registered_frame(
-                        fields["name"],
-                        self.heartbeat_interval,
-                        self.heartbeat_timeout,
-                        self.max_message_bytes,
-                    )
-                )
-            )
-            return self.join(
+            # Booked before the answer goes out, so work sent the moment a client sees the worker
+            # registered finds it; frames routed meanwhile wait until the answer is out.
+            answered = asyncio.Event()
+            worker = self.join(
                 fields,
-                lambda worker, frame: self.call_soon(self._send_frame, worker, frame),
+                lambda worker, frame: self.call_soon(self._send_frame, worker, frame, answered),
                 ws,
                 authorization,
             )
         except RegisterRefused as exc:
             await self._refuse(ws, exc)
             return None
+        try:
+            await ws.send(encode(self.registered(fields["name"])))
+        except BaseException:
+            self.drop(worker, "the connection closed before its registration was answered")
+            raise
+        finally:
+            answered.set()
+        return worker
 
     async def _refuse(self, ws: ServerConnection, refusal: RegisterRefused) -> None:
         if refusal.error_type == "hub_stopped":
@@ -202,8 +202,11 @@ class RemoteHub(HubBase):
 
     # ------------------------------------------------------------------ sending (hub loop)
 
-    async def _send_frame(self, worker: Worker, frame: dict[str, Any]) -> None:
-        """Send a frame the router handed over; an ``execute`` that cannot go out fails its request."""
+    async def _send_frame(self, worker: Worker, frame: dict[str, Any], answered: asyncio.Event) -> None:
+        """Send a frame the router handed over (once the registration's answer is out); an
+        ``execute`` that cannot go out fails its request."""
+        if not answered.is_set():
+            await answered.wait()
         try:
             await worker.connection.handle.send(encode(frame))
         except Exception as exc:  # the connection went away between routing and sending
