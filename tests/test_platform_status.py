@@ -364,3 +364,37 @@ def test_the_record_writer_stores_a_batchs_good_rows_and_marks_a_bad_one(databas
     finally:
         writer.close()
         store.close()
+
+
+def test_a_wait_for_a_new_row_returns_once_it_is_written_also_when_the_row_comes_later(database_url):
+    import asyncio
+
+    from async_task_system.platform.service import RecordWriter
+    from async_task_system.platform.store import Store
+
+    store = Store(database_url)
+    writer = RecordWriter(store)
+    try:
+        # The row is handed in after the wait began, as a listener on another thread may do.
+        later = threading.Timer(0.3, lambda: writer.create(_row("late")))
+        started = time.monotonic()
+        later.start()
+        assert writer.created_written("late", timeout=10)
+        assert time.monotonic() - started >= 0.3 and store.tasks.get("late") is not None
+        assert writer.created_written("late", timeout=0)  # written already: True at once
+
+        async def wait_for_a_later_row() -> bool:
+            threading.Timer(0.2, lambda: writer.create(_row("async"))).start()
+            return await writer.created_written_async("async", timeout=10)
+
+        assert asyncio.run(wait_for_a_later_row()) and store.tasks.get("async") is not None
+        # A row nobody hands in: the timeout; the row written later is found at once.
+        assert writer.created_written("never", timeout=0.2) is False
+        assert asyncio.run(writer.created_written_async("never", timeout=0.2)) is False
+        writer.create(_row("never"))
+        assert writer.flush() and writer.created_written("never", timeout=0)
+    finally:
+        writer.close()
+        store.close()
+    # A stopped writer writes nothing more: waiting says so at once.
+    assert writer.created_written("after-close", timeout=5) is False

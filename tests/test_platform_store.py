@@ -263,3 +263,60 @@ def test_agents_log_events_and_platform_task_queries(database_url):
         )
     finally:
         store.close()
+
+
+def test_the_batch_writer_merges_a_new_row_with_its_changes_and_still_updates_a_row_that_exists(
+    database_url,
+):
+    from async_task_system.core.tasks import TaskInfo, TaskKind
+    from async_task_system.platform.recorder import new_task_row
+    from async_task_system.platform.store import task_row_view
+    from async_task_system.platform.writes import BatchWriter
+
+    def row(task_id: str) -> dict:
+        info = TaskInfo(
+            id=task_id,
+            kind=TaskKind.REMOTE,
+            name="platform_script",
+            arguments={"type": "shell", "script": "echo hi", "agent_id": "a1", "timeout": 5.0},
+        )
+        return new_task_row(info)
+
+    store = Store(database_url)
+    batches = BatchWriter(store)
+    try:
+        existing = row("old")
+        batches.write(new_tasks=[existing])
+        assert store.tasks.get("old").to_dict() == task_row_view(existing)  # the view is what is stored
+        # One batch: a new row and its changes, and a "new" row whose id is stored already.
+        done_at = time.time()
+        batches.write(
+            new_tasks=[row("new"), row("old")],
+            task_updates={
+                "new": {"status": "completed", "exit_code": 0, "completed_at": done_at, "labels": {"k": "v"}},
+                "old": {"status": "failed", "exit_code": 3},
+            },
+        )
+        new, old = store.tasks.get("new"), store.tasks.get("old")
+        assert (new.status, new.exit_code, new.labels, new.script) == ("completed", 0, {"k": "v"}, "echo hi")
+        assert abs(new.completed_at.timestamp() - done_at) < 1e-3
+        assert (old.status, old.exit_code) == ("failed", 3)  # kept row, changes applied
+        # Only new rows: each with its changes is one insert, no UPDATE runs.
+        import sqlalchemy as sa
+
+        statements: list[str] = []
+        sa.event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2].split()[0]))
+        batches.write(new_tasks=[row("n2"), row("n3")], task_updates={"n2": {"status": "running"}})
+        assert [s for s in statements if s != "BEGIN"] == ["INSERT"]
+        assert store.tasks.get("n2").status == "running"
+        # A change without updated_at gets one (the column's onupdate), as the ORM would set it.
+        before = store.tasks.get("old").updated_at
+        batches.write(task_updates={"old": {"stdout": "x"}})
+        assert store.tasks.get("old").updated_at > before
+        # A connection the database dropped is replaced at the next batch.
+        batches.close()
+        batches.write(task_updates={"new": {"stderr": "after"}})
+        assert store.tasks.get("new").stderr == "after"
+    finally:
+        batches.close()
+        store.close()

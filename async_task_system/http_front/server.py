@@ -268,6 +268,9 @@ def start_server(
         ws="none",  # neither API speaks WebSocket: an Upgrade would leave the registry's protocol
         log_level="warning",
         lifespan="off",
+        # Not behind a proxy by default: X-Forwarded-For from any local process would otherwise
+        # rewrite the client address (and it is a middleware layer per request).
+        proxy_headers=False,
         timeout_keep_alive=int(max(1, limits.keep_alive)),
         timeout_graceful_shutdown=int(max(1, graceful_shutdown)),
         limit_concurrency=None,  # it counts connections, half-open ones too: FrontGuard counts requests

@@ -92,16 +92,27 @@ class Fleet:
             )
         return out
 
-    def check_agent(self, agent_id: str, language: str) -> None:
-        """PlatformError 404 for an agent never seen, 409 for one offline or that cannot run ``language``."""
+    def is_online(self, agent_id: str, language: str) -> bool:
+        """Whether ``agent_id`` is connected (no look into the store); PlatformError 409 if it is but
+        cannot run ``language``. When False, :meth:`check_agent` says why (404 or 409)."""
         for info in self.workers():
             if info["name"] == agent_id:
-                if language not in info.get("capabilities", [language]):
-                    raise PlatformError(
-                        409, f"agent cannot run {language} scripts",
-                        {"agent_id": agent_id, "capabilities": info.get("capabilities")},
-                    )  # fmt: skip
-                return
+                self._check_language(info, agent_id, language)
+                return True
+        return False
+
+    @staticmethod
+    def _check_language(info: Mapping[str, Any], agent_id: str, language: str) -> None:
+        if language not in info.get("capabilities", [language]):
+            raise PlatformError(
+                409, f"agent cannot run {language} scripts",
+                {"agent_id": agent_id, "capabilities": info.get("capabilities")},
+            )  # fmt: skip
+
+    def check_agent(self, agent_id: str, language: str) -> None:
+        """PlatformError 404 for an agent never seen, 409 for one offline or that cannot run ``language``."""
+        if self.is_online(agent_id, language):
+            return
         row = self.store.agents.get(agent_id)
         if row is None:
             raise PlatformError(404, "agent not found", {"agent_id": agent_id})

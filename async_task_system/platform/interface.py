@@ -73,7 +73,7 @@ class PlatformAPI(Protocol):
 
     def require(self) -> tuple[TaskManager, Store, RecordWriter]: ...
 
-    def submit_script(
+    async def submit_script_async(
         self,
         type: str,
         script: str,

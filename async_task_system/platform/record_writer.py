@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+from ..core.compat import TIMEOUT_ERRORS
 from .store import Store, write_records
+from .writes import BatchWriter
 
 __all__ = ["RecordWriter"]
 
@@ -53,6 +58,13 @@ class RecordWriter:
         self._queued = 0  # changes handed in so far
         self._written = 0  # changes written so far
         self._closing = False
+        # Who waits for a new task row to be written (created_written), and the ids of the rows
+        # written most recently: a waiter that comes after its row was written returns at once.
+        self._row_waiters: dict[str, list[_Waiter]] = {}
+        self._recent_rows: deque[str] = deque(maxlen=_RECENT_ROWS)
+        self._recent_row_ids: set[str] = set()
+        self._stopped = False  # the thread ended
+        self._batches = BatchWriter(store)  # the writer thread's connection and statements
         self.failures = 0
         self.rejected = 0  # output lines and agent rows the database refused (dropped)
         self.marked = 0  # task rows stored without refused columns (error_type record_error)
@@ -109,6 +121,51 @@ class RecordWriter:
                 self._written_cond.wait(remaining)
             return self._written >= mark
 
+    def created_written(self, task_id: str, timeout: float | None = 10.0) -> bool:
+        """Block until the new row of ``task_id`` (:meth:`create`) is written; False if ``timeout``
+        passed first. The row may be handed in after this call (a listener on another thread)."""
+        done = threading.Event()
+        known = self._when_row_written(task_id, done)
+        if known is not None:
+            return known
+        if done.wait(timeout):
+            return not self._stopped
+        self._forget_waiter(task_id, done)
+        return False
+
+    async def created_written_async(self, task_id: str, timeout: float | None = 10.0) -> bool:
+        """:meth:`created_written` for a coroutine: waits on its event loop, without a thread."""
+        loop = asyncio.get_running_loop()
+        waiter = _LoopWaiter(loop, loop.create_future())
+        known = self._when_row_written(task_id, waiter)
+        if known is not None:
+            return known
+        try:
+            await asyncio.wait_for(waiter.future, timeout)
+            return not self._stopped
+        except TIMEOUT_ERRORS:
+            self._forget_waiter(task_id, waiter)
+            return False
+
+    def _when_row_written(self, task_id: str, waiter: _Waiter) -> bool | None:
+        """True if the row is written already, False if it never will be (the thread ended); else
+        None, and ``waiter`` is woken (by the writer thread) once it is written."""
+        with self._cond:
+            if task_id in self._recent_row_ids:
+                return True
+            if self._stopped:
+                return False
+            self._row_waiters.setdefault(task_id, []).append(waiter)
+            return None
+
+    def _forget_waiter(self, task_id: str, waiter: _Waiter) -> None:
+        with self._cond:
+            waiting = self._row_waiters.get(task_id)
+            if waiting is not None and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._row_waiters[task_id]
+
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued (at most ``timeout`` seconds), then stop the thread."""
         self.flush(timeout)
@@ -137,8 +194,13 @@ class RecordWriter:
         try:
             self._write_batches()
         finally:
+            with contextlib.suppress(Exception):
+                self._batches.close()
             with self._cond:  # flush() callers see the thread gone
+                self._stopped = True
                 self._written_cond.notify_all()
+                waiting, self._row_waiters = self._row_waiters, {}
+            _wake([waiter for waiters in waiting.values() for waiter in waiters])
 
     def _write_batches(self) -> None:
         delay = 0.05
@@ -151,8 +213,7 @@ class RecordWriter:
                 batch = self._take()
             new, updates, logs, agents, ended, mark = batch
             try:
-                write_records(
-                    self.store,
+                self._batches.write(
                     new_tasks=list(new.values()),
                     task_updates=updates,
                     log_rows=logs,
@@ -169,7 +230,7 @@ class RecordWriter:
                         logger.warning("writing the batch row by row failed", exc_info=True)
                 if isolated:
                     delay = 0.05
-                    self._done(mark, ended)
+                    self._done(mark, ended, new)
                     continue
                 self.failures += 1
                 logger.exception("writing platform records failed; retrying in %.2f s", delay)
@@ -181,13 +242,23 @@ class RecordWriter:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.05
-            self._done(mark, ended)
+            self._done(mark, ended, new)
 
-    def _done(self, mark: int, ended: list[str]) -> None:
-        """A batch is written: wake ``flush()`` callers, tell ``on_committed`` which tasks ended."""
+    def _done(self, mark: int, ended: list[str], new: Mapping[str, Any]) -> None:
+        """A batch is written: wake ``flush()`` callers and those waiting for its new rows, tell
+        ``on_committed`` which tasks ended."""
+        woken: list[_Waiter] = []
         with self._cond:
             self._written = max(self._written, mark)
             self._written_cond.notify_all()
+            recent, recent_ids = self._recent_rows, self._recent_row_ids
+            for task_id in new:
+                if len(recent) == recent.maxlen:
+                    recent_ids.discard(recent[0])
+                recent.append(task_id)
+                recent_ids.add(task_id)
+                woken += self._row_waiters.pop(task_id, ())
+        _wake(woken)
         if ended and self.on_committed is not None:
             try:
                 self.on_committed(ended)
@@ -260,6 +331,41 @@ class RecordWriter:
         self._try(lambda: write_records(
             self.store, task_updates={task_id: {"error": message, "error_type": "record_error"}}
         ))  # fmt: skip
+
+
+_RECENT_ROWS = 8192
+"""Ids of the newest rows written that the writer remembers for :meth:`RecordWriter.created_written`
+(a waiter that comes this late after its row was written waits for its timeout instead)."""
+
+
+class _LoopWaiter(NamedTuple):
+    """A coroutine waiting for a row: its loop and the future to resolve there."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+_Waiter = threading.Event | _LoopWaiter
+
+
+def _wake(waiters: list[_Waiter]) -> None:
+    """Wake threads at once and coroutines with one call into each of their loops (a batch
+    written for many POSTs costs their loop one wake-up, not one per POST)."""
+    futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for waiter in waiters:
+        if isinstance(waiter, threading.Event):
+            waiter.set()
+        else:
+            futures.setdefault(waiter.loop, []).append(waiter.future)
+    for loop, waiting in futures.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_resolve, waiting)
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -24,7 +24,7 @@ from .live_logs import LogBroker
 from .record_writer import RecordWriter
 from .store import cap_text
 
-__all__ = ["TaskRecorder", "is_recorded"]
+__all__ = ["TaskRecorder", "is_recorded", "new_task_row"]
 
 _LIVE_BUFFER = 2000  # recent output lines kept in memory per live task, for SSE catch-up
 
@@ -166,50 +166,10 @@ class TaskRecorder:
 
     def _new_record(self, info: TaskInfo, writer: RecordWriter) -> _Live:
         """Start tracking a task and queue its row (lock held)."""
-        arguments = info.arguments
-        if info.name == SCRIPT_TARGET:
-            source, language, script = "rest", arguments.get("type", "shell"), arguments.get("script", "")
-            agent, selector = arguments.get("agent_id"), arguments.get("labels") or {}
-        else:
-            source, language, script = (
-                "llm",
-                arguments.get("language") or "shell",
-                arguments.get("command", ""),
-            )
-            agent, selector = arguments.get("worker"), arguments.get("labels") or {}
-        live = _Live(status="pending", source=source, agent_id=agent)
+        row = new_task_row(info)
+        live = _Live(status="pending", source=row["source"], agent_id=row["agent_id"])
         self._live[info.id] = live
-        writer.create(
-            {
-                "task_id": info.id,
-                "agent_id": agent,
-                "type": language if language in ("shell", "python") else "shell",
-                "script": cap_text(script),
-                "timeout": arguments.get("timeout"),
-                "status": "pending",
-                "exit_code": None,
-                "stdout": "",
-                "stderr": "",
-                "truncated": False,
-                "error": None,
-                "attempt": 1,
-                "cancelled": False,
-                "timed_out": False,
-                "lost": False,
-                "labels": dict(selector),
-                "created_at": info.created_at,
-                "updated_at": time.time(),
-                "queued_at": None,
-                "dispatched_at": None,
-                "started_at": None,
-                "completed_at": None,
-                "source": source,
-                "error_type": None,
-                "retries": info.retries,
-                "request_id": None,
-                "log_truncated": False,
-            }  # fmt: skip
-        )
+        writer.create(row)
         return live
 
     def _final_fields(self, info: TaskInfo, live: _Live) -> dict[str, Any]:
@@ -360,6 +320,47 @@ class TaskRecorder:
                 "last_reason": None if online else info.get("reason"),
             }  # fmt: skip
         )
+
+
+def new_task_row(info: TaskInfo) -> dict[str, Any]:
+    """The row a recorded task starts with (times as POSIX seconds): a REST task's script, or the
+    command of an LLM's ``remote_execute`` call."""
+    arguments = info.arguments
+    if info.name == SCRIPT_TARGET:
+        source, language, script = "rest", arguments.get("type", "shell"), arguments.get("script", "")
+        agent, selector = arguments.get("agent_id"), arguments.get("labels") or {}
+    else:
+        source, language, script = "llm", arguments.get("language") or "shell", arguments.get("command", "")
+        agent, selector = arguments.get("worker"), arguments.get("labels") or {}
+    return {
+        "task_id": info.id,
+        "agent_id": agent,
+        "type": language if language in ("shell", "python") else "shell",
+        "script": cap_text(script),
+        "timeout": arguments.get("timeout"),
+        "status": "pending",
+        "exit_code": None,
+        "stdout": "",
+        "stderr": "",
+        "truncated": False,
+        "error": None,
+        "attempt": 1,
+        "cancelled": False,
+        "timed_out": False,
+        "lost": False,
+        "labels": dict(selector),
+        "created_at": info.created_at,
+        "updated_at": time.time(),
+        "queued_at": None,
+        "dispatched_at": None,
+        "started_at": None,
+        "completed_at": None,
+        "source": source,
+        "error_type": None,
+        "retries": info.retries,
+        "request_id": None,
+        "log_truncated": False,
+    }  # fmt: skip
 
 
 def is_recorded(info: TaskInfo) -> bool:

@@ -218,8 +218,9 @@ def _add_task_routes(app: FastAPI, platform: PlatformAPI) -> None:
     @app.post(
         "/tasks", status_code=201, summary="Send a script to an agent", dependencies=[Depends(require_json)]
     )
-    def create_task(body: TaskCreate) -> JSONResponse:
-        record = platform.submit_script(
+    async def create_task(body: TaskCreate) -> JSONResponse:
+        # On the event loop: a worker thread's hand-off cost more than the whole submission.
+        record = await platform.submit_script_async(
             body.type, body.script, timeout=body.timeout, agent_id=body.agent_id, labels=body.labels,
             env=body.env, retries=body.retries,
         )  # fmt: skip

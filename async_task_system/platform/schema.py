@@ -41,6 +41,7 @@ __all__ = [
     "AgentCredential",
     "cap_text",
     "row_dict",
+    "task_row_view",
     "utcnow",
 ]
 
@@ -205,6 +206,20 @@ def row_dict(row: Any) -> dict[str, Any]:
     for column in row.__table__.columns:
         value = getattr(row, column.key)
         out[column.key] = value.isoformat() if isinstance(value, dt.datetime) else value
+    return out
+
+
+def task_row_view(row: Any) -> dict[str, Any]:
+    """A task row the platform holds in memory (times as POSIX seconds) as :meth:`PlatformTask.to_dict`
+    shows it once stored: the same keys, times as ISO 8601 UTC strings."""
+    out: dict[str, Any] = {}
+    for column in PlatformTask.__table__.columns:
+        value = row.get(column.key)
+        if isinstance(value, (int, float)) and isinstance(column.type, UTCDateTime):
+            value = dt.datetime.fromtimestamp(value, dt.timezone.utc).isoformat()
+        elif isinstance(value, dt.datetime):
+            value = value.isoformat()
+        out[column.key] = value
     return out
 
 

@@ -28,6 +28,7 @@ event, its first output line arrived), then ``completed``, ``failed``, ``cancell
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -44,9 +45,9 @@ from .fleet import Fleet
 from .interface import SCRIPT_TARGET, NoAgentAvailable, PlatformError, is_terminal, labels_match
 from .live_logs import LogBroker
 from .record_writer import RecordWriter
-from .recorder import TaskRecorder, is_recorded
+from .recorder import TaskRecorder, is_recorded, new_task_row
 from .startup import Heartbeat, open_manager, reap_unfinished, start_grpc_hub, start_rest
-from .store import DEFAULT_URL, Store
+from .store import DEFAULT_URL, Store, task_row_view
 
 if TYPE_CHECKING:
     from ..remote.hub import RemoteHub
@@ -316,7 +317,8 @@ class Platform:
         env: Mapping[str, str] | None = None,
         retries: int = 0,
     ) -> dict[str, Any]:
-        """Store and start a script for ``agent_id`` (or an online agent matching ``labels``); the record.
+        """Store and start a script for ``agent_id`` (or an online agent matching ``labels``); the
+        record as stored once its row is written (at most :data:`STORE_WAIT` seconds later).
 
         Raises :class:`PlatformError`: 404 for an agent never seen, 409 for an agent that is offline or
         cannot run ``type``, or when no online agent matches ``labels``.
@@ -324,21 +326,59 @@ class Platform:
         manager, store, writer = self.require()
         if agent_id is not None:
             self._fleet().check_agent(agent_id, type)
-        else:
+        task_id = self._start_script(type, script, timeout, agent_id, labels, env, retries)
+        writer.created_written(task_id, STORE_WAIT)  # bounded: a locked database must not hold the client
+        record = store.tasks.get(task_id)
+        return record.to_dict() if record is not None else {"task_id": task_id, "status": "pending"}
+
+    async def submit_script_async(
+        self,
+        type: str,
+        script: str,
+        *,
+        timeout: float | None = None,
+        agent_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        retries: int = 0,
+    ) -> dict[str, Any]:
+        """:meth:`submit_script` for the REST API's event loop: no thread, no read of the row back.
+
+        Returns once the task's row is written (at most :data:`STORE_WAIT` seconds), with the record
+        it was created with (status ``pending``). Only an agent that is not connected costs a look
+        into the store, on a worker thread.
+        """
+        manager, _store, writer = self.require()
+        if agent_id is not None and not self._fleet().is_online(agent_id, type):
+            await asyncio.to_thread(self._fleet().check_agent, agent_id, type)
+        task_id = self._start_script(type, script, timeout, agent_id, labels, env, retries)
+        await writer.created_written_async(task_id, STORE_WAIT)
+        return task_row_view(new_task_row(manager.check(task_id)))
+
+    def _start_script(
+        self,
+        type: str,
+        script: str,
+        timeout: float | None,
+        agent_id: str | None,
+        labels: Mapping[str, str] | None,
+        env: Mapping[str, str] | None,
+        retries: int,
+    ) -> str:
+        """Submit a REST task (its agent checked already); its id."""
+        manager, _store, _writer = self.require()
+        if agent_id is None:
             self._fleet().candidates(labels or {}, type, raise_if_none=True)
         arguments = {
             "type": type, "script": script, "timeout": timeout if timeout is not None else self.default_timeout,
             "agent_id": agent_id, "labels": dict(labels) if labels else None, "env": dict(env) if env else None,
         }  # fmt: skip
         try:
-            task_id = manager.submit(TaskKind.REMOTE, SCRIPT_TARGET, arguments, retries=retries)
+            return manager.submit(TaskKind.REMOTE, SCRIPT_TARGET, arguments, retries=retries)
         except TaskValidationError as exc:
             raise PlatformError(422, f"invalid request: {exc}") from None
         except ManagerClosedError:
             raise PlatformError(503, "the platform is shutting down") from None
-        writer.flush(STORE_WAIT)  # bounded: a locked database must not hold the client (see docs)
-        record = store.tasks.get(task_id)
-        return record.to_dict() if record is not None else {"task_id": task_id, "status": "pending"}
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         """Cancel a task; its record. PlatformError 404 (unknown) or 409 (already finished)."""

@@ -42,6 +42,7 @@ from .schema import (
     ScheduleRunRecord,
     UTCDateTime,
     cap_text,
+    task_row_view,
     utcnow,
 )
 from .writes import CompiledUpsert, write_records
@@ -67,6 +68,7 @@ __all__ = [
     "CompiledUpsert",
     "IdPrefixes",
     "cap_text",
+    "task_row_view",
     "utcnow",
     "write_records",
     "TERMINAL_STATUSES",

@@ -169,7 +169,7 @@ class WorkerRouter:
             self._workers_changed.notify_all()
         logger.info("worker joined: %s, %d slot(s)", worker.describe(), worker.max_concurrent)
         self._announce("joined", self._worker_info(worker))
-        self.pump()  # requests waiting for a free slot may go to the newcomer
+        self.pump(workers_changed=True)  # requests waiting for a free slot may go to the newcomer
 
     def has_worker(self, name: str) -> bool:
         """Whether a worker named ``name`` is registered now."""
@@ -197,7 +197,7 @@ class WorkerRouter:
                 "worker_lost",
                 f"worker {worker.name!r} was lost ({reason}) while running the command",
             )
-        self.pump()  # waiting requests nobody can run any more fail now
+        self.pump(workers_changed=True)  # waiting requests nobody can run any more fail now
         logger.info(
             "worker left: %s: %s%s",
             worker.describe(),
@@ -418,12 +418,13 @@ class WorkerRouter:
                 logger.debug("could not send a cancel to worker %r", worker.name, exc_info=True)
             self.pump()
 
-    def pump(self) -> None:
-        """Send waiting requests to free slots, oldest first; fail those no connected worker can run."""
+    def pump(self, workers_changed: bool = False) -> None:
+        """Send waiting requests to free slots, oldest first; with ``workers_changed`` (one joined
+        or left) also fail those no connected worker can run any more."""
         with self._lock:
             if not self._backlog:
                 return
-            assigned, failed = self._pump_locked()
+            assigned, failed = self._pump_locked(workers_changed)
         self._dispatch(assigned, failed)
 
     # ------------------------------------------------------------------ internals
@@ -450,28 +451,38 @@ class WorkerRouter:
         return request_id
 
     def _pump_locked(
-        self,
+        self, full_scan: bool
     ) -> tuple[list[tuple[Worker, RemoteRequest]], list[tuple[str, RemoteUnavailable]]]:
-        """Book waiting requests on free slots (lock held): what to send and what can no longer run."""
+        """Book waiting requests on free slots (lock held): what to send and what can no longer run.
+
+        Unless ``full_scan``, the scan stops once no worker has a free slot: a freed slot then
+        costs a look at the first requests waiting, not at every one (a backlog of thousands made
+        each answer from a worker cost a scan of all of them)."""
         assigned: list[tuple[Worker, RemoteRequest]] = []
         failed: list[tuple[str, RemoteUnavailable]] = []
         blocked: set[tuple[Any, ...]] = set()
-        for request_id, request in list(self._backlog.items()):
+        free = sum(max(0, w.max_concurrent - len(w.in_flight)) for w in self._workers.values())
+        for request_id, request in self._backlog.items():
+            if free <= 0 and not full_scan:
+                break
             need = need_key(request)
             if need in blocked:
                 continue
             try:
                 worker = choose_worker(self._workers, request, self.no_worker_message)
             except RemoteUnavailable as exc:
-                del self._backlog[request_id]
                 failed.append((request_id, exc))
                 continue
             if worker is None:
                 blocked.add(need)
                 continue
-            del self._backlog[request_id]
-            self._assign(worker, request)
+            self._assign(worker, request)  # books the slot: the next choice sees it taken
             assigned.append((worker, request))
+            free -= 1
+        for request_id, _exc in failed:  # not while iterating the backlog
+            del self._backlog[request_id]
+        for _worker, request in assigned:
+            del self._backlog[request.request_id]
         return assigned, failed
 
     def _dispatch(

@@ -111,7 +111,6 @@ def choose_worker(
     """The worker for ``request``: the named one (its own queue holds it if busy), else the least
     loaded able worker with a free slot; ``None`` when all of those are busy. Raises
     :class:`RemoteUnavailable` (``no_worker``) when no worker in ``workers`` can run it."""
-    what = describe_need(request)
     if request.worker:
         worker = workers.get(request.worker)
         if worker is None:
@@ -121,14 +120,18 @@ def choose_worker(
                 f"no worker named {request.worker!r} is connected (connected workers: {names})",
             )
         if not worker.can_run(request):
-            raise RemoteUnavailable("no_worker", f"worker {worker.describe()} cannot run {what}")
+            raise RemoteUnavailable(
+                "no_worker", f"worker {worker.describe()} cannot run {describe_need(request)}"
+            )
         return worker
     candidates = [w for w in workers.values() if w.can_run(request)]
     if not candidates:
         if not workers:
             raise RemoteUnavailable("no_worker", no_worker_message())
         offered = "; ".join(w.describe() for w in workers.values())
-        raise RemoteUnavailable("no_worker", f"no connected worker can run {what} (workers: {offered})")
+        raise RemoteUnavailable(
+            "no_worker", f"no connected worker can run {describe_need(request)} (workers: {offered})"
+        )
     free = [w for w in candidates if len(w.in_flight) < w.max_concurrent]
     if not free:
         return None
