@@ -373,7 +373,7 @@ class FrontGuard:
             if body_done or refused:
                 return await receive()  # e.g. a streaming response waiting for the client to leave
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                message = await _within(receive(), self.body_timeout)
             except asyncio.TimeoutError:  # a body trickled byte by byte: give the slot back
                 if not started:
                     refused = True
@@ -422,3 +422,15 @@ class FrontGuard:
         await error_response(
             413, "request body too large", {"max_bytes": self.max_body_bytes}, {"Connection": "close"}
         )(scope, receive, send)
+
+
+async def _within(awaitable: Any, seconds: float) -> Any:
+    """``await awaitable`` for at most ``seconds`` (``asyncio.TimeoutError`` after): on 3.11 and
+    later without the task ``asyncio.wait_for`` creates there for every call (once per body part)."""
+    if _TIMEOUT is None:  # Python 3.10
+        return await asyncio.wait_for(awaitable, seconds)
+    async with _TIMEOUT(seconds):
+        return await awaitable
+
+
+_TIMEOUT = getattr(asyncio, "timeout", None)
