@@ -43,3 +43,21 @@ def host_pid(namespace_pid: int, ancestor: int) -> int:
         f"not one descendant of {ancestor} is pid {namespace_pid} in its namespace: {found}"
     )
     return found[0]
+
+
+def require_isolation(what: str):
+    """A module-level ``pytestmark`` for tests that need namespaces: skip with the reason where they
+    are unavailable, but fail under ``CI=true`` (CI must run ``what``)."""
+    import sys
+
+    import pytest
+
+    from async_task_system.sandbox.isolation import isolation_status
+
+    status = isolation_status() if sys.platform == "linux" else None
+    if status is not None and status.available:
+        return []
+    reason = status.reason if status is not None else "isolation needs Linux"
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI must run {what}, but isolation is unavailable: {reason}")
+    return pytest.mark.skip(reason=f"isolation unavailable: {reason}")

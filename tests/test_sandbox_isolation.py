@@ -14,16 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from _isolation import require_isolation
 
-from async_task_system.sandbox.isolation import isolation_status, read_paths
+from async_task_system.sandbox.isolation import read_paths
 from async_task_system.sandbox.process import RunLimits, run_script
 
-STATUS = isolation_status() if sys.platform == "linux" else None
-if STATUS is None or not STATUS.available:
-    reason = STATUS.reason if STATUS is not None else "isolation needs Linux"
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI must run the escape tests, but isolation is unavailable: {reason}")
-    pytestmark = pytest.mark.skip(reason=f"isolation unavailable: {reason}")
+pytestmark = require_isolation("the escape tests")
 
 
 # A checkout under /tmp (CI may clone there): the interpreter's installation is bound read-only at

@@ -784,7 +784,10 @@ def test_one_connection_many_requests_answered_out_of_order(serve_factory):
     assert len(set(instances)) == 6, "each request got its own agent instance"
 
 
-def test_many_connections_at_once(srv):
+def test_many_connections_at_once(serve_factory):
+    # In-process code: 60 requests at once test the connections; 60 sandboxed kernels starting at
+    # once (most of a CPU second each) would test this machine's CPUs against the clients' timeouts.
+    srv = serve_factory(code_isolation=False)
     results: dict[str, dict] = {}
     errors: list[BaseException] = []
 
@@ -829,7 +832,10 @@ def test_stray_approval_is_ignored_and_not_taken_for_the_response(srv):
     }
 
 
-def test_unanswered_approval_times_out_and_the_tool_never_runs(srv):
+def test_unanswered_approval_times_out_and_the_tool_never_runs(serve_factory):
+    # In-process code: the request's 0.5 s must go to the unanswered approval, not to starting a
+    # sandboxed kernel (about 0.7 s of CPU on its own; tests/test_code_sandbox.py covers that path).
+    srv = serve_factory(code_isolation=False)
     with srv.client() as c:
         c.send(
             {
@@ -944,7 +950,8 @@ def test_the_concurrency_limit_is_max_workers_and_waiting_requests_are_pending(s
     from async_task_system import TaskStatus
 
     tasks = manager(max_workers=1)
-    srv = serve_factory(ta.code_agent_factory(), task_manager=tasks)
+    # In-process code: "second" has 0.3 s once it runs, less than a sandboxed kernel takes to start.
+    srv = serve_factory(ta.code_agent_factory(), task_manager=tasks, code_isolation=False)
     assert srv.server.max_concurrent_requests == 1
     seen = {"pending": threading.Event(), "ended": threading.Event()}
 

@@ -163,6 +163,8 @@ def test_every_server_limit_has_a_flag_with_its_default_in_help():
     from async_task_system.server import AgentServer
 
     not_limits = {"self", "agent_factory", "host", "port", "token", "model", "temp_dir", "task_manager"}
+    # Where agent code runs, not a limit: --no-code-isolation and --allow-network (tests below).
+    not_limits |= {"code_isolation", "code_limits"}
     flags = {"default_context_num": "--context"}
     help_text = subprocess.run(
         [sys.executable, "-m", "async_task_system", "serve", "--help"],
@@ -183,7 +185,11 @@ def test_every_server_limit_has_a_flag_with_its_default_in_help():
 
 
 def test_limit_flags_reach_the_server(served):
-    s = served("--scripted", "--max-connections-per-client", "2", "--idle-timeout", "1")
+    # --no-code-isolation: the first request must end well within the second connection's idle
+    # second, and starting a sandboxed kernel alone takes most of one (tests/test_code_sandbox.py).
+    s = served(
+        "--scripted", "--max-connections-per-client", "2", "--idle-timeout", "1", "--no-code-isolation"
+    )
     first, second = LineClient(s.port), LineClient(s.port)
     try:
         assert first.request({"request_id": "a", "input": {"Text": "hi"}})["error"] is None
@@ -250,7 +256,9 @@ def test_file_descriptor_exhaustion_leaves_the_server_serving(served):
     def low_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
-    s = served("--scripted", "--idle-timeout", "2", preexec_fn=low_fd_limit)
+    # --no-code-isolation: this is about descriptors of connections, and answers within 2 s; a
+    # sandboxed kernel per request would spend pipes of the 128 and most of a second starting.
+    s = served("--scripted", "--idle-timeout", "2", "--no-code-isolation", preexec_fn=low_fd_limit)
     attacker = ["127.0.0.2"]
     flood = _silent_connections(s.port, 200, attacker)  # more than the 128 descriptors the server has
     try:
@@ -276,3 +284,9 @@ def test_file_descriptor_exhaustion_leaves_the_server_serving(served):
     s.proc.terminate()
     assert s.proc.wait(10) == 0
     assert "lowered from 256 to 96" in s.proc.stderr.read()
+
+
+def test_agent_code_is_sandboxed_unless_started_with_no_code_isolation(served):
+    assert "agent code sandboxed)" in served("--scripted").banner
+    assert "agent code sandboxed, with the network" in served("--scripted", "--allow-network").banner
+    assert "IN THE SERVER PROCESS" in served("--scripted", "--no-code-isolation").banner

@@ -342,7 +342,10 @@ def copy_agent(agent: Any) -> Any:
     if sub_agents:
         clone.managed_agents = {name: copy_agent(sub) for name, sub in sub_agents.items()}
     executor = getattr(agent, "python_executor", None)
-    if executor is not None and hasattr(agent, "create_python_executor"):
+    fresh_copy = getattr(executor, "fresh_copy", None)
+    if callable(fresh_copy):  # an executor that makes its own copies (the sandboxed one: a new kernel)
+        clone.python_executor = fresh_copy()
+    elif executor is not None and hasattr(agent, "create_python_executor"):
         timeout = None
         if isinstance(executor, (ContextPreservingExecutor, LocalPythonExecutor)):
             timeout = executor.timeout_seconds

@@ -4,6 +4,8 @@ run through one :class:`RuntimeManager` with one interface and one result shape.
 ``RuntimeManager().execute("javascript", "tools/text.js", "count", {"text": "a b"}, timeout=5)``
 returns a :class:`RuntimeResult`. :func:`runtime_tool` and :func:`load_tools` turn such calls into
 smolagents tools the LLM calls directly or through ``submit_task``. See ``docs/runtimes.md``.
+:class:`SandboxedPythonExecutor` (:mod:`.code_sandbox`) runs a ``CodeAgent``'s own code steps in the
+same sandbox (the JSON-lines server does so by default).
 
 The ``wasm`` and ``mcp`` runtimes need the ``runtimes`` extra (``wasmtime``; ``mcp``, ``mcpadapt``),
 imported on first use.
@@ -24,6 +26,7 @@ from .wasm import WasmRuntime
 
 __all__ = [
     "BaseRuntime",
+    "CodeKernelError",
     "JavaScriptRuntime",
     "ManifestError",
     "McpRuntime",
@@ -34,15 +37,26 @@ __all__ = [
     "RuntimeResult",
     "RuntimeTool",
     "RuntimeToolError",
+    "SandboxedPythonExecutor",
     "SubprocessRuntime",
     "UnknownRuntimeError",
     "WasmRuntime",
     "default_runtime_manager",
+    "install_sandboxed_executor",
     "load_tools",
     "runtime_tool",
 ]
 
-_LAZY = {"RuntimeTool": "tools", "runtime_tool": "tools", "load_tools": "tools", "ManifestError": "tools"}
+_LAZY = {
+    "RuntimeTool": "tools",
+    "runtime_tool": "tools",
+    "load_tools": "tools",
+    "ManifestError": "tools",
+    # smolagents-based: imported on first use, so a worker importing the runtimes never loads it
+    "SandboxedPythonExecutor": "code_sandbox",
+    "install_sandboxed_executor": "code_sandbox",
+    "CodeKernelError": "code_sandbox",
+}
 
 
 def __getattr__(name: str) -> Any:

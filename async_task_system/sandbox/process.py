@@ -1,33 +1,32 @@
 """Runs programs as sandboxed subprocesses: the one runner for every process the project starts.
 
-The worker daemon (:mod:`async_task_system.remote.worker`) uses it for the shell and Python
-scripts a hub sends (:meth:`ScriptRunner.run`), and the tool runtimes
-(:mod:`async_task_system.runtimes`) for Node.js scripts, Python tools and native binaries
-(:meth:`ScriptRunner.run_program`), so every process gets the same treatment under one
-:class:`RunLimits`:
+The worker daemon (:mod:`async_task_system.remote.worker`) uses it for the shell and Python scripts a
+hub sends (:meth:`ScriptRunner.run`), the tool runtimes (:mod:`async_task_system.runtimes`) for
+Node.js scripts, Python tools and native binaries (:meth:`ScriptRunner.run_program`), and the agent
+server's code kernels (:meth:`ScriptRunner.start_interactive`), so every process gets the same
+treatment under one :class:`RunLimits`:
 
 * argument lists, never a shell string built by us (a script is ``/bin/sh -c SCRIPT`` or
   ``python -u -c SCRIPT``); stdin is ``/dev/null`` unless the caller passes bytes for it;
 * each under its own supervisor (:mod:`async_task_system.sandbox._supervise`) in a new session: the
   supervisor is the child subreaper of everything the program starts, so on timeout, cancel, the
-  program's end and this process's death (``PR_SET_PDEATHSIG``) *every* descendant is killed,
-  also one that called ``setsid`` or double-forked;
-* limits on the whole tree (CPU seconds of all its processes, resident memory, number of
-  processes) and per process (``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, no core dumps);
-  a root runner's programs run with no capabilities and ``no_new_privs`` (or as ``user``);
+  program's end and this process's death (``PR_SET_PDEATHSIG``) *every* descendant is killed, also
+  one that called ``setsid`` or double-forked;
+* limits on the whole tree (CPU seconds of all its processes, resident memory, number of processes)
+  and per process (``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, no core dumps); a root runner's
+  programs run with no capabilities and ``no_new_privs`` (or as ``user``);
 * on timeout and cancel, ``SIGTERM`` to every process of the tree, then after
   :attr:`RunLimits.kill_grace` seconds ``SIGKILL`` to what is left;
 * a clean environment: only the variables on an allow-list, plus those the caller sets (and the
   caller's W3C trace context as ``TRACEPARENT`` / ``TRACESTATE``);
-* stdout and stderr captured up to a byte cap each (the result says when output was truncated),
-  and optionally streamed line by line while the program runs; ``stop_on_overflow`` kills a
-  program whose output passes the cap instead of letting it flood until its timeout.
+* stdout and stderr captured up to a byte cap each (the result says when output was truncated), and
+  optionally streamed line by line while the program runs; ``stop_on_overflow`` kills a program
+  whose output passes the cap instead of letting it flood until its timeout.
 
-Without cgroups v2 (none is delegated to us on most hosts and containers) the tree limits are
-checked every 0.2 s from ``/proc``: a fork bomb or an allocation burst can overshoot for that
-long before the tree is killed; ``RLIMIT_NPROC`` (another ``user`` only) bounds forks at once.
-
-No networking here: what to run and where the lines go are the caller's business.
+Without cgroups v2 (none is delegated to us on most hosts and containers) the tree limits are checked
+every 0.2 s from ``/proc``: a fork bomb or an allocation burst can overshoot for that long before the
+tree is killed; ``RLIMIT_NPROC`` (another ``user`` only) bounds forks at once. No networking here:
+what to run and where the lines go are the caller's business.
 """
 
 from __future__ import annotations
@@ -358,26 +357,7 @@ class ScriptRunner:
         if on_start is not None:
             on_start, on_line = _started_first(on_start, on_line)
         try:
-            if limits.isolation:
-                process: Any = await IsolatedProcess.start(
-                    self._request(argv, self._env(env or {}, trace or {}), cwd, network),
-                    stdin is not None,
-                    on_start,
-                )
-            else:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    _SUPERVISOR,
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    env={"ASYNC_AGENT_SANDBOX": self._sandbox(self._env(env or {}, trace or {}))},
-                    cwd=cwd if cwd is not None else limits.workdir,
-                    start_new_session=True,
-                )
+            process: Any = await self._spawn(argv, stdin is not None, env, trace, cwd, network, on_start)
         except (OSError, KeyError) as exc:
             return RunOutcome(False, {"exit_code": None}, f"could not start {what}: {exc}", "remote_error")
         if on_start is not None and not limits.isolation:
@@ -403,7 +383,7 @@ class ScriptRunner:
                 await asyncio.wait_for(process.wait(), timeout)
             except TIMEOUT_ERRORS:
                 flags["timed_out"] = True
-                await _stop(process, limits.kill_grace)
+                await self.stop(process)
             # Output still buffered in the pipes; bounded, because a grandchild that left the
             # process group could keep a pipe open forever.
             _done, pending = await asyncio.wait(pumps, timeout=2.0)
@@ -438,12 +418,9 @@ class ScriptRunner:
             return RunOutcome(False, result, "cancelled; the process group was killed", "cancelled")
         if flags["overflow"]:
             stream = "stdout" if out.truncated else "stderr"
-            return RunOutcome(
-                False,
-                result,
-                f"{stream} passed the {limits.max_output_bytes}-byte output cap; the process group was killed",
-                "output_limit",
-            )
+            cap = limits.max_output_bytes
+            message = f"{stream} passed the {cap}-byte output cap; the process group was killed"
+            return RunOutcome(False, result, message, "output_limit")
         limit = getattr(process, "limit", None)
         if limit == "start_error":
             result["exit_code"] = None
@@ -472,6 +449,47 @@ class ScriptRunner:
             hint = " (CPU time limit)" if name == "SIGKILL" and limits.cpu_seconds else ""
             return RunOutcome(False, result, f"killed by {name}{hint}", "remote_error")
         return RunOutcome(False, result, f"exit code {code}", "remote_error")
+
+    async def start_interactive(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        trace: dict[str, str] | None = None,
+        cwd: str | None = None,
+        network: bool | None = None,
+    ) -> Any:
+        """Start the long-lived program ``argv`` (a program the caller talks to, like the code kernel of
+        :mod:`async_task_system.runtimes.code_sandbox`) and return it running: ``stdin`` a writer,
+        ``stdout``/``stderr`` readers, ``wait()``, ``returncode`` (an :class:`IsolatedProcess`, or the
+        supervised asyncio subprocess when unisolated). No timeout, no capture: end it with :meth:`stop`.
+        Arguments as in :meth:`run_program`; raises ``OSError`` when it cannot start."""
+        return await self._spawn(argv, True, env, trace, cwd, network, None)
+
+    async def stop(self, process: Any, grace: float | None = None) -> None:
+        """Stop a program of :meth:`start_interactive` (its whole tree: ``SIGTERM``, ``SIGKILL`` after
+        ``grace`` seconds, by default ``limits.kill_grace``) and wait for its end."""
+        grace = self.limits.kill_grace if grace is None else max(0.0, grace)
+        _stop_soon(process, grace)
+        with contextlib.suppress(*TIMEOUT_ERRORS):
+            await asyncio.wait_for(process.wait(), grace + _GRACE + 1)
+        if process.returncode is None:
+            _kill_group(process)
+            await process.wait()
+
+    async def _spawn(self, argv: list[str], feed: bool, env: Any, trace: Any, cwd: Any, net: Any, start: Any):
+        environment = self._env(env or {}, trace or {})
+        if self.limits.isolation:
+            return await IsolatedProcess.start(self._request(argv, environment, cwd, net), feed, start)
+        return await asyncio.create_subprocess_exec(
+            *(sys.executable, "-I", "-S", _SUPERVISOR, *argv),
+            stdin=asyncio.subprocess.PIPE if feed else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={"ASYNC_AGENT_SANDBOX": self._sandbox(environment)},
+            cwd=cwd if cwd is not None else self.limits.workdir,
+            start_new_session=True,
+        )
 
     def cancel(self, key: str) -> bool:
         """Kill the process group of the script run with ``key``; False if none is running."""
@@ -549,16 +567,6 @@ def _stop_soon(process: asyncio.subprocess.Process, grace: float = 0.0) -> None:
         asyncio.get_running_loop().call_later(
             grace + _GRACE, lambda: process.returncode is None and _kill_group(process)
         )
-
-
-async def _stop(process: asyncio.subprocess.Process, grace: float = 0.0) -> None:
-    """:func:`_stop_soon` and wait for the supervisor's end."""
-    _stop_soon(process, grace)
-    with contextlib.suppress(*TIMEOUT_ERRORS):
-        await asyncio.wait_for(process.wait(), grace + _GRACE + 1)
-    if process.returncode is None:
-        _kill_group(process)
-        await process.wait()
 
 
 def _started_first(

@@ -20,6 +20,7 @@ The parts live beside it: :mod:`.hooks` (what the run and its connection share),
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 
 from smolagents.models import ChatMessage, MessageRole
 
+from ..sandbox.process import RunLimits
 from .handle import AgentHandle, cancel_tasks
 from .hooks import AgentFactory, Exchange, ExecutionResult, RequestCancelled, RequestHooks, ToolCallDenied
 from .inputs import (
@@ -218,8 +220,12 @@ def execute_request(
     model: Any | None = None,
     temp_root: str | None = None,
     image_limits: ImageLimits | None = None,
+    code_limits: RunLimits | None = None,
 ) -> ExecutionResult:
     """Handle one request on a fresh agent; blocking, run in a worker thread.
+
+    With ``code_limits`` the agent's code steps run in sandboxed kernels under those limits (the
+    request's file folder readable), killed when the request ends; ``None`` runs them in this process.
 
     Raises :class:`RequestError` for failures to report, :class:`RequestCancelled` when the
     request was cancelled while running.
@@ -240,6 +246,15 @@ def execute_request(
                 raise RequestError(
                     ErrorCode.PROCESSING_ERROR, f"The agent factory failed: {type(exc).__name__}: {exc}"
                 ) from None
+            if code_limits is not None:
+                extra = (prepared.folder,) if prepared.folder else ()
+                limits = dataclasses.replace(code_limits, read_paths=(*code_limits.read_paths, *extra))
+                try:
+                    handle.sandbox_code(limits)
+                except Exception as exc:  # the finally below closes the handle
+                    raise RequestError(
+                        ErrorCode.PROCESSING_ERROR, f"Could not sandbox the agent's code: {exc}"
+                    ) from None
             if hooks.on_handle is not None:
                 hooks.on_handle(handle)
         return handle

@@ -183,6 +183,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=5,
         help="Earlier exchanges a request sees when it sets no max_context_num (default 5).",
     )
+    parser.add_argument(
+        "--no-code-isolation",
+        action="store_true",
+        help="Run the code the agent's LLM writes in the server process instead of a sandboxed kernel "
+        "(it then sees this host's files, network, processes and the server's environment); needed where "
+        "namespaces are unavailable, else the server refuses to start. Only for agents and clients you trust.",
+    )
+    parser.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="Sandboxed agent code may use the network (default: none, not even loopback). Tools run in "
+        "the server and are not affected.",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="Log connections and agent steps.")
 
 
@@ -267,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
     """Start the server and serve until Ctrl-C."""
     import asyncio
 
+    from ..sandbox.process import RunLimits
     from .tcp import AgentServer, parse_address
 
     logging.basicConfig(
@@ -286,6 +300,19 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
 
+    isolated = not getattr(args, "no_code_isolation", False)
+    if isolated:
+        from ..sandbox.isolation import isolation_status
+
+        status = isolation_status()
+        if not status.available:
+            print(
+                f"error: agent code cannot be sandboxed here ({status.reason}); start with "
+                "--no-code-isolation to run it in the server process (it then sees this host's files, "
+                "network and processes: only for agents and clients you trust)",
+                file=sys.stderr,
+            )
+            return 2
     chat_model = None
     if args.factory:
         try:
@@ -354,7 +381,11 @@ def run(args: argparse.Namespace) -> int:
         max_history_chars=args.max_history_chars,
         max_image_pixels=args.max_image_pixels,
         max_request_pixels=args.max_request_pixels,
+        code_isolation=isolated,
+        code_limits=RunLimits(network=bool(getattr(args, "allow_network", False))),
     )
+    where = "sandboxed" + (", with the network" if getattr(args, "allow_network", False) else "")
+    description += f"; agent code {where if isolated else 'IN THE SERVER PROCESS (--no-code-isolation)'}"
 
     async def main() -> None:
         await server.start()

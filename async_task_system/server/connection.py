@@ -76,6 +76,9 @@ class ConnectionHost(Protocol):
     @property
     def closing(self) -> bool: ...
 
+    @property
+    def sandbox_limits(self) -> Any: ...
+
     def notify(self, record: RequestRecord) -> None: ...
 
 
@@ -408,6 +411,7 @@ class Connection:
             model=server.model,
             temp_root=server.temp_dir,
             image_limits=ImageLimits(server.max_image_pixels, server.max_request_pixels),
+            code_limits=server.sandbox_limits,
         )
         state.submit(self.id, timeout if math.isfinite(timeout) else None)
 

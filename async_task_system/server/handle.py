@@ -23,6 +23,8 @@ class AgentHandle:
         self.task_manager: Any = None
         """The manager the agent's ``submit_task`` uses (an AsyncAgent's), else None."""
         self.owns_task_manager = False
+        self.code_executors: list[Any] = []
+        """The sandboxed code executors of the agent and its managed agents (:meth:`sandbox_code`)."""
         self._started: list[str] = []  # ids submit_task returned, on a manager the agent does not own
         self._started_lock = threading.Lock()
         if isinstance(obj, AsyncAgent):
@@ -68,6 +70,14 @@ class AgentHandle:
             if name != "final_answer":
                 self.agent.tools[name] = _GatedTool(tool, ask)
 
+    def sandbox_code(self, limits: Any) -> None:
+        """Run the agent's code steps (and its managed agents') in sandboxed kernels under ``limits``
+        (:func:`~async_task_system.runtimes.code_sandbox.install_sandboxed_executor`); agents with a
+        remote executor keep it. :meth:`interrupt` stops a running step, :meth:`close` the kernels."""
+        from ..runtimes.code_sandbox import install_sandboxed_executor
+
+        self.code_executors = install_sandboxed_executor(self.agent, limits)
+
     def on_step(self, callback: Callable[[Any], None]) -> None:
         from smolagents.memory import ActionStep
 
@@ -82,8 +92,12 @@ class AgentHandle:
         return self.owner.run(task, **kwargs)
 
     def interrupt(self) -> None:
+        """Stop the run at its next step; a code step running in a sandboxed kernel stops now."""
         with contextlib.suppress(Exception):
             self.agent.interrupt()
+        for executor in self.code_executors:
+            with contextlib.suppress(Exception):
+                executor.interrupt()
 
     def _record_started(self, task_id: Any) -> None:
         if isinstance(task_id, str):
@@ -119,6 +133,9 @@ class AgentHandle:
                 self.owner.shutdown(wait=False, cancel_pending=True)
             else:
                 self.agent.cleanup()
+        for executor in self.code_executors:  # managed agents' kernels too (cleanup() is per agent)
+            with contextlib.suppress(Exception):
+                executor.cleanup()
 
 
 def cancel_tasks(manager: Any, task_ids: Sequence[str]) -> int:

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.manager import TaskManager
+from ..sandbox.isolation import isolation_status
+from ..sandbox.process import RunLimits
 
 # Some of these names are here only because they were importable from here before the split.
 from .agents import (  # noqa: F401
@@ -150,6 +152,18 @@ class AgentServer:
             ``max_workers=max_concurrent_requests`` and shuts it down in :meth:`close`. A manager
             you pass is left running; its executor must run calls in this process (threads), and
             its ``max_workers`` is then the concurrency limit.
+        code_isolation: run the code an agent's LLM writes (``CodeAgent`` code steps, its managed
+            agents' too) in a sandboxed kernel per agent (:mod:`async_task_system.runtimes.code_sandbox`)
+            instead of in this process: no network, read-only files but a private scratch directory
+            (and the request's file folder, readable), its own pid namespace, the limits of
+            ``code_limits``; tools still run here. On by default; where namespaces are unavailable
+            :meth:`start` refuses to start unless it is ``False`` (CLI ``--no-code-isolation``),
+            which runs agent code in this process (only for agents and clients you trust). Agents
+            with a remote executor (E2B, Docker, ...) keep it.
+        code_limits: the sandbox of agent code (:class:`~async_task_system.sandbox.process.RunLimits`;
+            default ``RunLimits()``: no network, 1 GiB, 64 processes, 300 CPU seconds per kernel);
+            ``RunLimits(network=True)`` lets the code use the network. A step's time limit stays the
+            agent's own code timeout.
 
     Every request is a task: PENDING while it waits for a free slot, RUNNING with the request's
     time limit as its ``timeout``, then COMPLETED, FAILED (an error response; error type
@@ -186,6 +200,8 @@ class AgentServer:
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         max_auth_line_bytes: int = DEFAULT_MAX_AUTH_LINE_BYTES,
         max_history_chars: int = DEFAULT_MAX_HISTORY_CHARS,
+        code_isolation: bool = True,
+        code_limits: RunLimits | None = None,
     ) -> None:
         if not callable(agent_factory):
             raise TypeError("agent_factory must be a callable returning a fresh agent for each request")
@@ -221,6 +237,8 @@ class AgentServer:
         self.max_history_chars = int(max_history_chars)
         self.max_image_pixels = int(max_image_pixels)
         self.max_request_pixels = int(max_request_pixels)
+        self.code_isolation = bool(code_isolation)
+        self.code_limits = code_limits if code_limits is not None else RunLimits()
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[Connection] = set()
         self._connection_ids = itertools.count(1)
@@ -253,12 +271,26 @@ class AgentServer:
         """Whether :meth:`close` has started."""
         return self._closing
 
+    @property
+    def sandbox_limits(self) -> RunLimits | None:
+        """The limits agent code runs under, ``None`` when it runs in this process (``code_isolation=False``)."""
+        return self.code_limits if self.code_isolation else None
+
     def add_listener(self, callback: Callable[[RequestRecord], None]) -> None:
         """Call ``callback(record)`` (on the event loop) whenever a request ends."""
         self._listeners.append(callback)
 
     async def start(self) -> None:
-        """Bind and start accepting connections."""
+        """Bind and start accepting connections. Raises ``RuntimeError`` when agent code is to run
+        isolated (``code_isolation``) but namespaces are unavailable here."""
+        if self.code_isolation and self.code_limits.isolation:
+            status = await asyncio.get_running_loop().run_in_executor(None, isolation_status)
+            if not status.available:
+                raise RuntimeError(
+                    f"agent code cannot be sandboxed here ({status.reason}): pass code_isolation=False "
+                    "(async-agent serve --no-code-isolation) to run it in the server process, "
+                    "only for agents and clients you trust"
+                )
         self._closed = asyncio.get_running_loop().create_future()
         self.max_connections, backlog = fit_connections_to_file_limit(self.max_connections)
         # The reader's limit only sets its flow control (it pauses reading at twice this much
