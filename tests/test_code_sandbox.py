@@ -28,6 +28,7 @@ from smolagents.local_python_executor import ExecutionTimeoutError
 
 from async_task_system import ScriptedModel, create_async_agent
 from async_task_system.runtimes import CodeKernelError, SandboxedPythonExecutor, install_sandboxed_executor
+from async_task_system.sandbox.process import RunLimits
 from async_task_system.server import AgentServer
 
 pytestmark = require_isolation("the code sandbox tests")
@@ -234,6 +235,34 @@ def test_an_oversized_or_forged_message_stops_the_kernel_and_the_host_goes_on(ex
         )
     assert run("1 + 1").output == 2
     assert run.kernels_started == 3
+
+
+def test_processes_the_code_forks_cannot_speak_for_the_kernel_in_a_later_step(executor):
+    run = executor(limits=RunLimits(max_processes=8))
+    # A fork bomb: the kernel limits forks; every forked copy of the kernel ends instead of
+    # reporting its own end of the step on the inherited channel.
+    with pytest.raises(CodeKernelError, match="Resource temporarily unavailable"):
+        run("import os\nwhile True:\n    os.fork()")
+    assert [run(f"{n} * 2").output for n in range(3)] == [0, 2, 4]
+    assert run.kernels_started == 1
+
+
+def test_memory_past_the_limit_fails_the_step_and_says_the_limit(executor):
+    run = executor(limits=RunLimits(memory_mb=300))
+    with pytest.raises(CodeKernelError, match="MemoryError.*allows 300 MiB"):
+        run("x = 'a' * (400 * 1024 * 1024)")
+    assert run("'still here'").output == "still here" and run.kernels_started == 1
+
+
+def test_interrupt_stops_a_running_step_at_once(executor):
+    run = executor(timeout_seconds=60)
+    assert run("1").output == 1  # the kernel is up
+    threading.Timer(0.5, run.interrupt).start()
+    started = time.monotonic()
+    with pytest.raises(CodeKernelError, match="interrupted"):
+        run("import time\ntime.sleep(30)")
+    assert time.monotonic() - started < 10
+    assert run("'next'").output == "next"
 
 
 def test_a_kernel_that_floods_its_host_with_messages_is_stopped(executor):

@@ -12,8 +12,8 @@ to fd 2, so nothing the code (or a program it starts) prints can reach the chann
 Host -> kernel: ``setup`` (authorized imports, print cap), ``tools`` (names and descriptions),
 ``variables`` (a base64 pickle: the host is trusted), ``run`` (the code), ``reply`` (to a ``call``:
 ``value``, a base64 pickle, or ``error`` and ``type``; ``abort`` ends the step).
-Kernel -> host: ``ready``, ``call`` {id, tool, args, kwargs}, ``done`` {output, logs,
-is_final_answer}, ``error`` {type, message, logs}: JSON only, never pickles (the host does not trust
+Kernel -> host: ``ready``, ``call`` {id, tool, args, kwargs}, ``done`` {step, output, logs,
+is_final_answer}, ``error`` {step, type, message, logs} (``step``: the number the ``run`` gave): JSON only, never pickles (the host does not trust
 the kernel); what JSON cannot carry is sent as its ``repr`` (lossy; see :func:`_plain`).
 """
 
@@ -48,12 +48,21 @@ class _Channel:
         self.reader = os.fdopen(read_fd, "rb")
         self.writer = os.fdopen(write_fd, "wb")
         self.calls = 0
+        self.pid = os.getpid()
+
+    def _mine(self):
+        """A process the code forked inherits the channel; it must not speak on it (its messages
+        would reach the host in a later step): it ends instead."""
+        if os.getpid() != self.pid:
+            os._exit(0)
 
     def send(self, message):
+        self._mine()
         self.writer.write(json.dumps(message, default=repr).encode() + b"\n")
         self.writer.flush()
 
     def receive(self):
+        self._mine()
         line = self.reader.readline()
         if not line:
             os._exit(0)  # the host closed the channel: nothing more to do
@@ -143,10 +152,26 @@ def main():
             except BaseException as exc:  # every end of the step is reported; the kernel goes on
                 logs = note + str(state.get("_print_outputs", ""))
                 kind = "abort" if isinstance(exc, control) else type(exc).__name__
-                channel.send({"op": "error", "type": kind, "message": str(exc), "logs": logs})
+                channel.send(
+                    {
+                        "op": "error",
+                        "step": message.get("step"),
+                        "type": kind,
+                        "message": str(exc),
+                        "logs": logs,
+                    }
+                )
                 continue
             logs = note + str(state.get("_print_outputs", ""))
-            channel.send({"op": "done", "output": _plain(output), "logs": logs, "is_final_answer": is_final})
+            channel.send(
+                {
+                    "op": "done",
+                    "step": message.get("step"),
+                    "output": _plain(output),
+                    "logs": logs,
+                    "is_final_answer": is_final,
+                }
+            )
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ class _Step:
         self.final: Any = _KEEP
         self.tool_error: BaseException | None = None
         self.abort: BaseException | None = None
+        self.number = 0  # sent with the code; the kernel's end of the step must name it
         if parent is not None:
             with parent.lock:
                 parent.children.append(self)
@@ -172,6 +173,7 @@ class SandboxedPythonExecutor:
         self._lock = threading.Lock()
         self._current: _Step | None = None
         self._copies: weakref.WeakSet[SandboxedPythonExecutor] = weakref.WeakSet()
+        self._steps = 0
         self.kernels_started = 0
         """How many kernels this executor started (a step after a timeout or a crash starts one)."""
         weakref.finalize(self, stop_kernel_quietly, self._box)
@@ -209,7 +211,9 @@ class SandboxedPythonExecutor:
         if self.timeout_seconds is not None:
             deadline = asyncio.run_coroutine_threadsafe(_expire(step, self.timeout_seconds), kernel.loop)
         try:
-            kernel.send({"op": "run", "code": code_action})
+            self._steps += 1
+            step.number = self._steps
+            kernel.send({"op": "run", "step": step.number, "code": code_action})
             return self._serve(kernel, step)
         except KeyboardInterrupt:
             step.stop("interrupted")
@@ -333,9 +337,10 @@ class SandboxedPythonExecutor:
                 if op == "call" and is_tool_call(message):
                     self._call(kernel, step, message)
                     continue
-                if op == "done" and isinstance(message.get("logs"), str):
+                ours = message is not None and message.get("step") == step.number
+                if op == "done" and ours and isinstance(message.get("logs"), str):
                     return self._done(step, message)
-                if op == "error" and isinstance(message.get("message"), str):
+                if op == "error" and ours and isinstance(message.get("message"), str):
                     self._raise_error(step, message)
                 kernel.stop("protocol")
                 self._raise_broken("a malformed message", step)
@@ -392,7 +397,10 @@ class SandboxedPythonExecutor:
         self._logs(message)
         if message.get("type") == "abort" and step.abort is not None:
             raise step.abort
-        error = CodeKernelError(str(message["message"])[: self.max_print_outputs_length])
+        text = str(message["message"])[: self.max_print_outputs_length]
+        if "MemoryError" in text and self.limits.memory_mb:
+            text += f" (the code sandbox allows {self.limits.memory_mb} MiB: work on smaller pieces)"
+        error = CodeKernelError(text)
         raise error from step.tool_error
 
     def _raise_broken(self, what: str, step: _Step) -> None:
