@@ -46,8 +46,8 @@ def host_pid(namespace_pid: int, ancestor: int) -> int:
 
 
 def require_isolation(what: str):
-    """A module-level ``pytestmark`` for tests that need namespaces: skip with the reason where they
-    are unavailable, but fail under ``CI=true`` (CI must run ``what``)."""
+    """A mark (``pytestmark`` or a decorator) for tests that need namespaces: skip with the reason
+    where they are unavailable, but fail under ``CI=true`` (CI must run ``what``)."""
     import sys
 
     import pytest
@@ -56,7 +56,7 @@ def require_isolation(what: str):
 
     status = isolation_status() if sys.platform == "linux" else None
     if status is not None and status.available:
-        return []
+        return pytest.mark.skipif(False, reason="isolation is available")
     reason = status.reason if status is not None else "isolation needs Linux"
     if os.environ.get("CI") == "true":
         raise RuntimeError(f"CI must run {what}, but isolation is unavailable: {reason}")

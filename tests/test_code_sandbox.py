@@ -241,10 +241,12 @@ def test_processes_the_code_forks_cannot_speak_for_the_kernel_in_a_later_step(ex
     run = executor(limits=RunLimits(max_processes=8))
     # A fork bomb: the kernel limits forks; every forked copy of the kernel ends instead of
     # reporting its own end of the step on the inherited channel.
-    with pytest.raises(CodeKernelError, match="Resource temporarily unavailable"):
+    # Either the kernel's own bound refuses the forks, or (on a loaded machine) the supervisor's scan
+    # sees the tree past the limit first and kills it; the next steps get their own answers.
+    with pytest.raises(CodeKernelError, match="Resource temporarily unavailable|process_limit"):
         run("import os\nwhile True:\n    os.fork()")
     assert [run(f"{n} * 2").output for n in range(3)] == [0, 2, 4]
-    assert run.kernels_started == 1
+    assert run.kernels_started <= 2
 
 
 def test_memory_past_the_limit_fails_the_step_and_says_the_limit(executor):

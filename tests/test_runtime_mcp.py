@@ -9,12 +9,14 @@ import sys
 import time
 
 import pytest
+from _isolation import host_pid, require_isolation
 from _runtime_fixtures import MCP_SERVER, require_module, write
 
 from async_task_system import TaskStatus, create_async_agent
 from async_task_system.agents.testing import ScriptedModel
 from async_task_system.runtimes import McpRuntime, McpServer, RuntimeManager
 from async_task_system.runtimes.mcp import McpServerError
+from async_task_system.sandbox.process import RunLimits
 
 
 @pytest.fixture
@@ -35,9 +37,10 @@ def _gone(pid: int, within: float = 5.0) -> bool:
 
 def test_mcp_tools_run_in_an_agent_and_the_server_stops_with_it(server_file, tmp_path):
     pid_file = tmp_path / "pid"
-    server = McpServer(sys.executable, [server_file], env={"PID_FILE": str(pid_file)})
+    limits = RunLimits(cpu_seconds=None, write_paths=(str(tmp_path),))  # isolated: its pid file's folder
+    server = McpServer(sys.executable, [server_file], env={"PID_FILE": str(pid_file)}, limits=limits)
     assert sorted(tool.name for tool in server.tools) == ["add", "shout"]
-    pid = int(pid_file.read_text())
+    pid = host_pid(int(pid_file.read_text()), os.getpid())  # the pid it wrote is its namespace's
     model = ScriptedModel(
         [
             "<code>\n"
@@ -99,3 +102,66 @@ def test_a_server_command_that_does_not_exist_is_named():
     require_module("mcp")
     with pytest.raises(McpServerError, match="'no-such-mcp-server-xyz' was not found"):
         McpServer("no-such-mcp-server-xyz", ["--stdio"], start_timeout=3600.0)
+
+
+PROBE_SERVER = """
+import socket
+
+from mcp.server.fastmcp import FastMCP
+
+app = FastMCP("probe", log_level="WARNING")
+
+
+@app.tool()
+def read(path: str) -> str:
+    \"\"\"Reads a file.\"\"\"
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError as exc:
+        return f"refused: {exc.strerror}"
+
+
+@app.tool()
+def connect(port: int) -> str:
+    \"\"\"Connects to a loopback port.\"\"\"
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return "connected"
+    except OSError as exc:
+        return f"refused: {exc.strerror}"
+
+
+if __name__ == "__main__":
+    app.run()
+"""
+
+
+@require_isolation("the MCP isolation test")
+def test_an_mcp_server_runs_isolated_off_the_network_and_off_the_hosts_files(tmp_path):
+    require_module("mcp")
+    require_module("mcpadapt")
+    import socket
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the host's secret")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    script = write(server_dir, "probe.py", PROBE_SERVER)
+    try:
+        with McpServer(sys.executable, [script]) as server:
+            read, connect = server.tool("read"), server.tool("connect")
+            assert "refused" in str(read(path=str(secret)))
+            assert "refused" in str(connect(port=port))
+        opened = McpServer(
+            sys.executable, [script], limits=RunLimits(network=True, read_paths=(str(tmp_path),))
+        )
+        with opened:
+            assert "the host's secret" in str(opened.tool("read")(path=str(secret)))
+            assert "connected" in str(opened.tool("connect")(port=port))
+    finally:
+        listener.close()

@@ -19,6 +19,7 @@ keeping it until :meth:`McpRuntime.close`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shlex
@@ -106,8 +107,15 @@ class McpServer:
                 )
             status_dir = tempfile.mkdtemp(prefix="mcp-server-")
             status_file = os.path.join(status_dir, "exit.json")
-            argv, env = ScriptRunner(self.limits).wrap(
-                [sys.executable, "-I", "-S", _STDERR_TAIL, status_file, self.command, *self.args], self.env
+            # Isolated, the server reaches the status file through a write path (its own directory).
+            limits = dataclasses.replace(self.limits, write_paths=(*self.limits.write_paths, status_dir))
+            # Isolated, it runs in a scratch directory: a file argument is given by its real path
+            # (its directory is then readable there, as a script's is).
+            args = [
+                os.path.realpath(a) if not a.startswith("-") and os.path.isfile(a) else a for a in self.args
+            ]
+            argv, env = ScriptRunner(limits).wrap(
+                [sys.executable, "-I", "-S", _STDERR_TAIL, status_file, self.command, *args], self.env
             )
             parameters = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
             outcome: dict[str, Any] = {}

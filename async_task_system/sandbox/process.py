@@ -8,10 +8,8 @@ treatment under one :class:`RunLimits`:
 
 * argument lists, never a shell string built by us (a script is ``/bin/sh -c SCRIPT`` or
   ``python -u -c SCRIPT``); stdin is ``/dev/null`` unless the caller passes bytes for it;
-* each under its own supervisor (:mod:`async_task_system.sandbox._supervise`) in a new session: the
-  supervisor is the child subreaper of everything the program starts, so on timeout, cancel, the
-  program's end and this process's death (``PR_SET_PDEATHSIG``) *every* descendant is killed, also
-  one that called ``setsid`` or double-forked;
+* isolated (:mod:`.isolation`), else under a supervisor of its own (:mod:`._supervise`): on timeout,
+  cancel, the program's end and this process's death *every* descendant is killed (``setsid`` too);
 * limits on the whole tree (CPU seconds of all its processes, resident memory, number of processes)
   and per process (``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, no core dumps); a root runner's
   programs run with no capabilities and ``no_new_privs`` (or as ``user``);
@@ -23,10 +21,8 @@ treatment under one :class:`RunLimits`:
   optionally streamed line by line while the program runs; ``stop_on_overflow`` kills a program
   whose output passes the cap instead of letting it flood until its timeout.
 
-Without cgroups v2 (none is delegated to us on most hosts and containers) the tree limits are checked
-every 0.2 s from ``/proc``: a fork bomb or an allocation burst can overshoot for that long before the
-tree is killed; ``RLIMIT_NPROC`` (another ``user`` only) bounds forks at once. No networking here:
-what to run and where the lines go are the caller's business.
+Without cgroups v2 the tree limits are checked every 0.2 s from ``/proc`` (a burst can overshoot for
+that long); ``RLIMIT_NPROC`` bounds forks at once. No networking here.
 """
 
 from __future__ import annotations
@@ -45,6 +41,7 @@ from typing import Any, NamedTuple
 
 from ..core.compat import TIMEOUT_ERRORS
 from .isolation import IsolatedProcess, read_paths
+from .stdio_bridge import bridge_command
 
 __all__ = [
     "CappedOutput",
@@ -281,12 +278,16 @@ class ScriptRunner:
         return env
 
     def wrap(self, argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
-        """``(argv, environment)`` that start ``argv`` under the supervisor with these limits, for
-        code that must start a long-lived process itself (an MCP server's stdio client): the
-        process gets the clean environment plus ``env``, the rlimits and tree limits, and dies
-        with the thread that started it. Start it in a new session to kill its group on timeout."""
-        wrapped = [sys.executable, "-I", "-S", _SUPERVISOR, *argv]
-        return wrapped, {"ASYNC_AGENT_SANDBOX": self._sandbox(self._env(env or {}, {}))}
+        """``(argv, environment)`` that start ``argv`` with these limits, for code that must start a
+        long-lived process itself (an MCP server's stdio client): isolated, through
+        :mod:`.stdio_bridge`; else under the supervisor (rlimits, tree limits, death with the thread
+        that started it). The program gets the clean environment plus ``env``."""
+        environment = self._env(env or {}, {})
+        if self.limits.isolation:
+            return bridge_command(self.limits, argv, environment)
+        return [sys.executable, "-I", "-S", _SUPERVISOR, *argv], {
+            "ASYNC_AGENT_SANDBOX": self._sandbox(environment)
+        }
 
     async def run(
         self,
