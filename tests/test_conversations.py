@@ -231,7 +231,7 @@ def test_spans_before_and_after_a_suspension_share_the_trace_and_the_task_span()
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from smolagents import tool
 
-    from async_task_system import tracing
+    from async_task_system.observe import tracing
 
     seen: list[tuple[int, int]] = []
 

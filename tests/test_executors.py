@@ -27,7 +27,7 @@ def test_trace_context_travels_as_a_w3c_carrier(pool):
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from async_task_system import tracing
+    from async_task_system.observe import tracing
 
     exporter = InMemorySpanExporter()
     provider = sdk.TracerProvider()

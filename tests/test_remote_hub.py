@@ -409,7 +409,7 @@ def test_silent_and_huge_connections_are_closed_without_touching_others(setup):
 def test_the_script_joins_the_trace_of_the_code_that_sent_it(setup):
     from opentelemetry.sdk.trace import TracerProvider
 
-    from async_task_system import tracing
+    from async_task_system.observe import tracing
 
     manager, hub, workers = setup
     start_worker(hub, workers, "traced")

@@ -71,7 +71,7 @@ def test_an_agent_instance_cannot_go_to_dask_and_says_why(executor):
 
 def test_the_trace_context_travels_to_the_workers(executor):
     sdk = pytest.importorskip("opentelemetry.sdk.trace")
-    from async_task_system import tracing
+    from async_task_system.observe import tracing
 
     provider = sdk.TracerProvider()
     tracing.set_tracer_provider(provider)
@@ -92,7 +92,7 @@ def test_spans_ended_on_the_workers_are_exported_in_the_agent_trace(executor, tm
     """The workers export their own spans (real SDK, one file): the task's span on the worker is a
     child of the coordinator's span, and the tool's own span a child of the task's span."""
     sdk = pytest.importorskip("opentelemetry.sdk.trace")
-    from async_task_system import tracing
+    from async_task_system.observe import tracing
 
     spans_file = tmp_path / "worker-spans.jsonl"
     executor.client.run(export_spans_to_file, str(spans_file))

@@ -97,6 +97,16 @@ def _stub(channel, name, spec, control):
     return call
 
 
+def _reap():
+    """Collect the processes the code started that have ended: zombies count against the sandbox's
+    process limit, and nobody else waits for them while the kernel lives."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
 def main():
     # The channel first: off fd 0/1, before smolagents (or anything else) is imported.
     read_fd, write_fd = os.dup(0), os.dup(1)
@@ -138,6 +148,7 @@ def main():
                 except Exception as exc:  # e.g. its class's module is not visible in the sandbox
                     notes.append(f"The variable {name!r} could not be loaded: {type(exc).__name__}: {exc}\n")
         elif op == "run":
+            _reap()
             note, notes[:] = "".join(notes), []
             try:
                 output, is_final = evaluate_python_code(
@@ -150,6 +161,7 @@ def main():
                     timeout_seconds=None,
                 )
             except BaseException as exc:  # every end of the step is reported; the kernel goes on
+                _reap()
                 logs = note + str(state.get("_print_outputs", ""))
                 kind = "abort" if isinstance(exc, control) else type(exc).__name__
                 channel.send(
@@ -162,6 +174,7 @@ def main():
                     }
                 )
                 continue
+            _reap()
             logs = note + str(state.get("_print_outputs", ""))
             channel.send(
                 {

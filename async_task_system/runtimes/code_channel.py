@@ -183,6 +183,10 @@ class KernelProcess:
                 await asyncio.wait_for(asyncio.shield(self.process.wait()), 2.0)
             if self.process.returncode is None:
                 await self.runner.stop(self.process, 0.0)
+            if (
+                self.stop_reason is None
+            ):  # it ended by itself (a limit, a crash): the next step needs a new one
+                self.stop_reason = "exited"
             self.inbox.put(("exit", self._death()))
 
     async def _read_stderr(self) -> None:
