@@ -236,6 +236,29 @@ def test_consecutive_runs_share_nothing():
     assert (files, segments, sleepers) == ("0", "0", "0"), second.result
 
 
+def test_a_burst_of_runs_is_served_by_the_sandboxes_the_last_burst_left():
+    # A worker's slots run in bursts: as one ends, the number of runs going on falls to none. The
+    # prepared sandboxes of a burst must be kept for the next one (making one is a clone of an
+    # interpreter plus namespaces and mounts), not ended as the count of runs going on falls.
+    from async_task_system.sandbox.process import ScriptRunner
+
+    runner = ScriptRunner(RunLimits())
+    # One pid namespace per prepared sandbox; the sleep keeps the six of a burst going at once.
+    own_namespace = "readlink /proc/self/ns/pid; sleep 0.3"
+
+    async def bursts():
+        seen = []
+        for _ in range(3):
+            outcomes = await asyncio.gather(*(runner.run(own_namespace) for _ in range(6)))
+            assert all(outcome.success for outcome in outcomes), outcomes
+            seen.append({outcome.result["stdout"] for outcome in outcomes})
+        return seen
+
+    first, second, third = asyncio.run(bursts())
+    assert len(first) == 6  # runs at once never share a sandbox
+    assert second == first and third == first
+
+
 @pytest.mark.parametrize("isolation", [True, False])
 def test_on_start_is_called_once_when_the_program_started_and_before_its_first_line(isolation):
     from async_task_system.sandbox.process import ScriptRunner
