@@ -267,6 +267,7 @@ def start_server(
         http=_protocol_class(registry),
         ws="none",  # neither API speaks WebSocket: an Upgrade would leave the registry's protocol
         log_level="warning",
+        access_log=False,  # uvicorn builds each access line's arguments before the level check
         lifespan="off",
         # Not behind a proxy by default: X-Forwarded-For from any local process would otherwise
         # rewrite the client address (and it is a middleware layer per request).

@@ -210,7 +210,10 @@ class Supervisor:
         self.pools[DEFAULT].pending = self.spare
         self.recent = []  # keys of the other layouts, the most recently used last
         self.runs = {}
-        self.by_fd = {}
+        self.by_fd = {}  # the descriptors of the runs going on (init socket, pidfd), watched by epoll
+        self.poller = select.epoll()
+        for fd in (ctl.fileno(), link.fileno()):
+            self.poller.register(fd, select.EPOLLIN)
         self.poll = float(conf.get("poll") or 0.2)
         self.next_check = 0.0
 
@@ -316,9 +319,9 @@ class Supervisor:
                 run.error = f"the sandbox of the run is gone: {exc}"
             for fd in fds:
                 os.close(fd)
-            self.by_fd[sock.fileno()] = run
+            self.watch(sock.fileno(), run)
             if run.pidfd is not None:
-                self.by_fd[run.pidfd] = run
+                self.watch(run.pidfd, run)
             if run.stop_at is not None:
                 self.stop(run, run.req.get("grace", 0))
 
@@ -375,7 +378,7 @@ class Supervisor:
             return
         if fd == run.pidfd:
             run.gone = True
-            self.by_fd.pop(fd, None)
+            self.unwatch(fd)
             os.close(fd)
             run.pidfd = None
         else:
@@ -395,7 +398,7 @@ class Supervisor:
                 elif "error" in message:
                     run.error = message["error"]
                 return
-            self.by_fd.pop(fd, None)
+            self.unwatch(fd)
             run.sock.close()
             run.sock = None
             if run.pidfd is None:
@@ -408,7 +411,7 @@ class Supervisor:
             return
         for fd in (run.sock.fileno() if run.sock is not None else None, run.pidfd):
             if fd is not None:
-                self.by_fd.pop(fd, None)
+                self.unwatch(fd)
         limit, message = run.verdict or (None, None)
         pool = self.pools.get(run.key)
         again = (
@@ -486,21 +489,34 @@ class Supervisor:
             if run.verdict is not None:
                 self.kill(run)
 
+    def watch(self, fd, run):
+        self.by_fd[fd] = run
+        self.poller.register(fd, select.EPOLLIN)
+
+    def unwatch(self, fd):
+        """Before the descriptor is closed (a closed one leaves epoll by itself, unless duplicated)."""
+        if self.by_fd.pop(fd, None) is not None:
+            try:
+                self.poller.unregister(fd)
+            except OSError:
+                pass
+
     def loop(self):
+        # epoll, not select: the descriptors of every run going on were passed to the kernel on
+        # every wake (about three a run), a cost that grew with a worker's slots.
+        ctl, link = self.ctl.fileno(), self.link.fileno()
         while True:
-            waits = [self.ctl, self.link, *self.by_fd]
-            timeout = self.poll / 4 if any(r.pid for r in self.runs.values()) else None
-            readable, _w, _x = select.select(waits, [], [], timeout)
-            for item in readable:
-                if item is self.ctl:
+            timeout = self.poll / 4 if any(r.pid for r in self.runs.values()) else -1
+            for fd, _events in self.poller.poll(timeout):
+                if fd == ctl:
                     data, fds, _f, _a = socket.recv_fds(self.ctl, PACKET, 3)
                     if not data:
                         return
                     self.request(data, fds)
-                elif item is self.link:
+                elif fd == link:
                     self.take_ready()
                 else:
-                    self.readable(item)
+                    self.readable(fd)
             self.check_limits()
 
 

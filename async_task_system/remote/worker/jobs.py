@@ -134,7 +134,8 @@ class JobRunner:
                     elif request.get("runtime") is not None:
                         success, result, error, error_type = await self._run_tool(request, on_start)
                     else:
-                        logger.info("running task %s (request %s)", task_id, request_id)
+                        # DEBUG: at hundreds of tasks a second one INFO line each was 5-10 % of the worker.
+                        logger.debug("running task %s (request %s)", task_id, request_id)
                         success, result, error, error_type = await self.runner.run(
                             request["command"],
                             request["language"],
